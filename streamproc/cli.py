@@ -1,0 +1,142 @@
+"""The ``streamproc`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from streamproc.errors import StreamprocError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from streamproc.config import load_config
+
+    return load_config(getattr(args, "config", None))
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    from streamproc.stack import Stack
+
+    stack = Stack(kafka_port=args.kafka_port, redis_port=args.redis_port)
+    if args.action == "up":
+        for name, what in stack.up().items():
+            print(f"{name:<6} {what}")
+        print(f"export STREAMPROC_KAFKA_BOOTSTRAP={stack.bootstrap}")
+        print(f"export STREAMPROC_REDIS_URL={stack.redis_url}")
+    elif args.action == "down":
+        for name, what in stack.down().items():
+            print(f"{name:<6} {what}")
+    else:
+        for status in stack.status():
+            print(status.line())
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from streamproc import topics
+
+    cfg = _config(args)
+    report = topics.apply(cfg, topics.load_topics(cfg, args.file), args.replication_factor)
+    for line in report.lines():
+        print(line)
+    return 1 if report.mismatches else 0
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    from streamproc import contracts
+
+    out = Path(args.dir)
+    if args.action == "write":
+        for name in contracts.write_schemas(str(out)):
+            print(f"wrote {out / name}")
+        return 0
+    stale = [
+        n
+        for n in contracts.SCHEMAS
+        if not (out / f"{n}.json").exists()
+        or (out / f"{n}.json").read_text() != contracts.schema_text(n)
+    ]
+    for name in stale:
+        print(
+            f"{out}/{name}.json differs from the code; run: streamproc schemas write",
+            file=sys.stderr,
+        )
+    return 1 if stale else 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    import msgspec
+    import yaml
+
+    cfg = _config(args)
+    shown = msgspec.to_builtins(cfg)
+    for section in ("kafka", "redis"):
+        for key in ("sasl_password", "password"):
+            if shown[section].get(key):
+                shown[section][key] = "***"
+    print(yaml.safe_dump(shown, sort_keys=False), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from streamproc.stack import DEFAULT_KAFKA_PORT, DEFAULT_REDIS_PORT
+
+    parser = argparse.ArgumentParser(
+        prog="streamproc", description="Kafka-native streaming drift detection for ML models."
+    )
+    parser.add_argument("--config", help="YAML config file (default: $STREAMPROC_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("stack", help="the local Kafka + Redis stack on 127.0.0.1 (no Docker)")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--kafka-port", type=int, default=None, help=f"default {DEFAULT_KAFKA_PORT}")
+    p.add_argument("--redis-port", type=int, default=None, help=f"default {DEFAULT_REDIS_PORT}")
+    p.set_defaults(func=cmd_stack)
+
+    p = sub.add_parser("topics", help="create missing topics and report mismatches")
+    p.add_argument("action", choices=["apply"])
+    p.add_argument("--file", help="topics YAML (default: topology/topics.yaml)")
+    p.add_argument("--replication-factor", type=int, default=1)
+    p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser("schemas", help="write or check schemas/*.json against the code")
+    p.add_argument("action", choices=["write", "check"])
+    p.add_argument("--dir", default="schemas")
+    p.set_defaults(func=cmd_schemas)
+
+    p = sub.add_parser("config", help="print the effective configuration (secrets masked)")
+    p.add_argument("action", choices=["show"])
+    p.set_defaults(func=cmd_config)
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register_cli(sub)
+    return parser
+
+
+# Feature modules that add sub-commands through their own ``register_cli(subparsers)``, so this
+# file stays a thin dispatcher. Their heavy imports belong inside their handlers.
+COMMAND_MODULES: list[str] = ["streamproc.smoke"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "stack":
+        from streamproc.stack import Stack
+
+        defaults = Stack()
+        args.kafka_port = args.kafka_port or defaults.kafka_port
+        args.redis_port = args.redis_port or defaults.redis_port
+    try:
+        handler: Handler = args.func
+        return handler(args)
+    except StreamprocError as exc:
+        print(f"streamproc: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,186 @@
+"""One configuration: a YAML file, then ``STREAMPROC_*`` environment overrides, validated at start.
+
+Every key has a default that runs the local stack. Any value can be overridden from the
+environment as ``STREAMPROC_<SECTION>_<KEY>`` (``STREAMPROC_KAFKA_BOOTSTRAP``,
+``STREAMPROC_REDIS_URL``, ``STREAMPROC_WORKER_WEB_PORT``...). Credentials belong in the
+environment or in a file outside the repository, never in code.
+
+Examples
+--------
+>>> cfg = load_config(env={"STREAMPROC_KAFKA_BOOTSTRAP": "broker:9093"})
+>>> cfg.kafka.bootstrap
+'broker:9093'
+>>> load_config(env={"STREAMPROC_WORKER_WEB_PORT": "http"})  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+streamproc.errors.ConfigError: worker.web_port (from STREAMPROC_WORKER_WEB_PORT): ...
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import yaml
+
+from streamproc.errors import ConfigError
+
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+Probability = Annotated[float, msgspec.Meta(gt=0, lt=1)]
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class KafkaConfig(_Section):
+    """How to reach Kafka. SASL and TLS settings map onto librdkafka's / aiokafka's."""
+
+    bootstrap: str = "127.0.0.1:9092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+    def librdkafka(self) -> dict[str, str]:
+        """The connection settings as confluent-kafka (librdkafka) expects them."""
+        conf = {"bootstrap.servers": self.bootstrap, "security.protocol": self.security_protocol}
+        optional = {
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "sasl.password": self.sasl_password,
+            "ssl.ca.location": self.ssl_cafile,
+            "ssl.certificate.location": self.ssl_certfile,
+            "ssl.key.location": self.ssl_keyfile,
+        }
+        conf.update({k: v for k, v in optional.items() if v is not None})
+        return conf
+
+
+class RedisConfig(_Section):
+    """How to reach Redis. ``rediss://`` for TLS; the password may come from ``password``."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    password: str | None = None
+    key_prefix: str = "streamproc"
+
+
+class TopicsConfig(_Section):
+    """Topic names; their partitions and retention live in ``topology/topics.yaml``."""
+
+    predictions: str = "predictions"
+    labels: str = "labels"
+    alerts: str = "alerts"
+    metrics: str = "metrics"
+    deadletter: str = "deadletter"
+
+
+class WorkerConfig(_Section):
+    """The Faust worker."""
+
+    app_id: str = "streamproc"
+    web_host: str = "127.0.0.1"
+    web_port: Port = 6066
+    batch_size: PositiveInt = 2000
+    batch_within_s: PositiveFloat = 0.05
+    max_message_bytes: PositiveInt = 1_048_576
+    max_batch_events: PositiveInt = 10_000
+
+
+class JoinConfig(_Section):
+    """The prediction-label join through Redis."""
+
+    prediction_ttl_s: PositiveInt = 7 * 24 * 3600
+    label_ttl_s: PositiveInt = 3600
+    performance_features: list[str] = []
+
+
+class Config(_Section):
+    """The whole configuration."""
+
+    kafka: KafkaConfig = msgspec.field(default_factory=KafkaConfig)
+    redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
+    topics: TopicsConfig = msgspec.field(default_factory=TopicsConfig)
+    worker: WorkerConfig = msgspec.field(default_factory=WorkerConfig)
+    join: JoinConfig = msgspec.field(default_factory=JoinConfig)
+    monitoring: dict[str, Any] = {}
+
+
+ENV_PREFIX = "STREAMPROC_"
+CONFIG_ENV = "STREAMPROC_CONFIG"
+
+
+def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Map ``STREAMPROC_SECTION_KEY`` variables onto nested keys; remember where each came from."""
+    sections = {f.name: f.type for f in msgspec.structs.fields(Config) if f.name != "monitoring"}
+    overrides: dict[str, dict[str, Any]] = {}
+    origin: dict[str, str] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        for section, struct in sections.items():
+            if rest.startswith(section + "_"):
+                key = rest[len(section) + 1 :]
+                known = {f.name for f in msgspec.structs.fields(struct)}
+                if key not in known:
+                    raise ConfigError(
+                        f"{name}: unknown setting {section}.{key}; "
+                        f"known: {', '.join(sorted(known))}"
+                    )
+                parsed: Any = value
+                if value.startswith("["):
+                    parsed = yaml.safe_load(value)
+                overrides.setdefault(section, {})[key] = parsed
+                origin[f"{section}.{key}"] = name
+                break
+    return overrides, origin
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read the YAML file (``path`` or ``$STREAMPROC_CONFIG``), apply env overrides, validate.
+
+    Raises
+    ------
+    ConfigError
+        With the offending key, where it came from, and what is expected.
+    """
+    env = os.environ if env is None else env
+    path = path or env.get(CONFIG_ENV)
+    raw: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(
+                f"config file {p} does not exist; set {CONFIG_ENV} or --config to a YAML file"
+            )
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: expected a mapping of sections (kafka, redis, ...)")
+        raw = loaded
+    overrides, origin = _env_overrides(env)
+    for section, values in overrides.items():
+        merged = dict(raw.get(section) or {})
+        merged.update(values)
+        raw[section] = merged
+    try:
+        return msgspec.convert(raw, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        msg = str(exc)
+        where = ""
+        if " - at `$." in msg:
+            msg, _, where = msg.partition(" - at `$.")
+            where = where.rstrip("`")
+        source = f" (from {origin[where]})" if where in origin else f" (in {path})" if path else ""
+        raise ConfigError(f"{where or 'config'}{source}: {msg}") from None

@@ -1,0 +1,57 @@
+"""docker-compose.yml cannot run here (no Docker engine); it must still agree with the code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from streamproc.config import WorkerConfig
+from streamproc.stack import DEFAULT_KAFKA_PORT, DEFAULT_REDIS_PORT, KAFKA_VERSION
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+
+
+def test_compose_has_the_whole_stack() -> None:
+    assert {"kafka", "redis", "worker", "prometheus", "grafana"} <= set(SERVICES)
+
+
+def test_compose_kafka_is_the_same_version_in_kraft_mode() -> None:
+    kafka = SERVICES["kafka"]
+    assert kafka["image"] == f"apache/kafka:{KAFKA_VERSION}"
+    assert "controller" in kafka["environment"]["KAFKA_PROCESS_ROLES"]
+    assert f"{DEFAULT_KAFKA_PORT}:{DEFAULT_KAFKA_PORT}" in kafka["ports"]
+
+
+def test_compose_redis_port_matches_the_default() -> None:
+    assert f"{DEFAULT_REDIS_PORT}:{DEFAULT_REDIS_PORT}" in SERVICES["redis"]["ports"]
+
+
+def test_worker_points_at_the_compose_services_through_config_env() -> None:
+    env = SERVICES["worker"]["environment"]
+    host, port = env["STREAMPROC_KAFKA_BOOTSTRAP"].split(":")
+    assert host == "kafka"
+    assert port in SERVICES["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    assert env["STREAMPROC_REDIS_URL"].startswith("redis://redis:")
+    assert int(env["STREAMPROC_WORKER_WEB_PORT"]) == WorkerConfig().web_port
+
+
+def test_prometheus_scrapes_the_worker_web_port() -> None:
+    volumes = SERVICES["prometheus"]["volumes"]
+    mounted = next(v.split(":")[0] for v in volumes if v.endswith("prometheus.yml:ro"))
+    prom = yaml.safe_load((ROOT / mounted).read_text())
+    targets = [
+        t for job in prom["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]
+    ]
+    assert f"worker:{WorkerConfig().web_port}" in targets
+    assert f"{WorkerConfig().web_port}:{WorkerConfig().web_port}" in SERVICES["worker"]["ports"]
+
+
+def test_every_bind_mount_exists_in_the_repo() -> None:
+    for name, svc in SERVICES.items():
+        for volume in svc.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{name} mounts missing {source}"
