@@ -100,6 +100,8 @@ class JoinConfig(_Section):
 
     prediction_ttl_s: PositiveInt = 7 * 24 * 3600
     label_ttl_s: PositiveInt = 3600
+    dedupe_ttl_s: PositiveInt = 24 * 3600
+    sweep_interval_s: PositiveFloat = 10.0
     performance_features: list[str] = []
 
 

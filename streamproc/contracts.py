@@ -215,6 +215,7 @@ class Decoded(Generic[E]):
 
     events: list[E] = field(default_factory=list)
     indexes: list[int | None] = field(default_factory=list)
+    raws: list[bytes] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
 
 
@@ -277,6 +278,7 @@ def _decode_one(raw: bytes, kind: type[E], index: int | None, out: Decoded[E]) -
     else:
         out.events.append(event)
         out.indexes.append(index)
+        out.raws.append(raw)
 
 
 def decode_message(

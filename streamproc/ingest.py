@@ -1,0 +1,300 @@
+"""Ingestion: decode and validate a batch of Kafka messages, dead-letter the bad, join the good.
+
+This is the worker's processing core, free of Faust so that tests, replay and benchmarks drive
+the same code. One call handles one consumed batch, in this order:
+
+1. decode every message (:func:`streamproc.contracts.decode_message`); each rejected message or
+   batch element becomes a ``deadletter.v1`` record with its original bytes and reason;
+2. record the valid events in the Redis join (atomic, pipelined); a different message repeating
+   an id is dead-lettered as ``duplicate:prediction_id`` / ``duplicate:label``;
+3. hand accepted events and completed joins to the monitoring sink;
+4. flush every produced record (dead letters, and whatever the sink produced) and wait for the
+   broker's acknowledgement.
+
+Only when the call returns may the caller acknowledge (commit) the batch's offsets. Redis or
+Kafka failures are retried with backoff inside the call instead of raising, because a batch that
+escapes with an exception would have its offsets acknowledged by Faust's ``take_events``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol, TypeVar
+
+import redis.exceptions
+from confluent_kafka import KafkaError, Producer
+
+from streamproc.config import Config
+from streamproc.contracts import (
+    DeadLetter,
+    DeadLetterError,
+    Label,
+    Prediction,
+    Rejection,
+    decode_message,
+    encode,
+    event_time,
+)
+from streamproc.join import Joined, JoinRecord, LabelRecord, RedisJoin
+from streamproc.metrics import WorkerMetrics
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    """One consumed Kafka record, as any consumer (Faust, confluent-kafka) hands it over."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """An accepted prediction with its event time and where it came from."""
+
+    event: Prediction
+    event_time: float
+    partition: int
+    offset: int
+
+
+class MonitorSink(Protocol):
+    """The monitoring stage, as ingestion sees it."""
+
+    async def on_predictions(self, observed: Sequence[Observed]) -> None: ...
+
+    async def on_outcomes(
+        self, joined: Sequence[Joined], expired: Sequence[JoinRecord]
+    ) -> None: ...
+
+
+class NullSink:
+    """A sink that drops everything (ingestion alone, or tests of the join)."""
+
+    async def on_predictions(self, observed: Sequence[Observed]) -> None:
+        return None
+
+    async def on_outcomes(self, joined: Sequence[Joined], expired: Sequence[JoinRecord]) -> None:
+        return None
+
+
+class OutputProducer:
+    """A confluent-kafka producer whose ``flush`` raises if any record was not delivered."""
+
+    def __init__(self, cfg: Config) -> None:
+        self._producer = Producer(
+            {
+                **cfg.kafka.librdkafka(),
+                "linger.ms": 20,
+                "compression.type": "lz4",
+                "message.max.bytes": 8_388_608,
+                "enable.idempotence": True,
+            }
+        )
+        self._failed: list[KafkaError] = []
+
+    def _on_delivery(self, err: KafkaError | None, _msg: object) -> None:
+        if err is not None:
+            self._failed.append(err)
+
+    def produce(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery)
+                return
+            except BufferError:  # local queue full: let librdkafka drain it
+                self._producer.poll(0.1)
+
+    async def flush(self) -> None:
+        """Wait until every produced record is acknowledged; raise if any failed."""
+        loop = asyncio.get_running_loop()
+        remaining = await loop.run_in_executor(None, self._producer.flush, 30.0)
+        if remaining:
+            raise KafkaDeliveryError(f"{remaining} records still undelivered after 30 s")
+        if self._failed:
+            errors, self._failed = self._failed, []
+            raise KafkaDeliveryError(f"{len(errors)} records failed: {errors[0]}")
+
+
+class KafkaDeliveryError(RuntimeError):
+    pass
+
+
+_TRANSIENT = (
+    OSError,
+    TimeoutError,
+    KafkaDeliveryError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.TryAgainError,
+)
+
+
+async def retry(
+    what: Callable[[], Awaitable[T]], component: str, metrics: WorkerMetrics, *, base: float = 0.2
+) -> T:
+    """Run ``what`` until it succeeds, backing off up to 10 s; infrastructure, not data, fails."""
+    delay = base
+    while True:
+        try:
+            return await what()
+        except _TRANSIENT as exc:
+            metrics.infra_errors.labels(component=component).inc()
+            log.warning("%s unavailable (%s); retrying in %.1fs", component, exc, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 10.0)
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
+class Ingestor:
+    """Decode, validate, dead-letter and join consumed batches; see the module docstring."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        join: RedisJoin,
+        output: OutputProducer,
+        metrics: WorkerMetrics,
+        sink: MonitorSink | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.join = join
+        self.output = output
+        self.metrics = metrics
+        self.sink: MonitorSink = sink or NullSink()
+        self._perf = set(cfg.join.performance_features)
+
+    def _dead_letter(self, msg: RawMessage, rejection: Rejection, role: str) -> None:
+        record = DeadLetter(
+            topic=msg.topic,
+            partition=msg.partition,
+            offset=msg.offset,
+            key_b64=_b64(msg.key),
+            value_b64=_b64(rejection.value) or "",
+            batch_index=rejection.index,
+            error=DeadLetterError(rejection.reason, rejection.message),
+            dead_lettered_at=_now_iso(),
+        )
+        self.output.produce(self.cfg.topics.deadletter, encode(record), msg.key)
+        self.metrics.deadletter.labels(reason=rejection.reason).inc()
+        self.metrics.events.labels(topic=role, outcome="deadletter").inc()
+
+    def _decode(self, msgs: Sequence[RawMessage], kind: type, role: str) -> list[tuple]:
+        accepted = []
+        max_bytes, max_batch = self.cfg.worker.max_message_bytes, self.cfg.worker.max_batch_events
+        for msg in msgs:
+            decoded = decode_message(msg.value, kind, max_bytes=max_bytes, max_batch=max_batch)
+            for rejection in decoded.rejections:
+                self._dead_letter(msg, rejection, role)
+            for ev, idx, raw in zip(decoded.events, decoded.indexes, decoded.raws, strict=True):
+                origin = f"{msg.partition}:{msg.offset}:{'' if idx is None else idx}"
+                accepted.append((ev, msg, idx, raw, origin))
+        self.metrics.messages.labels(topic=role).inc(len(msgs))
+        return accepted
+
+    def _count_results(
+        self, accepted: list[tuple], results: Sequence[str], role: str, what: str
+    ) -> list[int]:
+        """Dead-letter duplicates, count outcomes; return the indexes of events to observe."""
+        keep = []
+        for i, ((_, msg, idx, raw, _), result) in enumerate(zip(accepted, results, strict=True)):
+            if result == "duplicate":
+                self.metrics.join.labels(result="duplicate").inc()
+                reason = f"duplicate:{what}"
+                message = f"another message already carried this {what.replace('_', ' ')}"
+                self._dead_letter(msg, Rejection(reason, message, raw, idx), role)
+                continue
+            if result == "late":
+                self.metrics.join.labels(result=f"late_{role.rstrip('s')}").inc()
+            elif result == "redelivered":
+                self.metrics.join.labels(result="redelivered").inc()
+            self.metrics.events.labels(topic=role, outcome="accepted").inc()
+            keep.append(i)
+        return keep
+
+    def _joined(self, joined: Sequence[Joined]) -> None:
+        if joined:
+            self.metrics.join.labels(result="joined").inc(len(joined))
+            for j in joined:
+                self.metrics.label_delay.observe(max(j.label_delay_s, 0.0))
+
+    async def on_predictions(self, msgs: Sequence[RawMessage]) -> None:
+        """Process one consumed batch of the predictions topic."""
+        started = time.perf_counter()
+        accepted = self._decode(msgs, Prediction, "predictions")
+        items = []
+        for ev, msg, _, _, origin in accepted:
+            t = event_time(ev.timestamp, msg.timestamp_ms)
+            features = {k: v for k, v in ev.features.items() if k in self._perf}
+            rec = JoinRecord(
+                ev.model_id, ev.model_version, t, ev.prediction, ev.confidence, ev.scores,
+                ev.segments, features,
+            )  # fmt: skip
+            items.append((ev.prediction_id, origin, rec))
+        results, joined = await retry(
+            lambda: self.join.add_predictions(items), "redis", self.metrics
+        )
+        keep = self._count_results(accepted, results, "predictions", "prediction_id")
+        self._joined(joined)
+        observed = [
+            Observed(accepted[i][0], items[i][2].event_time, accepted[i][1].partition,
+                     accepted[i][1].offset)
+            for i in keep
+        ]  # fmt: skip
+        await self.sink.on_predictions(observed)
+        await self.sink.on_outcomes(joined, [])
+        await retry(self.output.flush, "kafka", self.metrics)
+        self.metrics.batch_seconds.labels(topic="predictions").observe(
+            time.perf_counter() - started
+        )
+
+    async def on_labels(self, msgs: Sequence[RawMessage]) -> None:
+        """Process one consumed batch of the labels topic."""
+        started = time.perf_counter()
+        accepted = self._decode(msgs, Label, "labels")
+        items = [
+            (ev.prediction_id, origin,
+             LabelRecord(ev.label, event_time(ev.timestamp, msg.timestamp_ms), ev.model_id))
+            for ev, msg, _, _, origin in accepted
+        ]  # fmt: skip
+        results, joined = await retry(lambda: self.join.add_labels(items), "redis", self.metrics)
+        self._count_results(accepted, results, "labels", "label")
+        self._joined(joined)
+        await self.sink.on_outcomes(joined, [])
+        await retry(self.output.flush, "kafka", self.metrics)
+        self.metrics.batch_seconds.labels(topic="labels").observe(time.perf_counter() - started)
+
+    async def sweep(self, now: float | None = None) -> None:
+        """Expire what waited too long; expired predictions count as never labelled."""
+        expired = await retry(lambda: self.join.expire(now), "redis", self.metrics)
+        if expired.predictions:
+            self.metrics.join.labels(result="expired_prediction").inc(len(expired.predictions))
+        if expired.labels:
+            self.metrics.join.labels(result="expired_label").inc(expired.labels)
+        self.metrics.update_never_labelled()
+        pending_p, pending_l = await retry(self.join.pending, "redis", self.metrics)
+        self.metrics.pending.labels(side="prediction").set(pending_p)
+        self.metrics.pending.labels(side="label").set(pending_l)
+        if expired.predictions:
+            await self.sink.on_outcomes([], expired.predictions)
+            await retry(self.output.flush, "kafka", self.metrics)
