@@ -50,6 +50,9 @@ class ServiceStatus:
         return f"{self.name:<6} {self.address:<16} {self.state}{log}"
 
 
+_SPAWNED: dict[int, subprocess.Popen[bytes]] = {}
+
+
 def port_open(port: int, host: str = HOST, timeout: float = 0.3) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
@@ -104,6 +107,7 @@ class _Service:
                 start_new_session=True,  # survives the CLI; `down` stops it by PID
             )
         self.pid_file.write_text(str(proc.pid))
+        _SPAWNED[proc.pid] = proc  # kept so the handle is reaped by stop(), not garbage-collected
         return proc.pid
 
     def stop(self) -> bool:
@@ -118,8 +122,12 @@ class _Service:
         if _pid_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
+        spawned = _SPAWNED.pop(pid, None)
+        if spawned is not None:
+            spawned.wait(10)
+        else:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
         self.pid_file.unlink(missing_ok=True)
         return True
 
