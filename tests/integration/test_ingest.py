@@ -220,3 +220,24 @@ def test_sigkill_mid_stream_then_restart_joins_every_labelled_prediction_exactly
     assert list(client.scan_iter(f"{prefix}:l:*", count=5000)) == []
     assert len(list(client.scan_iter(f"{prefix}:p:*", count=5000))) == n - len(labels)
     assert list(consume_all(applied, applied.topics.deadletter, 1, timeout=3)) == []
+
+
+def test_compressed_producer_traffic_is_read(applied: Config, tmp_path: Path) -> None:
+    from confluent_kafka import Producer
+
+    codecs = ["lz4", "zstd", "snappy", "gzip"]
+    for n, codec in enumerate(codecs):
+        producer = Producer({**applied.kafka.librdkafka(), "compression.type": codec})
+        docs = [_prediction(i) for i in range(n * 1000, (n + 1) * 1000)]
+        for value in _batches(docs, 100):
+            producer.produce(applied.topics.predictions, value=value)
+        assert producer.flush(10) == 0
+    worker = WorkerProcess(applied, tmp_path)
+    try:
+        worker.wait_for(
+            lambda: worker.metric("streamproc_events_total", topic="predictions") >= 4000,
+            60, "compressed batches",
+        )  # fmt: skip
+        assert worker.metric("streamproc_events_total", outcome="accepted") == 4000
+    finally:
+        worker.stop()
