@@ -150,10 +150,12 @@ def test_bad_inputs_land_in_deadletter_with_reason_and_bytes_while_good_traffic_
 
     worker = WorkerProcess(applied, tmp_path)
     try:
+        # 202 accepted events + 12 dead letters (11 bad messages, 1 bad batch element)
         worker.wait_for(
-            lambda: worker.metric("streamproc_messages_total", topic="predictions") >= len(values),
+            lambda: worker.metric("streamproc_events_total", topic="predictions") >= 214,
             120, "all messages",
         )  # fmt: skip
+        assert worker.metric("streamproc_messages_total", topic="predictions") == len(values)
         accepted = worker.metric("streamproc_events_total", topic="predictions", outcome="accepted")
         assert accepted == 202  # 200 singles + 2 good elements of the mixed batch
         assert worker.proc.poll() is None, "the worker must not crash on data"
