@@ -68,6 +68,49 @@ class WorkerMetrics:
             ["component"], registry=r,
         )  # fmt: skip
 
+        # Monitoring (one series per monitor; segment is "all" or "dim=value", bounded by the
+        # per-dimension top-K cap; feature names come from the baseline or the model's events).
+        mfs = ["model", "feature", "segment"]
+        self.feature_psi = Gauge(
+            "streamproc_feature_psi", "PSI of the last closed window vs the reference", mfs,
+            registry=r,
+        )  # fmt: skip
+        self.feature_js = Gauge(
+            "streamproc_feature_js", "Jensen-Shannon divergence (base 2) vs the reference", mfs,
+            registry=r,
+        )  # fmt: skip
+        self.feature_null_rate = Gauge(
+            "streamproc_feature_null_rate", "Null rate of the feature in the last closed window",
+            mfs, registry=r,
+        )  # fmt: skip
+        self.prediction_top1_rate = Gauge(
+            "streamproc_prediction_top1_rate", "Share of the most frequent predicted class",
+            ["model", "segment"], registry=r,
+        )  # fmt: skip
+        self.accuracy = Gauge(
+            "streamproc_accuracy", "Accuracy per window: realized (labels) or estimated (CBPE)",
+            ["model", "segment", "kind"], registry=r,
+        )  # fmt: skip
+        self.alerts_firing = Gauge(
+            "streamproc_alerts_firing", "Alerts currently firing", ["model", "kind", "severity"],
+            registry=r,
+        )  # fmt: skip
+        self.detections = Counter(
+            "streamproc_detector_detections", "Drift detections by River detectors",
+            ["model", "detector", "segment"], registry=r,
+        )  # fmt: skip
+        self.windows_closed = Counter(
+            "streamproc_windows_closed", "Monitor windows closed", ["model"], registry=r
+        )
+        self.late_events = Counter(
+            "streamproc_late_events", "Events later than the allowed lateness (not in any window)",
+            ["model"], registry=r,
+        )  # fmt: skip
+        self.monitors = Gauge(
+            "streamproc_monitors", "Monitors (model x version x segment) held by this worker",
+            registry=r,
+        )  # fmt: skip
+
     def render(self) -> bytes:
         """The exposition text for ``/metrics``."""
         return generate_latest(self.registry)
