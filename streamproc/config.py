@@ -105,6 +105,52 @@ class JoinConfig(_Section):
     performance_features: list[str] = []
 
 
+class Tiers(_Section):
+    """A warning and a critical threshold; ``clear`` (hysteresis) defaults to 80% of warning."""
+
+    warning: float
+    critical: float
+    clear: float | None = None
+
+    def clearing(self) -> float:
+        return self.clear if self.clear is not None else 0.8 * self.warning
+
+
+class MonitoringConfig(_Section):
+    """Drift monitors: windows, detectors, thresholds. Defaults suit most deployments."""
+
+    window_s: PositiveFloat = 300.0
+    tick_s: PositiveFloat = 10.0
+    lateness_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+    idle_timeout_s: PositiveFloat = 120.0
+    segment_dims: list[str] | None = None  # None: every dimension found in events
+    max_segment_values: PositiveInt = 20
+    features: list[str] | None = None  # None: every feature of the baseline or the events
+    warmup_windows: PositiveInt = 1
+    warmup_sample: PositiveInt = 5000
+    min_window_count: PositiveInt = 100
+    min_labelled_count: PositiveInt = 200
+    clear_windows: PositiveInt = 3
+    psi: Tiers = msgspec.field(default_factory=lambda: Tiers(warning=0.1, critical=0.25))
+    js: Tiers = msgspec.field(default_factory=lambda: Tiers(warning=0.05, critical=0.1))
+    ks_p: Tiers = msgspec.field(default_factory=lambda: Tiers(warning=0.05, critical=0.01))
+    ks_effect_floor: Probability = 0.1
+    null_rate_delta: Tiers = msgspec.field(
+        default_factory=lambda: Tiers(warning=0.02, critical=0.05)
+    )
+    new_category_share: Tiers = msgspec.field(
+        default_factory=lambda: Tiers(warning=0.01, critical=0.05)
+    )
+    top1_rate: Probability = 0.8
+    ece: PositiveFloat = 0.05
+    accuracy_drop: Tiers = msgspec.field(default_factory=lambda: Tiers(warning=0.05, critical=0.1))
+    volume_drop: Tiers = msgspec.field(default_factory=lambda: Tiers(warning=0.5, critical=0.9))
+    latency_slo_ms: PositiveFloat | None = None
+    adwin_delta: Probability = 0.002
+    page_hinkley_threshold: PositiveFloat = 50.0
+    observations_partitions: PositiveInt = 6
+
+
 class Config(_Section):
     """The whole configuration."""
 
@@ -113,7 +159,7 @@ class Config(_Section):
     topics: TopicsConfig = msgspec.field(default_factory=TopicsConfig)
     worker: WorkerConfig = msgspec.field(default_factory=WorkerConfig)
     join: JoinConfig = msgspec.field(default_factory=JoinConfig)
-    monitoring: dict[str, Any] = {}
+    monitoring: MonitoringConfig = msgspec.field(default_factory=MonitoringConfig)
 
 
 ENV_PREFIX = "STREAMPROC_"
@@ -122,7 +168,7 @@ CONFIG_ENV = "STREAMPROC_CONFIG"
 
 def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """Map ``STREAMPROC_SECTION_KEY`` variables onto nested keys; remember where each came from."""
-    sections = {f.name: f.type for f in msgspec.structs.fields(Config) if f.name != "monitoring"}
+    sections = {f.name: f.type for f in msgspec.structs.fields(Config)}
     overrides: dict[str, dict[str, Any]] = {}
     origin: dict[str, str] = {}
     for name, value in env.items():

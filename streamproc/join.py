@@ -108,6 +108,9 @@ class Joined:
 
     prediction: JoinRecord
     label: LabelRecord
+    origin: str = (
+        ""  # the arrival that completed the join: "p<partition>:<offset>:<index>" or "l..."
+    )
 
     @property
     def label_delay_s(self) -> float:
@@ -273,10 +276,10 @@ class RedisJoin:
         raw = await self._arrive_batch("p", "l", self.prediction_ttl_s, blobs, now)
         results: list[JoinResult] = []
         joined: list[Joined] = []
-        for (_, _, rec), r in zip(items, raw, strict=True):
+        for (_, origin, rec), r in zip(items, raw, strict=True):
             if isinstance(r, bytes):
                 results.append("joined")
-                joined.append(Joined(rec, decode_label(r)))
+                joined.append(Joined(rec, decode_label(r), f"p{origin}"))
             else:
                 results.append(_RESULT[r])
         return results, joined
@@ -290,10 +293,10 @@ class RedisJoin:
         raw = await self._arrive_batch("l", "p", self.label_ttl_s, blobs, now)
         results: list[JoinResult] = []
         joined: list[Joined] = []
-        for (_, _, rec), r in zip(items, raw, strict=True):
+        for (_, origin, rec), r in zip(items, raw, strict=True):
             if isinstance(r, bytes):
                 results.append("joined")
-                joined.append(Joined(decode_prediction(r), rec))
+                joined.append(Joined(decode_prediction(r), rec, f"l{origin}"))
             else:
                 results.append(_RESULT[r])
         return results, joined

@@ -48,6 +48,7 @@ class _ClockState(msgspec.Struct, array_like=True):
     newest: dict[str, float]
     closed_until: float
     late: int
+    retired: float = -math.inf
 
 
 class WindowClock:
@@ -68,6 +69,7 @@ class WindowClock:
         self.lateness_s = lateness_s
         self._newest: dict[str, float] = {}
         self._closed_until = -math.inf
+        self._retired = -math.inf
         self.late = 0
 
     def window_start(self, t: float) -> float:
@@ -102,8 +104,8 @@ class WindowClock:
 
     @property
     def watermark(self) -> float:
-        if not self._newest:
-            return -math.inf
+        if not self._newest:  # every source retired: what they had reached still counts
+            return self._retired - self.lateness_s
         return min(self._newest.values()) - self.lateness_s
 
     def close_until(self) -> float:
@@ -115,7 +117,13 @@ class WindowClock:
 
     def retire(self, source: str) -> None:
         """Stop waiting for a quiet source (after an idle timeout, or a revoked partition)."""
-        self._newest.pop(source, None)
+        newest = self._newest.pop(source, None)
+        if newest is not None:
+            self._retired = max(self._retired, newest)
+
+    @property
+    def sources(self) -> list[str]:
+        return sorted(self._newest)
 
     def to_bytes(self) -> bytes:
         """Versioned state for checkpoints.
@@ -138,4 +146,5 @@ class WindowClock:
         clock._newest = dict(state.newest)
         clock._closed_until = state.closed_until
         clock.late = state.late
+        clock._retired = state.retired
         return clock

@@ -64,3 +64,12 @@ def test_foreign_bytes_are_refused() -> None:
 def test_bad_parameters_are_refused(size: float, lateness: float) -> None:
     with pytest.raises(ValueError, match="size_s"):
         WindowClock(size, lateness)
+
+
+def test_when_every_source_is_retired_what_they_reached_still_closes_windows() -> None:
+    clock = WindowClock(size_s=60, lateness_s=0)
+    clock.admit("a", 130.0)
+    clock.admit("b", 250.0)
+    clock.retire("a")
+    clock.retire("b")
+    assert clock.close_until() == 240.0
