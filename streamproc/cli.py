@@ -120,7 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Feature modules that add sub-commands through their own ``register_cli(subparsers)``, so this
 # file stays a thin dispatcher. Their heavy imports belong inside their handlers.
-COMMAND_MODULES: list[str] = ["streamproc.smoke", "streamproc.worker", "streamproc.oncall"]
+COMMAND_MODULES: list[str] = [
+    "streamproc.smoke",
+    "streamproc.worker",
+    "streamproc.oncall",
+    "streamproc.baseline",
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
