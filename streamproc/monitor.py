@@ -1,0 +1,1306 @@
+"""Drift monitors for one model: event-time windows per segment, statistics, detectors, alerts.
+
+A :class:`ModelMonitor` owns every piece of state for one ``model_id``: the worker routes all of
+a model's observations to one place (a topic keyed by model), so adding workers splits models
+between them without changing any result.
+
+Within a model, a *monitor* is ``(model_version, segment)`` where segment is all traffic
+(``{}``) or one value of one segment dimension (``{"country": "DE"}``). Each monitor keeps, per
+open window, mergeable sketches of every feature, of the model's outputs and, once labels join,
+of its outcomes. Event time drives everything: a :class:`~streamproc.windows.WindowClock` (per
+source lateness, so the result doesn't depend on how partitions interleave) closes *ticks*
+(``tick_s``) and *windows* (``window_s``, a multiple of the tick).
+
+- On each closed tick, every numeric feature's standardised mean over the tick feeds an ADWIN
+  detector (``update(z * sqrt(n))``: unit variance whatever the tick size); ticks are fed in
+  event-time order, so detections are deterministic too.
+- On each closed window, every feature and output is compared with the reference: PSI, JS,
+  binned KS (numeric) or chi-squared and new categories (categorical), null rate, schema
+  (missing feature, type change), volume against the reference rate, top-1 rate, CBPE estimated
+  accuracy, and realised accuracy and label drift for outcomes that joined in that window.
+
+Verdicts go through an :class:`~streamproc.alerts.AlertTracker` (one firing per episode,
+resolved after ``clear_windows`` clear windows). The monitor returns alerts and one
+``metrics.v1`` record per monitor and closed window; publishing them is the caller's business.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from streamproc import stats
+from streamproc.alerts import AlertKey, AlertTracker, Kind, Severity, Verdict, iso
+from streamproc.config import MonitoringConfig, Tiers
+from streamproc.contracts import Alert, MetricsRecord, Scalar, Window
+from streamproc.detectors import ADWINDetector
+from streamproc.errors import StateEncodingError
+from streamproc.sketch import (
+    OTHER,
+    CategoricalSketch,
+    NumericSketch,
+    QuantileSketch,
+    calibration_edges,
+)
+from streamproc.windows import WindowClock
+
+ALL = "all"
+Z_SCALE = 1_000_000
+
+
+class Observation(msgspec.Struct, array_like=True, frozen=True):
+    """An accepted prediction as the monitoring stage receives it (no prediction id)."""
+
+    partition: int
+    offset: int
+    index: int
+    event_time: float
+    model_version: str
+    segments: dict[str, str]
+    features: dict[str, float | str | bool | None]
+    prediction: Scalar
+    confidence: float | None = None
+    latency_ms: float | None = None
+
+
+class Outcome(msgspec.Struct, array_like=True, frozen=True):
+    """A joined prediction and label. ``source`` names the arrival that completed the join."""
+
+    source: str
+    offset: int
+    index: int
+    event_time: float  # the label's event time
+    model_version: str
+    segments: dict[str, str]
+    prediction: Scalar
+    label: Scalar
+    confidence: float | None = None
+
+
+class MonitorInput(msgspec.Struct, array_like=True, frozen=True):
+    """One message of the keyed observations topic: a model's share of one consumed batch."""
+
+    model_id: str
+    observations: list[Observation] = []
+    outcomes: list[Outcome] = []
+
+
+_INPUT_MAGIC = b"SPO1"
+_INPUT_DEC = msgspec.msgpack.Decoder(MonitorInput)
+_ENC = msgspec.msgpack.Encoder()
+
+
+def encode_input(batch: MonitorInput) -> bytes:
+    return _INPUT_MAGIC + _ENC.encode(batch)
+
+
+def decode_input(blob: bytes) -> MonitorInput:
+    if blob[:4] != _INPUT_MAGIC:
+        raise StateEncodingError(f"not a monitor input (header {blob[:4]!r})")
+    return _INPUT_DEC.decode(blob[4:])
+
+
+def segment_of(key: str) -> dict[str, str]:
+    if key == ALL:
+        return {}
+    dim, _, value = key.partition("=")
+    return {dim: value}
+
+
+def _label(value: Scalar) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _is_num(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _severity(value: float, tiers: Tiers, higher_is_worse: bool = True) -> Severity | None:
+    if not higher_is_worse:
+        value, w, c = -value, -tiers.warning, -tiers.critical
+    else:
+        w, c = tiers.warning, tiers.critical
+    if value >= c:
+        return "critical"
+    if value >= w:
+        return "warning"
+    return None
+
+
+def psi_severity(
+    psi: float, tiers: Tiers, n: int, ref_n: int, bins: int, alpha: float
+) -> tuple[Severity | None, float]:
+    """PSI tier, but only where the PSI is beyond what sampling alone would give.
+
+    Under no change, ``PSI * n_eff`` (``n_eff = n m / (n + m)``) is approximately chi-squared
+    with ``bins - 1`` degrees of freedom, so a small window (or a small reference) inflates PSI
+    by about ``(bins - 1) / n_eff``. A tier counts only when that chance is under ``alpha``.
+
+    >>> tiers = Tiers(warning=0.1, critical=0.25)
+    >>> psi_severity(0.12, tiers, 300, 3000, 10, 1e-5)[0] is None  # 300 events: could be noise
+    True
+    >>> psi_severity(0.12, tiers, 5000, 30000, 10, 1e-5)[0]
+    'warning'
+    """
+    from scipy.stats import chi2
+
+    n_eff = n * ref_n / (n + ref_n) if ref_n else float(n)
+    p = float(chi2.sf(psi * n_eff, max(bins - 1, 1)))
+    severity = _severity(psi, tiers)
+    return (severity if p < alpha else None), p
+
+
+# -- references ---------------------------------------------------------------------------------
+
+
+@dataclass
+class NumRef:
+    edges: np.ndarray
+    probs: np.ndarray
+    mean: float
+    std: float
+    min: float
+    max: float
+    count: int
+    nulls: int
+
+    @property
+    def null_rate(self) -> float:
+        total = self.count + self.nulls
+        return self.nulls / total if total else 0.0
+
+
+@dataclass
+class CatRef:
+    probs: dict[str, float]
+    count: int
+    nulls: int
+
+    @property
+    def null_rate(self) -> float:
+        total = self.count + self.nulls
+        return self.nulls / total if total else 0.0
+
+
+@dataclass
+class SegRef:
+    """A monitor's reference, whatever produced it (a baseline, or the warm-up window)."""
+
+    count: int
+    rate_per_s: float | None
+    features: dict[str, NumRef | CatRef]
+    prediction: NumRef | CatRef | None
+    score: NumRef | None
+    label: NumRef | CatRef | None
+    accuracy: float | None
+    calibration: stats.CalibrationMap | None
+    origin: str  # "baseline" | "warmup"
+
+
+def _convert_ref(fr: Any) -> NumRef | CatRef | None:
+    """Adapt one baseline column; ``None`` where it holds nothing to compare against."""
+    if fr is None:
+        return None
+    if hasattr(fr, "edges"):
+        if not len(fr.probs) or fr.mean is None:
+            return None
+        return NumRef(
+            np.asarray(fr.edges, dtype=float), np.asarray(fr.probs, dtype=float),
+            float(fr.mean), float(fr.std or 0.0), float(fr.min), float(fr.max),
+            int(fr.count), int(fr.nulls),
+        )  # fmt: skip
+    if not fr.probs:
+        return None
+    return CatRef(dict(fr.probs), int(fr.count), int(fr.nulls))
+
+
+def segref_from_baseline(seg: Any, origin: str = "baseline") -> SegRef:
+    """Adapt a :mod:`streamproc.baseline` segment reference."""
+    cal = None
+    if getattr(seg, "calibration", None) is not None:
+        c = seg.calibration
+        cal = stats.CalibrationMap(
+            np.asarray(c.edges, dtype=float),
+            np.asarray(c.accuracy, dtype=float),
+            np.asarray(c.counts, dtype=np.int64),
+        )
+    score = _convert_ref(getattr(seg, "score", None))
+    return SegRef(
+        count=int(seg.count),
+        rate_per_s=seg.rate_per_s,
+        features={k: r for k, v in seg.features.items() if (r := _convert_ref(v)) is not None},
+        prediction=_convert_ref(seg.prediction),
+        score=score if isinstance(score, NumRef) else None,
+        label=_convert_ref(seg.label),
+        accuracy=seg.accuracy,
+        calibration=cal,
+        origin=origin,
+    )
+
+
+# -- window state -------------------------------------------------------------------------------
+
+
+class _WindowState(msgspec.Struct):
+    """Everything one monitor accumulates in one open window, in stored form."""
+
+    count: int = 0
+    numeric: dict[str, bytes] = {}
+    categorical: dict[str, bytes] = {}
+    mismatched: dict[str, int] = {}
+    unknown: dict[str, int] = {}
+    prediction: bytes = b""
+    score: bytes = b""
+    latency: bytes = b""
+    offsets: dict[str, list[int]] = {}
+    labelled: int = 0
+    correct: int = 0
+    abs_error: float = 0.0
+    labels: bytes = b""
+    sample: list[list[Any]] = []  # warm-up rows: [hash, features, prediction, confidence]
+
+
+@dataclass
+class WindowAgg:
+    """Live (unpacked) form of a monitor's window."""
+
+    count: int = 0
+    numeric: dict[str, NumericSketch] = field(default_factory=dict)
+    categorical: dict[str, CategoricalSketch] = field(default_factory=dict)
+    mismatched: dict[str, int] = field(default_factory=dict)
+    unknown: dict[str, int] = field(default_factory=dict)
+    prediction: NumericSketch | CategoricalSketch | None = None
+    score: NumericSketch | None = None
+    latency: QuantileSketch = field(default_factory=QuantileSketch)
+    offsets: dict[str, list[int]] = field(default_factory=dict)
+    labelled: int = 0
+    correct: int = 0
+    abs_error: float = 0.0
+    labels: CategoricalSketch = field(default_factory=CategoricalSketch)
+    sample: list[list[Any]] = field(default_factory=list)
+
+    def pack(self) -> _WindowState:
+        def pred_bytes() -> bytes:
+            if self.prediction is None:
+                return b""
+            return self.prediction.to_bytes()
+
+        return _WindowState(
+            self.count,
+            {k: v.to_bytes() for k, v in self.numeric.items()},
+            {k: v.to_bytes() for k, v in self.categorical.items()},
+            dict(self.mismatched),
+            dict(self.unknown),
+            pred_bytes(),
+            self.score.to_bytes() if self.score is not None else b"",
+            self.latency.to_bytes(),
+            dict(self.offsets),
+            self.labelled,
+            self.correct,
+            self.abs_error,
+            self.labels.to_bytes(),
+            list(self.sample),
+        )
+
+    @classmethod
+    def unpack(cls, s: _WindowState) -> WindowAgg:
+        pred: NumericSketch | CategoricalSketch | None = None
+        if s.prediction[:4] == NumericSketch.MAGIC:
+            pred = NumericSketch.from_bytes(s.prediction)
+        elif s.prediction:
+            pred = CategoricalSketch.from_bytes(s.prediction)
+        return cls(
+            s.count,
+            {k: NumericSketch.from_bytes(v) for k, v in s.numeric.items()},
+            {k: CategoricalSketch.from_bytes(v) for k, v in s.categorical.items()},
+            dict(s.mismatched),
+            dict(s.unknown),
+            pred,
+            NumericSketch.from_bytes(s.score) if s.score else None,
+            QuantileSketch.from_bytes(s.latency),
+            dict(s.offsets),
+            s.labelled,
+            s.correct,
+            s.abs_error,
+            CategoricalSketch.from_bytes(s.labels),
+            list(s.sample),
+        )
+
+
+@dataclass
+class Segment:
+    """One monitor: (model_version, segment key)."""
+
+    version: str
+    key: str
+    ref: SegRef | None = None
+    windows: dict[float, WindowAgg] = field(default_factory=dict)
+    ticks: dict[float, dict[str, list[int]]] = field(default_factory=dict)  # f -> [sum, n]
+    adwin: dict[str, ADWINDetector] = field(default_factory=dict)
+    detections: dict[str, list[float]] = field(default_factory=dict)  # feature -> tick starts
+    warm_windows: int = 0
+    warm_count: int = 0
+    warm_rows: list[list[Any]] = field(default_factory=list)
+    past_counts: list[int] = field(default_factory=list)
+
+
+def _row_hash(partition: int, offset: int, index: int) -> int:
+    digest = hashlib.blake2b(f"{partition}:{offset}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+@dataclass
+class Output:
+    alerts: list[Alert] = field(default_factory=list)
+    metrics: list[MetricsRecord] = field(default_factory=list)
+    detections: list[tuple[str, str, str]] = field(default_factory=list)  # detector, seg, feat
+
+
+class ModelMonitor:
+    """Every monitor of one model; see the module docstring.
+
+    Parameters
+    ----------
+    model_id
+        The model this object watches.
+    cfg
+        The ``monitoring`` configuration.
+    sources
+        The source partitions that feed it (e.g. ``["p0", ..., "p5"]``), declared up front so
+        that window contents do not depend on which source speaks first.
+    references
+        ``(model_version, segment key) -> SegRef`` from the baseline; monitors without one
+        take their first ``warmup_windows`` windows as the reference.
+    topic
+        The predictions topic, named in alerts' ``source`` so they can be replayed.
+    """
+
+    def __init__(
+        self,
+        model_id: str,
+        cfg: MonitoringConfig,
+        sources: Sequence[str],
+        references: dict[tuple[str, str], SegRef] | None = None,
+        topic: str = "predictions",
+    ) -> None:
+        if abs(cfg.window_s / cfg.tick_s - round(cfg.window_s / cfg.tick_s)) > 1e-9:
+            raise ValueError("monitoring.window_s must be a multiple of monitoring.tick_s")
+        self.model_id = model_id
+        self.cfg = cfg
+        self.topic = topic
+        self.references = dict(references or {})
+        self.clock = WindowClock(cfg.tick_s, cfg.lateness_s)
+        self.clock.expect(sources)
+        self.outcome_clock = WindowClock(cfg.tick_s, cfg.lateness_s)
+        self.segments: dict[tuple[str, str], Segment] = {}
+        self.tracker = AlertTracker(cfg.clear_windows)
+        self.high: dict[str, tuple[int, int]] = {}  # source -> (offset, index) processed
+        self.windows_closed_until = -math.inf
+        self.outcome_windows: dict[float, dict[tuple[str, str], WindowAgg]] = {}
+        # Segment values per dimension: the baseline's, else the first max_segment_values seen;
+        # any other value is monitored as "__other__", so state and metric labels stay bounded.
+        self.known_values: dict[str, set[str]] = {}
+        self._fixed_dims: set[str] = set()
+        for _, key in self.references:
+            if key != ALL:
+                dim, _, value = key.partition("=")
+                self.known_values.setdefault(dim, set()).add(value)
+                self._fixed_dims.add(dim)
+
+    def keys_of(self, segments: dict[str, str]) -> list[str]:
+        """The monitors an event belongs to, with rare or unknown values as ``__other__``."""
+        dims = self.cfg.segment_dims
+        keys = [ALL]
+        for dim, value in sorted(segments.items()):
+            if dims is not None and dim not in dims:
+                continue
+            known = self.known_values.setdefault(dim, set())
+            if value not in known:
+                if dim in self._fixed_dims or len(known) >= self.cfg.max_segment_values:
+                    value = OTHER
+                else:
+                    known.add(value)
+            keys.append(f"{dim}={value}")
+        return keys
+
+    # -- intake ----------------------------------------------------------------------------------
+
+    def _fresh(self, source: str, offset: int, index: int) -> bool:
+        seen = self.high.get(source)
+        if seen is not None and (offset, index) <= seen:
+            return False
+        self.high[source] = (offset, index)
+        return True
+
+    def _segment(self, version: str, key: str) -> Segment:
+        seg = self.segments.get((version, key))
+        if seg is None:
+            seg = self.segments[(version, key)] = Segment(version, key)
+            seg.ref = self.references.get((version, key))
+        return seg
+
+    def _window(self, seg: Segment, start: float) -> WindowAgg:
+        agg = seg.windows.get(start)
+        if agg is None:
+            agg = seg.windows[start] = WindowAgg()
+            ref = seg.ref
+            if ref is not None:
+                for name, fr in ref.features.items():
+                    if isinstance(fr, NumRef):
+                        agg.numeric[name] = NumericSketch(fr.edges, fr.min, fr.max)
+                    else:
+                        agg.categorical[name] = CategoricalSketch()
+                if isinstance(ref.prediction, NumRef):
+                    p = ref.prediction
+                    agg.prediction = NumericSketch(p.edges, p.min, p.max)
+                elif ref.prediction is not None:
+                    agg.prediction = CategoricalSketch()
+                edges = ref.calibration.edges if ref.calibration is not None else None
+                if edges is None and ref.score is not None:
+                    edges = ref.score.edges
+                agg.score = NumericSketch(edges if edges is not None else calibration_edges(10))
+        return agg
+
+    def observe(self, observations: Iterable[Observation]) -> None:
+        """Fold accepted predictions in (duplicates from redelivery are skipped).
+
+        Events are grouped by (monitor, window, tick) first, so each sketch takes one
+        vectorised update per group instead of one call per value.
+        """
+        groups: dict[tuple[str, str, float, float], list[Observation]] = {}
+        for ob in observations:
+            source = f"p{ob.partition}"
+            if not self._fresh(source, ob.offset, ob.index):
+                continue
+            if not self.clock.admit(source, ob.event_time):
+                continue
+            wstart = math.floor(ob.event_time / self.cfg.window_s) * self.cfg.window_s
+            tstart = self.clock.window_start(ob.event_time)
+            for key in self.keys_of(ob.segments):
+                groups.setdefault((ob.model_version, key, wstart, tstart), []).append(ob)
+        for (version, key, wstart, tstart), obs in groups.items():
+            seg = self._segment(version, key)
+            self._add(seg, self._window(seg, wstart), tstart, obs)
+
+    def _add(self, seg: Segment, agg: WindowAgg, tstart: float, obs: list[Observation]) -> None:
+        agg.count += len(obs)
+        for ob in obs:
+            span = agg.offsets.get(str(ob.partition))
+            if span is None:
+                agg.offsets[str(ob.partition)] = [ob.offset, ob.offset]
+            else:
+                span[0] = min(span[0], ob.offset)
+                span[1] = max(span[1], ob.offset)
+        latencies = [ob.latency_ms for ob in obs if ob.latency_ms is not None]
+        if latencies:
+            agg.latency.update_many(np.asarray(latencies, dtype=float))
+        ref = seg.ref
+        if ref is None:
+            for ob in obs:
+                self._sample(agg, ob)
+            return
+        tick = seg.ticks.setdefault(tstart, {})
+        for name, fr in ref.features.items():
+            values = [ob.features.get(name) for ob in obs]
+            if isinstance(fr, NumRef):
+                nums = [v for v in values if _is_num(v)]
+                nulls = sum(1 for v in values if v is None)
+                if len(nums) + nulls < len(values):
+                    agg.mismatched[name] = (
+                        agg.mismatched.get(name, 0) + len(values) - len(nums) - nulls
+                    )
+                arr = np.asarray(nums, dtype=float)
+                agg.numeric[name].update_many(arr, nulls)
+                if arr.size and fr.std > 0:
+                    # Fixed-point (micro-sd) integer sums: exact in any order or grouping, so
+                    # the detector sees the same values however batches were cut.
+                    acc = tick.setdefault(name, [0, 0])
+                    acc[0] += int(np.rint((arr - fr.mean) / fr.std * Z_SCALE).sum())
+                    acc[1] += int(arr.size)
+            else:
+                labels = [_label(v) for v in values if v is not None]
+                agg.categorical[name].update_many(labels, len(values) - len(labels))
+        for ob in obs:
+            for name in ob.features.keys() - ref.features.keys():
+                agg.unknown[name] = agg.unknown.get(name, 0) + 1
+        if isinstance(agg.prediction, NumericSketch):
+            preds = [float(ob.prediction) for ob in obs if _is_num(ob.prediction)]
+            agg.prediction.update_many(np.asarray(preds, dtype=float))
+        elif agg.prediction is not None:
+            agg.prediction.update_many([_label(ob.prediction) for ob in obs])
+        if agg.score is not None:
+            conf = [ob.confidence for ob in obs if ob.confidence is not None]
+            if conf:
+                agg.score.update_many(np.asarray(conf, dtype=float))
+
+    def _sample(self, agg: WindowAgg, ob: Observation) -> None:
+        """Bottom-k sample by a hash of the event's position: the same whatever the order."""
+        h = _row_hash(ob.partition, ob.offset, ob.index)
+        k = self.cfg.warmup_sample
+        if len(agg.sample) >= k and h >= agg.sample[-1][0]:
+            return
+        row = [h, dict(ob.features), ob.prediction, ob.confidence]
+        lo, hi = 0, len(agg.sample)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if agg.sample[mid][0] < h:
+                lo = mid + 1
+            else:
+                hi = mid
+        agg.sample.insert(lo, row)
+        if len(agg.sample) > k:
+            agg.sample.pop()
+
+    def observe_outcomes(self, outcomes: Iterable[Outcome]) -> None:
+        """Fold joined outcomes in, windowed by the label's event time."""
+        for oc in outcomes:
+            if not self._fresh(f"o{oc.source}", oc.offset, oc.index):
+                continue
+            if not self.outcome_clock.admit(oc.source, oc.event_time):
+                continue
+            wstart = math.floor(oc.event_time / self.cfg.window_s) * self.cfg.window_s
+            cell = self.outcome_windows.setdefault(wstart, {})
+            for key in self.keys_of(oc.segments):
+                agg = cell.get((oc.model_version, key))
+                if agg is None:
+                    agg = cell[(oc.model_version, key)] = WindowAgg()
+                agg.labelled += 1
+                if _is_num(oc.prediction) and _is_num(oc.label):
+                    agg.abs_error += abs(float(oc.prediction) - float(oc.label))  # type: ignore[arg-type]
+                if _label(oc.prediction) == _label(oc.label):
+                    agg.correct += 1
+                agg.labels.update(_label(oc.label))
+
+    # -- closing ---------------------------------------------------------------------------------
+
+    def retire(self, source: str) -> None:
+        """Stop waiting for a quiet source (idle timeout)."""
+        self.clock.retire(source)
+        self.outcome_clock.retire(source)
+
+    def advance(self, emitted_at: str, final: bool = False) -> Output:
+        """Close every tick and window the watermark allows (``final``: everything open)."""
+        out = Output()
+        boundary = math.inf if final else self.clock.close_until()
+        complete = self.clock.close_until()
+        # Close ticks and windows in event-time order (a tick before the window it ends), so
+        # a window judges exactly the detections of its own ticks however far the watermark
+        # jumped in one call.
+        closing: list[tuple[float, int, str, str, float]] = []
+        for seg in self.segments.values():
+            closing += [
+                (t + self.cfg.tick_s, 0, seg.version, seg.key, t)
+                for t in seg.ticks
+                if t + self.cfg.tick_s <= boundary
+            ]
+        starts = {w for seg in self.segments.values() for w in seg.windows}
+        closing += [
+            (w + self.cfg.window_s, 1, "", "", w)
+            for w in starts
+            if w + self.cfg.window_s <= boundary
+        ]
+        for _, kind, version, key, start in sorted(closing):
+            if kind == 0:
+                seg = self.segments[(version, key)]
+                self._close_tick(seg, start, seg.ticks.pop(start), emitted_at, out)
+            else:
+                # A window closed only because input ended is partial: its volume means nothing.
+                self._close_window(start, emitted_at, out, start + self.cfg.window_s <= complete)
+        o_boundary = math.inf if final else self.outcome_clock.close_until()
+        for wstart in sorted(
+            w for w in self.outcome_windows if w + self.cfg.window_s <= o_boundary
+        ):
+            self._close_outcomes(wstart, self.outcome_windows.pop(wstart), emitted_at, out)
+        return out
+
+    def _close_tick(
+        self,
+        seg: Segment,
+        tstart: float,
+        tick: dict[str, list[int]],
+        emitted_at: str,
+        out: Output,
+    ) -> None:
+        """Feed each feature's standardised tick mean to its ADWIN; alert at the tick it fires."""
+        window = (tstart, tstart + self.cfg.tick_s)
+        wstart = math.floor(tstart / self.cfg.window_s) * self.cfg.window_s
+        agg = seg.windows.get(wstart)
+        for name, (total, n) in sorted(tick.items()):
+            if n <= 0:
+                continue
+            total = total / Z_SCALE
+            z = total / math.sqrt(n)
+            det = seg.adwin.get(name)
+            if det is None:
+                det = seg.adwin[name] = ADWINDetector(delta=self.cfg.adwin_delta, clock=1)
+            det.update(z)
+            if det.drift_detected:
+                seg.detections.setdefault(name, []).append(tstart)
+                out.detections.append(("adwin", seg.key, name))
+                evidence = {
+                    "tick_events": int(n),
+                    "tick_mean_in_reference_sd": round(total / n, 4),
+                    "adwin_width_ticks": det.width,
+                }
+                verdict = Verdict(
+                    "warning", False, round(total / n, 6), 0.0, window, evidence,
+                    agg.offsets if agg is not None else {},
+                )  # fmt: skip
+                self._judge(seg, name, "adwin", "feature_drift", verdict, emitted_at, out)
+
+    def _judge(
+        self,
+        seg: Segment,
+        feature: str | None,
+        detector: str,
+        kind: Kind,
+        verdict: Verdict,
+        emitted_at: str,
+        out: Output,
+    ) -> None:
+        key = AlertKey(
+            self.model_id,
+            seg.version,
+            tuple(sorted(segment_of(seg.key).items())),
+            feature,
+            detector,
+            kind,
+        )
+        out.alerts.extend(self.tracker.observe(key, verdict, self.topic, emitted_at))
+
+    def _close_window(
+        self, wstart: float, emitted_at: str, out: Output, complete: bool = True
+    ) -> None:
+        window = (wstart, wstart + self.cfg.window_s)
+        self.windows_closed_until = max(self.windows_closed_until, window[1])
+        for seg in sorted(self.segments.values(), key=lambda s: (s.version, s.key)):
+            agg = seg.windows.pop(wstart, None)
+            if seg.ref is None:
+                if agg is not None and agg.count:
+                    self._warm_up(seg, agg)
+                continue
+            if agg is None:
+                agg = self._window(seg, wstart)
+                del seg.windows[wstart]
+            out.metrics.append(self._evaluate(seg, agg, window, emitted_at, out, complete))
+
+    def _warm_up(self, seg: Segment, agg: WindowAgg) -> None:
+        from streamproc.baseline import ProfileBuilder
+
+        seg.warm_windows += 1
+        seg.warm_count += agg.count
+        seg.warm_rows.extend(agg.sample)
+        if seg.warm_windows < self.cfg.warmup_windows:
+            return
+        builder = ProfileBuilder(self.model_id, seg.version, [])
+        for _, features, prediction, confidence in sorted(seg.warm_rows, key=lambda r: r[0]):
+            builder.add(features, prediction=prediction, score=confidence)
+        profile = builder.build(f"warm-up: first {seg.warm_windows} window(s)")
+        ref = segref_from_baseline(profile.segment(ALL), origin="warmup")
+        ref.rate_per_s = seg.warm_count / (seg.warm_windows * self.cfg.window_s)
+        seg.ref = ref
+        seg.warm_rows = []
+
+    def _evaluate(
+        self,
+        seg: Segment,
+        agg: WindowAgg,
+        window: tuple[float, float],
+        emitted_at: str,
+        out: Output,
+        complete: bool = True,
+    ) -> MetricsRecord:
+        cfg, ref = self.cfg, seg.ref
+        assert ref is not None
+        offsets = agg.offsets
+        enough = agg.count >= cfg.min_window_count
+        features: dict[str, dict[str, float | int | None]] = {}
+        # Bonferroni over every feature of every segment of the model, judged each window: the
+        # false-alarm budget is for the fleet of detectors, not for one test.
+        n_tests = max(len(ref.features), 1) * max(len(self.segments), 1)
+        alpha = cfg.psi_significance / n_tests
+
+        def judge(
+            feature: str | None,
+            detector: str,
+            kind: Kind,
+            severity: Severity | None,
+            cleared: bool,
+            value: float,
+            threshold: float,
+            evidence: dict[str, Any],
+        ) -> None:
+            v = Verdict(severity, cleared, value, threshold, window, evidence, offsets)
+            self._judge(seg, feature, detector, kind, v, emitted_at, out)
+
+        for name, fr in sorted(ref.features.items()):
+            row: dict[str, float | int | None] = {}
+            features[name] = row
+            if isinstance(fr, NumRef):
+                sk = agg.numeric[name]
+                n, nulls, total = sk.count, sk.nulls, sk.total
+            else:
+                csk = agg.categorical[name]
+                n, nulls, total = csk.count, csk.nulls, csk.total
+            row.update(count=n, nulls=nulls)
+            missing = enough and n == 0 and agg.mismatched.get(name, 0) == 0
+            judge(
+                name,
+                "schema_missing",
+                "data_quality",
+                "critical" if missing else None,
+                not missing,
+                1.0 if missing else 0.0,
+                1.0,
+                {"window_events": agg.count, "feature_values": n},
+            )
+            mism = agg.mismatched.get(name, 0)
+            mism_share = mism / agg.count if agg.count else 0.0
+            bad_type = enough and mism_share > 0.01
+            judge(
+                name,
+                "schema_type",
+                "data_quality",
+                "critical" if bad_type else None,
+                not bad_type,
+                mism_share,
+                0.01,
+                {"expected": "number", "mismatched_values": mism},
+            )
+            if total and enough:
+                rate = nulls / total
+                delta = rate - fr.null_rate
+                row["null_rate"] = rate
+                sev = _severity(delta, cfg.null_rate_delta)
+                judge(
+                    name,
+                    "null_rate",
+                    "data_quality",
+                    sev,
+                    delta < cfg.null_rate_delta.clearing(),
+                    delta,
+                    cfg.null_rate_delta.warning,
+                    {
+                        "reference_null_rate": round(fr.null_rate, 6),
+                        "window_null_rate": round(rate, 6),
+                        "window_values": total,
+                    },
+                )
+            if n < cfg.min_window_count:
+                continue
+            if isinstance(fr, NumRef):
+                hist = sk.hist
+                psi = stats.psi(fr.probs, hist)
+                js = stats.js_divergence(fr.probs, hist)
+                d, p = stats.ks_binned(fr.probs, hist, fr.count or None)
+                oor = stats.out_of_range_share(sk.below_ref_min, sk.above_ref_max, n)
+                row.update(psi=psi, js=js, ks=d, ks_p=p, mean=sk.mean, std=sk.std, out_of_range=oor)
+                moved = np.argsort(-np.abs(hist / n - fr.probs))[:3]
+                evidence = {
+                    "window_count": n,
+                    "reference_count": fr.count,
+                    "window_mean": round(sk.mean, 6),
+                    "reference_mean": round(fr.mean, 6),
+                    "window_std": round(sk.std, 6),
+                    "reference_std": round(fr.std, 6),
+                    "js": round(js, 6),
+                    "ks": round(d, 6),
+                    "ks_p": p,
+                    "out_of_range_share": round(oor, 6),
+                    "top_moved_bins": [
+                        {
+                            "bin": int(i),
+                            "reference": round(float(fr.probs[i]), 4),
+                            "window": round(float(hist[i] / n), 4),
+                        }
+                        for i in moved
+                    ],
+                }
+                sev, psi_p = psi_severity(psi, cfg.psi, n, fr.count, len(fr.probs), alpha)
+                evidence["psi_p"] = psi_p
+                judge(
+                    name,
+                    "psi",
+                    "feature_drift",
+                    sev,
+                    psi < cfg.psi.clearing(),
+                    psi,
+                    cfg.psi.warning,
+                    evidence,
+                )
+                ks_sev: Severity | None = None
+                if d >= cfg.ks_effect_floor:
+                    if p < cfg.ks_p.critical / n_tests:
+                        ks_sev = "critical"
+                    elif p < cfg.ks_p.warning / n_tests:
+                        ks_sev = "warning"
+                judge(
+                    name,
+                    "ks",
+                    "feature_drift",
+                    ks_sev,
+                    d < 0.8 * cfg.ks_effect_floor,
+                    d,
+                    cfg.ks_effect_floor,
+                    evidence,
+                )
+            else:
+                counts = csk.counts
+                cats = sorted(set(fr.probs) | set(counts))
+                rp = np.array([fr.probs.get(c, 0.0) for c in cats])
+                wc = np.array([counts.get(c, 0) for c in cats], dtype=float)
+                psi = stats.psi(rp, wc)
+                js = stats.js_divergence(rp, wc)
+                chi, p, dof = stats.chi2_categorical(fr.probs, counts)
+                new = stats.new_categories(fr.probs, counts)
+                new_share = sum(counts[c] for c in new) / n
+                row.update(psi=psi, js=js, chi2=chi, chi2_p=p, new_category_share=new_share)
+                moved_cats = sorted(
+                    cats, key=lambda c: -abs(counts.get(c, 0) / n - fr.probs.get(c, 0.0))
+                )[:3]
+                evidence = {
+                    "window_count": n,
+                    "reference_count": fr.count,
+                    "js": round(js, 6),
+                    "chi2": round(chi, 4),
+                    "chi2_p": p,
+                    "dof": dof,
+                    "new_categories": len(new),
+                    "new_category_share": round(new_share, 6),
+                    "top_moved_categories": [
+                        {
+                            "category_rank": i,
+                            "reference": round(fr.probs.get(c, 0.0), 4),
+                            "window": round(counts.get(c, 0) / n, 4),
+                        }
+                        for i, c in enumerate(moved_cats)
+                    ],
+                }
+                sev, psi_p = psi_severity(psi, cfg.psi, n, fr.count, len(cats), alpha)
+                evidence["psi_p"] = psi_p
+                judge(
+                    name,
+                    "psi",
+                    "feature_drift",
+                    sev,
+                    psi < cfg.psi.clearing(),
+                    psi,
+                    cfg.psi.warning,
+                    evidence,
+                )
+                nsev = _severity(new_share, cfg.new_category_share)
+                judge(
+                    name,
+                    "new_category",
+                    "data_quality",
+                    nsev,
+                    new_share < cfg.new_category_share.clearing(),
+                    new_share,
+                    cfg.new_category_share.warning,
+                    evidence,
+                )
+        # ADWIN: a detection during the window is a warning; none clears.
+        for name in sorted(seg.adwin):
+            ticks = seg.detections.get(name, [])
+            hits = [t for t in ticks if t < window[1]]
+            seg.detections[name] = [t for t in ticks if t >= window[1]]
+            judge(
+                name,
+                "adwin",
+                "feature_drift",
+                "warning" if hits else None,
+                not hits,
+                float(len(hits)),
+                1.0,
+                {"detections_in_window": len(hits)},
+            )
+        outputs = self._outputs(seg, agg, judge)
+        if complete:
+            self._volume(seg, agg, judge)
+        return MetricsRecord(
+            model_id=self.model_id,
+            model_version=seg.version,
+            segment=segment_of(seg.key),
+            window=Window(iso(window[0]), iso(window[1])),
+            count=agg.count,
+            reference=ref.origin if ref.origin in ("baseline", "warmup") else "none",  # type: ignore[arg-type]
+            features=features,
+            outputs=outputs,
+            performance={},
+            emitted_at=emitted_at,
+        )
+
+    def _outputs(self, seg: Segment, agg: WindowAgg, judge: Any) -> dict[str, float | int | None]:
+        cfg, ref = self.cfg, seg.ref
+        assert ref is not None
+        outputs: dict[str, float | int | None] = {}
+        if agg.latency.count:
+            p50, p95, p99 = agg.latency.quantiles([0.5, 0.95, 0.99])
+            outputs.update(latency_p50_ms=p50, latency_p95_ms=p95, latency_p99_ms=p99)
+            if cfg.latency_slo_ms is not None:
+                over = p99 > cfg.latency_slo_ms
+                judge(
+                    None,
+                    "latency_p99",
+                    "data_quality",
+                    "warning" if over else None,
+                    not over,
+                    p99,
+                    cfg.latency_slo_ms,
+                    {"p50_ms": p50, "p95_ms": p95},
+                )
+        pred = agg.prediction
+        if isinstance(pred, CategoricalSketch) and isinstance(ref.prediction, CatRef):
+            if pred.count >= cfg.min_window_count:
+                counts = pred.counts
+                cats = sorted(set(ref.prediction.probs) | set(counts))
+                rp = np.array([ref.prediction.probs.get(c, 0.0) for c in cats])
+                wc = np.array([counts.get(c, 0) for c in cats], dtype=float)
+                psi = stats.psi(rp, wc)
+                top1 = stats.top1_rate(counts)
+                ref_top1 = max(ref.prediction.probs.values(), default=0.0)
+                probs = wc / wc.sum()
+                outputs.update(
+                    prediction_psi=psi, top1_rate=top1, prediction_entropy=stats.entropy(probs)
+                )
+                judge(
+                    None,
+                    "psi",
+                    "prediction_drift",
+                    _severity(psi, cfg.psi),
+                    psi < cfg.psi.clearing(),
+                    psi,
+                    cfg.psi.warning,
+                    {
+                        "window_count": pred.count,
+                        "top1_rate": round(top1, 4),
+                        "reference_top1_rate": round(ref_top1, 4),
+                    },
+                )
+                limit = max(cfg.top1_rate, ref_top1 + 0.1)
+                judge(
+                    None,
+                    "top1_rate",
+                    "prediction_drift",
+                    "critical" if top1 > limit else None,
+                    top1 < limit - 0.05,
+                    top1,
+                    limit,
+                    {"window_count": pred.count, "reference_top1_rate": round(ref_top1, 4)},
+                )
+        elif (
+            isinstance(pred, NumericSketch)
+            and isinstance(ref.prediction, NumRef)
+            and pred.count >= cfg.min_window_count
+        ):
+            psi = stats.psi(ref.prediction.probs, pred.hist)
+            outputs.update(prediction_psi=psi, prediction_mean=pred.mean)
+            judge(
+                None,
+                "psi",
+                "prediction_drift",
+                _severity(psi, cfg.psi),
+                psi < cfg.psi.clearing(),
+                psi,
+                cfg.psi.warning,
+                {
+                    "window_count": pred.count,
+                    "window_mean": round(pred.mean, 6),
+                    "reference_mean": round(ref.prediction.mean, 6),
+                },
+            )
+        score = agg.score
+        if score is not None and score.count >= cfg.min_window_count:
+            outputs["confidence_mean"] = score.mean
+            if ref.calibration is not None and np.array_equal(score.edges, ref.calibration.edges):
+                outputs["estimated_accuracy"] = stats.cbpe_estimated_accuracy_from_counts(
+                    ref.calibration, score.hist
+                )
+        return outputs
+
+    def _volume(self, seg: Segment, agg: WindowAgg, judge: Any) -> None:
+        cfg, ref = self.cfg, seg.ref
+        assert ref is not None
+        expected: float | None = None
+        if ref.rate_per_s:
+            expected = ref.rate_per_s * cfg.window_s
+        elif len(seg.past_counts) >= 2:
+            expected = float(np.mean(seg.past_counts[-6:]))
+        seg.past_counts = [*seg.past_counts[-11:], agg.count]
+        if not expected or expected < cfg.min_window_count:
+            return
+        drop = max(0.0, 1.0 - agg.count / expected)
+        judge(
+            None,
+            "volume_drop",
+            "volume",
+            _severity(drop, cfg.volume_drop),
+            drop < cfg.volume_drop.clearing(),
+            drop,
+            cfg.volume_drop.warning,
+            {"window_count": agg.count, "expected_count": round(expected, 1)},
+        )
+
+    def _close_outcomes(
+        self, wstart: float, cell: dict[tuple[str, str], WindowAgg], emitted_at: str, out: Output
+    ) -> None:
+        cfg = self.cfg
+        window = (wstart, wstart + cfg.window_s)
+        for (version, key), agg in sorted(cell.items()):
+            seg = self._segment(version, key)
+            ref = seg.ref
+            perf: dict[str, float | int | None] = {"labelled": agg.labelled}
+            if agg.labelled:
+                perf["accuracy"] = agg.correct / agg.labelled
+                perf["mae"] = agg.abs_error / agg.labelled
+            if ref is not None and agg.labelled >= cfg.min_labelled_count:
+                acc = agg.correct / agg.labelled
+                if ref.accuracy is not None:
+                    drop = ref.accuracy - acc
+                    v = Verdict(
+                        _severity(drop, cfg.accuracy_drop),
+                        drop < cfg.accuracy_drop.clearing(),
+                        acc,
+                        ref.accuracy - cfg.accuracy_drop.warning,
+                        window,
+                        {
+                            "labelled": agg.labelled,
+                            "reference_accuracy": round(ref.accuracy, 4),
+                            "window_accuracy": round(acc, 4),
+                        },
+                    )
+                    self._judge(seg, None, "accuracy", "performance", v, emitted_at, out)
+                if isinstance(ref.label, CatRef):
+                    counts = agg.labels.counts
+                    cats = sorted(set(ref.label.probs) | set(counts))
+                    rp = np.array([ref.label.probs.get(c, 0.0) for c in cats])
+                    wc = np.array([counts.get(c, 0) for c in cats], dtype=float)
+                    psi = stats.psi(rp, wc)
+                    perf["label_psi"] = psi
+                    v = Verdict(
+                        _severity(psi, cfg.psi),
+                        psi < cfg.psi.clearing(),
+                        psi,
+                        cfg.psi.warning,
+                        window,
+                        {"labelled": agg.labelled},
+                    )
+                    self._judge(seg, None, "psi", "label_drift", v, emitted_at, out)
+            out.metrics.append(
+                MetricsRecord(
+                    model_id=self.model_id,
+                    model_version=version,
+                    segment=segment_of(key),
+                    window=Window(iso(window[0]), iso(window[1])),
+                    count=0,
+                    reference=(ref.origin if ref is not None else "none"),  # type: ignore[arg-type]
+                    features={},
+                    outputs={},
+                    performance=perf,
+                    emitted_at=emitted_at,
+                )
+            )
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+
+
+class _NumRefState(msgspec.Struct, array_like=True, tag="n"):
+    edges: list[float]
+    probs: list[float]
+    mean: float
+    std: float
+    min: float
+    max: float
+    count: int
+    nulls: int
+
+
+class _CatRefState(msgspec.Struct, array_like=True, tag="c"):
+    probs: dict[str, float]
+    count: int
+    nulls: int
+
+
+_AnyRef = _NumRefState | _CatRefState | None
+
+
+class _RefState(msgspec.Struct, array_like=True):
+    count: int
+    rate_per_s: float | None
+    features: dict[str, _NumRefState | _CatRefState]
+    prediction: _AnyRef
+    score: _AnyRef
+    label: _AnyRef
+    accuracy: float | None
+    calibration: list[list[float]] | None
+    origin: str
+
+
+def _pack_ref(r: NumRef | CatRef | None) -> _AnyRef:
+    if r is None:
+        return None
+    if isinstance(r, NumRef):
+        return _NumRefState(
+            r.edges.tolist(), r.probs.tolist(), r.mean, r.std, r.min, r.max, r.count, r.nulls
+        )
+    return _CatRefState(r.probs, r.count, r.nulls)
+
+
+def _unpack_ref(r: _AnyRef) -> NumRef | CatRef | None:
+    if r is None:
+        return None
+    if isinstance(r, _NumRefState):
+        return NumRef(
+            np.asarray(r.edges), np.asarray(r.probs), r.mean, r.std, r.min, r.max, r.count, r.nulls
+        )
+    return CatRef(dict(r.probs), r.count, r.nulls)
+
+
+def pack_segref(ref: SegRef) -> _RefState:
+    cal = None
+    if ref.calibration is not None:
+        c = ref.calibration
+        cal = [c.edges.tolist(), c.accuracy.tolist(), c.counts.astype(float).tolist()]
+    return _RefState(
+        ref.count,
+        ref.rate_per_s,
+        {k: v for k, r in ref.features.items() if (v := _pack_ref(r)) is not None},
+        _pack_ref(ref.prediction),
+        _pack_ref(ref.score),
+        _pack_ref(ref.label),
+        ref.accuracy,
+        cal,
+        ref.origin,
+    )
+
+
+def unpack_segref(s: _RefState) -> SegRef:
+    cal = None
+    if s.calibration is not None:
+        e, a, c = s.calibration
+        cal = stats.CalibrationMap(np.asarray(e), np.asarray(a), np.asarray(c, dtype=np.int64))
+    score = _unpack_ref(s.score)
+    return SegRef(
+        s.count,
+        s.rate_per_s,
+        {k: r for k, v in s.features.items() if (r := _unpack_ref(v)) is not None},
+        _unpack_ref(s.prediction),
+        score if isinstance(score, NumRef) else None,
+        _unpack_ref(s.label),
+        s.accuracy,
+        cal,
+        s.origin,
+    )
+
+
+class _SegmentState(msgspec.Struct, array_like=True):
+    version: str
+    key: str
+    ref: _RefState | None
+    windows: dict[float, _WindowState]
+    ticks: dict[float, dict[str, list[int]]]
+    adwin: dict[str, bytes]
+    detections: dict[str, list[float]]
+    warm_windows: int
+    warm_count: int
+    warm_rows: list[list[Any]]
+    past_counts: list[int]
+
+
+class _MonitorState(msgspec.Struct, array_like=True):
+    model_id: str
+    clock: bytes
+    outcome_clock: bytes
+    tracker: bytes
+    high: dict[str, list[int]]
+    windows_closed_until: float
+    segments: list[_SegmentState]
+    outcome_windows: dict[float, list[tuple[str, str, _WindowState]]]
+    known_values: dict[str, list[str]] = {}
+
+
+_MONITOR_MAGIC = b"SPM1"
+
+
+def monitor_to_bytes(m: ModelMonitor) -> bytes:
+    """Versioned checkpoint of a :class:`ModelMonitor` (config and references excluded)."""
+    segments = [
+        _SegmentState(
+            seg.version,
+            seg.key,
+            pack_segref(seg.ref) if seg.ref is not None and seg.ref.origin == "warmup" else None,
+            {w: a.pack() for w, a in seg.windows.items()},
+            seg.ticks,
+            {f: d.to_bytes() for f, d in seg.adwin.items()},
+            seg.detections,
+            seg.warm_windows,
+            seg.warm_count,
+            seg.warm_rows,
+            seg.past_counts,
+        )
+        for seg in m.segments.values()
+    ]
+    state = _MonitorState(
+        m.model_id,
+        m.clock.to_bytes(),
+        m.outcome_clock.to_bytes(),
+        m.tracker.to_bytes(),
+        {k: list(v) for k, v in m.high.items()},
+        m.windows_closed_until,
+        segments,
+        {
+            w: [(v, k, a.pack()) for (v, k), a in cell.items()]
+            for w, cell in m.outcome_windows.items()
+        },
+        {dim: sorted(values) for dim, values in m.known_values.items()},
+    )
+    return _MONITOR_MAGIC + _ENC.encode(state)
+
+
+def monitor_from_bytes(
+    blob: bytes,
+    cfg: MonitoringConfig,
+    references: dict[tuple[str, str], SegRef] | None = None,
+    topic: str = "predictions",
+) -> ModelMonitor:
+    """Restore :func:`monitor_to_bytes` output; references come from the baseline store again."""
+    if blob[:4] != _MONITOR_MAGIC:
+        raise StateEncodingError(f"not a monitor checkpoint (header {blob[:4]!r})")
+    try:
+        s = msgspec.msgpack.decode(blob[4:], type=_MonitorState)
+    except msgspec.DecodeError as exc:
+        raise StateEncodingError(f"corrupt monitor checkpoint: {exc}") from None
+    m = ModelMonitor(s.model_id, cfg, [], references, topic)
+    m.clock = WindowClock.from_bytes(s.clock)
+    m.outcome_clock = WindowClock.from_bytes(s.outcome_clock)
+    m.tracker = AlertTracker.from_bytes(s.tracker)
+    m.high = {k: (v[0], v[1]) for k, v in s.high.items()}
+    m.windows_closed_until = s.windows_closed_until
+    for ss in s.segments:
+        seg = m._segment(ss.version, ss.key)
+        if ss.ref is not None:
+            seg.ref = unpack_segref(ss.ref)
+        seg.windows = {w: WindowAgg.unpack(a) for w, a in ss.windows.items()}
+        seg.ticks = ss.ticks
+        seg.adwin = {f: ADWINDetector.from_bytes(b) for f, b in ss.adwin.items()}
+        seg.detections = ss.detections
+        seg.warm_windows, seg.warm_count = ss.warm_windows, ss.warm_count
+        seg.warm_rows, seg.past_counts = ss.warm_rows, ss.past_counts
+    m.outcome_windows = {
+        w: {(v, k): WindowAgg.unpack(a) for v, k, a in cell}
+        for w, cell in s.outcome_windows.items()
+    }
+    for dim, values in s.known_values.items():
+        m.known_values.setdefault(dim, set()).update(values)
+    return m

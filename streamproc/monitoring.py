@@ -1,0 +1,297 @@
+"""The monitoring stage in the worker: route by model, run monitors, publish, checkpoint.
+
+Keyed processing: ingestion sends each model's share of a batch, as one :class:`MonitorInput`
+message keyed by ``model_id``, to the internal topic ``<app_id>-observations``. Each model's
+messages land in one partition, so every piece of a model's monitor state lives in exactly one
+worker, and adding workers splits models between them without changing any result.
+
+Commit order for one batch of the observations topic:
+
+1. fold the inputs into each model's :class:`~streamproc.monitor.ModelMonitor` (redelivered
+   observations are skipped by their source offsets) and close what the watermark allows;
+2. publish alerts not published before (ids are derived from content; a Redis record of
+   published ids drops repeats after a restart) and metrics records; flush and wait for Kafka;
+3. record the published alert ids, and write each touched monitor's checkpoint to Redis;
+4. only then acknowledge the batch (Faust commits the offsets).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streamproc.config import Config
+from streamproc.contracts import encode
+from streamproc.ingest import MonitorSink, Observed, OutputProducer, retry
+from streamproc.join import Joined, JoinRecord
+from streamproc.metrics import WorkerMetrics
+from streamproc.monitor import (
+    ModelMonitor,
+    MonitorInput,
+    Observation,
+    Outcome,
+    Output,
+    SegRef,
+    decode_input,
+    encode_input,
+    monitor_from_bytes,
+    monitor_to_bytes,
+    segref_from_baseline,
+)
+
+log = logging.getLogger(__name__)
+ALERT_MEMORY_S = 30 * 24 * 3600
+CHUNK = 250  # observations per message of the keyed topic
+
+
+def observations_topic(cfg: Config) -> str:
+    return f"{cfg.worker.app_id}-observations"
+
+
+def ensure_observations_topic(cfg: Config) -> None:
+    """Create the internal keyed topic when missing."""
+    admin = AdminClient(cfg.kafka.librdkafka())
+    name = observations_topic(cfg)
+    if name in admin.list_topics(timeout=30).topics:
+        return
+    futures = admin.create_topics(
+        [
+            NewTopic(
+                name, cfg.monitoring.observations_partitions, 1, config={"retention.ms": "86400000"}
+            )
+        ]
+    )
+    for fut in futures.values():
+        try:
+            fut.result()
+        except Exception as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+
+
+def partition_count(cfg: Config, topic: str) -> int:
+    meta = AdminClient(cfg.kafka.librdkafka()).list_topics(topic, timeout=30)
+    t = meta.topics.get(topic)
+    return len(t.partitions) if t is not None and t.partitions else 1
+
+
+def _confidence(scores: dict[str, float] | None, confidence: float | None) -> float | None:
+    if scores:
+        return max(scores.values())
+    return confidence
+
+
+def _origin(origin: str) -> tuple[str, int, int]:
+    head, offset, index = origin.split(":")
+    return head, int(offset), int(index) if index else -1
+
+
+class RoutingSink(MonitorSink):
+    """Ingestion's sink: each model's observations and outcomes to the keyed topic."""
+
+    def __init__(self, cfg: Config, output: OutputProducer) -> None:
+        self.topic = observations_topic(cfg)
+        self.output = output
+
+    async def on_predictions(self, observed: Sequence[Observed]) -> None:
+        by_model: dict[str, list[Observation]] = defaultdict(list)
+        for o in observed:
+            ev = o.event
+            by_model[ev.model_id].append(
+                Observation(
+                    o.partition, o.offset, o.index, o.event_time, ev.model_version,
+                    dict(ev.segments), dict(ev.features), ev.prediction,
+                    _confidence(ev.scores, ev.confidence), ev.latency_ms,
+                )
+            )  # fmt: skip
+        for model, obs in by_model.items():
+            for i in range(0, len(obs), CHUNK):  # keep messages well under the 1 MB default
+                chunk = MonitorInput(model, obs[i : i + CHUNK])
+                self.output.produce(self.topic, encode_input(chunk), model.encode())
+
+    async def on_outcomes(self, joined: Sequence[Joined], expired: Sequence[JoinRecord]) -> None:
+        by_model: dict[str, list[Outcome]] = defaultdict(list)
+        for j in joined:
+            source, offset, index = _origin(j.origin)
+            p = j.prediction
+            by_model[p.model_id].append(
+                Outcome(
+                    source, offset, index, j.label.event_time, p.model_version,
+                    dict(p.segments), p.prediction, j.label.label,
+                    _confidence(p.scores, p.confidence),
+                )
+            )  # fmt: skip
+        for model, outcomes in by_model.items():
+            for i in range(0, len(outcomes), CHUNK):
+                chunk = MonitorInput(model, outcomes=outcomes[i : i + CHUNK])
+                self.output.produce(self.topic, encode_input(chunk), model.encode())
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class MonitorStage:
+    """Runs the monitors of the models whose observations this worker consumes."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        client: aioredis.Redis,
+        output: OutputProducer,
+        metrics: WorkerMetrics,
+        prediction_partitions: int,
+        label_partitions: int,
+        clock: Any = None,
+    ) -> None:
+        self.cfg = cfg
+        self.redis = client
+        self.output = output
+        self.metrics = metrics
+        self.sources = [f"p{i}" for i in range(prediction_partitions)]
+        self.outcome_sources = self.sources + [f"l{i}" for i in range(label_partitions)]
+        self.monitors: dict[str, ModelMonitor] = {}
+        self.seq: dict[str, int] = {}
+        self.last_seen: dict[tuple[str, str], float] = {}
+        self.wall = clock or time.time
+        self.emitted_at = now_iso  # replaced in tests and replays for byte-identical output
+
+    def _key(self, model: str, what: str) -> str:
+        return f"{self.cfg.redis.key_prefix}:monitor:{model}:{what}"
+
+    async def _references(self, model: str) -> dict[tuple[str, str], SegRef]:
+        from streamproc.baseline import AsyncBaselineStore
+
+        store = AsyncBaselineStore(self.redis, self.cfg.redis.key_prefix)
+        refs: dict[tuple[str, str], SegRef] = {}
+        for profile in await store.all_versions(model):
+            for key, seg in profile.segments.items():
+                refs[(profile.model_version, key)] = segref_from_baseline(seg)
+        return refs
+
+    async def _monitor(self, model: str) -> ModelMonitor:
+        stored_seq = await self.redis.get(self._key(model, "seq"))
+        seq = int(stored_seq) if stored_seq else 0
+        m = self.monitors.get(model)
+        if m is not None and self.seq.get(model) == seq:
+            return m
+        refs = await self._references(model)
+        blob = await self.redis.get(self._key(model, "state")) if seq else None
+        topic = self.cfg.topics.predictions
+        if blob:
+            m = monitor_from_bytes(blob, self.cfg.monitoring, refs, topic)
+        else:
+            m = ModelMonitor(model, self.cfg.monitoring, self.sources, refs, topic)
+            m.outcome_clock.expect(self.outcome_sources)
+        now = self.wall()
+        for source in self.outcome_sources:
+            self.last_seen.setdefault((model, source), now)
+        self.monitors[model] = m
+        self.seq[model] = seq
+        return m
+
+    async def on_inputs(self, blobs: Sequence[bytes]) -> None:
+        """Process one consumed batch of the observations topic (see the module docstring)."""
+        touched: dict[str, Output] = {}
+        now = self.wall()
+        for blob in blobs:
+            batch = decode_input(blob)
+            m = await retry(lambda b=batch: self._monitor(b.model_id), "redis", self.metrics)
+            m.observe(batch.observations)
+            m.observe_outcomes(batch.outcomes)
+            for ob in batch.observations:
+                self.last_seen[(batch.model_id, f"p{ob.partition}")] = now
+            for oc in batch.outcomes:
+                self.last_seen[(batch.model_id, oc.source)] = now
+            touched.setdefault(batch.model_id, Output())
+        await self._advance(touched)
+
+    async def tick(self) -> None:
+        """Retire sources idle past the timeout so quiet partitions don't stall windows."""
+        now = self.wall()
+        touched: dict[str, Output] = {}
+        for (model, source), seen in list(self.last_seen.items()):
+            m = self.monitors.get(model)
+            idle = m is not None and now - seen > self.cfg.monitoring.idle_timeout_s
+            if idle and (source in m.clock.sources or source in m.outcome_clock.sources):
+                m.retire(source)
+                touched.setdefault(model, Output())
+        if touched:
+            await self._advance(touched)
+
+    async def _advance(self, touched: dict[str, Output]) -> None:
+        stamp = self.emitted_at()
+        for model in sorted(touched):
+            touched[model] = self.monitors[model].advance(stamp)
+        alerts = [a for out in touched.values() for a in out.alerts]
+        fresh = []
+        if alerts:
+            keys = [f"{self.cfg.redis.key_prefix}:alert:{a.alert_id}" for a in alerts]
+            seen = await retry(lambda: self.redis.mget(keys), "redis", self.metrics)
+            fresh = [a for a, s in zip(alerts, seen, strict=True) if s is None]
+        for alert in fresh:
+            self.output.produce(self.cfg.topics.alerts, encode(alert), alert.model_id.encode())
+        for model, out in touched.items():
+            for record in out.metrics:
+                self.output.produce(self.cfg.topics.metrics, encode(record), model.encode())
+            self._gauges(model, out)
+        await retry(self.output.flush, "kafka", self.metrics)
+        await retry(lambda: self._persist(touched, fresh), "redis", self.metrics)
+
+    async def _persist(self, touched: dict[str, Output], fresh: list[Any]) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for alert in fresh:
+                key = f"{self.cfg.redis.key_prefix}:alert:{alert.alert_id}"
+                pipe.set(key, b"1", ex=ALERT_MEMORY_S)
+            for model in touched:
+                seq = self.seq.get(model, 0) + 1
+                pipe.set(self._key(model, "state"), monitor_to_bytes(self.monitors[model]))
+                pipe.set(self._key(model, "seq"), str(seq))
+            await pipe.execute()
+        for model in touched:
+            self.seq[model] = self.seq.get(model, 0) + 1
+
+    def _gauges(self, model: str, out: Output) -> None:
+        g = self.metrics
+        for record in out.metrics:
+            seg = ",".join(f"{k}={v}" for k, v in sorted(record.segment.items())) or "all"
+            if record.count:
+                g.windows_closed.labels(model=model).inc()
+            for feature, row in record.features.items():
+                labels = {"model": model, "feature": feature, "segment": seg}
+                if row.get("psi") is not None:
+                    g.feature_psi.labels(**labels).set(float(row["psi"]))  # type: ignore[arg-type]
+                if row.get("js") is not None:
+                    g.feature_js.labels(**labels).set(float(row["js"]))  # type: ignore[arg-type]
+                if row.get("null_rate") is not None:
+                    g.feature_null_rate.labels(**labels).set(float(row["null_rate"]))  # type: ignore[arg-type]
+            top1 = record.outputs.get("top1_rate")
+            if top1 is not None:
+                g.prediction_top1_rate.labels(model=model, segment=seg).set(float(top1))
+            est = record.outputs.get("estimated_accuracy")
+            if est is not None:
+                g.accuracy.labels(model=model, segment=seg, kind="estimated").set(float(est))
+            acc = record.performance.get("accuracy")
+            if acc is not None:
+                g.accuracy.labels(model=model, segment=seg, kind="realized").set(float(acc))
+        for detector, seg_key, _feature in out.detections:
+            g.detections.labels(model=model, detector=detector, segment=seg_key).inc()
+        m = self.monitors[model]
+        counts: dict[tuple[str, str], int] = defaultdict(int)
+        for key, severity in m.tracker.firing():
+            counts[(key.kind, severity)] += 1
+        for kind in ("feature_drift", "prediction_drift", "label_drift", "performance",
+                     "data_quality", "volume"):  # fmt: skip
+            for severity in ("info", "warning", "critical"):
+                g.alerts_firing.labels(model=model, kind=kind, severity=severity).set(
+                    counts.get((kind, severity), 0)
+                )
+        g.late_events.labels(model=model)._value.set(m.clock.late + m.outcome_clock.late)
+        g.monitors.set(sum(len(x.segments) for x in self.monitors.values()))

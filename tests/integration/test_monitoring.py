@@ -1,0 +1,134 @@
+"""Drift monitors end to end: synthetic traffic through Kafka, the worker, Redis, alerts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+from confluent_kafka import Producer
+
+from streamproc import topics
+from streamproc.baseline import BaselineStore, ProfileBuilder
+from streamproc.config import Config
+from streamproc.synthetic import MeanShift, Workload, WorkloadSpec
+from tests.integration.workers import WorkerProcess, consume_all
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+MONITOR_ENV = {
+    "STREAMPROC_MONITORING_WINDOW_S": "60",
+    "STREAMPROC_MONITORING_TICK_S": "5",
+    "STREAMPROC_MONITORING_LATENESS_S": "5",
+    "STREAMPROC_MONITORING_IDLE_TIMEOUT_S": "300",
+}
+N_EVENTS = 48_000  # 16 minutes of event time at 50 events/s: 16 windows
+SHIFT = MeanShift("f03", 1.0, start=12_000, end=28_000, segment={"country": "DE"})
+SPEC = WorkloadSpec(rate=50.0, changes=(SHIFT,))
+
+
+def _store_baseline(cfg: Config) -> None:
+    builder = ProfileBuilder(SPEC.model_id, SPEC.model_version, ["country", "device"])
+    for row in Workload(dataclasses.replace(SPEC, changes=()), 30_000, seed=101).reference_rows():
+        features = {k: row[k] for k in (*SPEC.numeric_features, *SPEC.categorical_features)}
+        builder.add(
+            features, prediction=row["prediction"], score=row["score"], label=row["label"],
+            segments={"country": row["country"], "device": row["device"]},
+        )  # fmt: skip
+    client = redis.Redis.from_url(cfg.redis.url)
+    BaselineStore(client, cfg.redis.key_prefix).put(builder.build("test reference"))
+
+
+def _produce_workload(cfg: Config) -> int:
+    """Predictions in batches of 500, round-robin over partitions, in event-time order."""
+    producer = Producer({**cfg.kafka.librdkafka(), "linger.ms": 20})
+    batch: list[dict] = []
+    n_batches = 0
+    for p in Workload(SPEC, N_EVENTS, seed=7).predictions():
+        batch.append(p)
+        if len(batch) == 500:
+            producer.produce(cfg.topics.predictions, orjson.dumps(batch), partition=n_batches % 6)
+            n_batches += 1
+            batch = []
+    if batch:
+        producer.produce(cfg.topics.predictions, orjson.dumps(batch), partition=n_batches % 6)
+    assert producer.flush(30) == 0
+    return N_EVENTS
+
+
+def _run(cfg: Config, tmp_path: Path, workers: int) -> list[dict]:
+    topics.apply(cfg, topics.load_topics(cfg))
+    _store_baseline(cfg)
+    procs = [WorkerProcess(cfg, tmp_path, **MONITOR_ENV) for _ in range(workers)]
+    try:
+        _produce_workload(cfg)
+
+        # 8 monitors x the windows the watermark can close (all but the last one or two).
+        def windows_closed() -> float:
+            return sum(w.metric("streamproc_windows_closed_total") for w in procs)
+
+        procs[0].wait_for(lambda: windows_closed() >= 8 * 14, 240, "closed windows")
+    finally:
+        for w in procs:
+            w.stop()
+    alerts = [orjson.loads(m.value()) for m in consume_all(cfg, cfg.topics.alerts, 10_000, 10)]
+    return alerts
+
+
+def test_shift_in_one_segment_alerts_there_only_and_resolves(
+    config: Config, tmp_path: Path
+) -> None:
+    alerts = _run(config, tmp_path, workers=1)
+    firing = [a for a in alerts if a["status"] == "firing"]
+    described = [(a["kind"], a["detector"], a["feature"], a["segment"]) for a in firing]
+    assert firing, "no alert for a 1-sigma shift"
+    assert all(a["feature"] == "f03" for a in firing), described
+    assert any(a["segment"] == {"country": "DE"} for a in firing), described
+    resolved = [a for a in alerts if a["status"] == "resolved"]
+    assert {a["detector"] for a in resolved} >= {a["detector"] for a in firing if a["segment"]}
+    for a in alerts:
+        assert a["source"]["topic"] == config.topics.predictions
+        assert a["source"]["offsets"], "an alert must say which offsets to replay"
+        text = json.dumps(a)
+        assert "prediction_id" not in text and "-0000" not in text  # no ids leak into alerts
+    assert len({a["alert_id"] for a in alerts}) == len(alerts), "an alert was published twice"
+
+
+def test_one_and_two_workers_publish_the_same_alerts(endpoints: object, tmp_path: Path) -> None:
+    import uuid
+
+    from streamproc.config import load_config
+    from tests.conftest import Endpoints
+
+    assert isinstance(endpoints, Endpoints)
+
+    def cfg_for(tag: str) -> Config:
+        u = f"{uuid.uuid4().hex[:8]}-{tag}"
+        env = {
+            "STREAMPROC_KAFKA_BOOTSTRAP": endpoints.kafka_bootstrap,
+            "STREAMPROC_REDIS_URL": endpoints.redis_url,
+            "STREAMPROC_REDIS_KEY_PREFIX": f"t-{u}",
+            "STREAMPROC_WORKER_APP_ID": f"t-{u}",
+        }
+        for role in ("predictions", "labels", "alerts", "metrics", "deadletter"):
+            env[f"STREAMPROC_TOPICS_{role.upper()}"] = f"t-{u}-{role}"
+        return load_config(env=env)
+
+    one = _run(cfg_for("one"), tmp_path, workers=1)
+    two = _run(cfg_for("two"), tmp_path, workers=2)
+
+    def comparable(alerts: list[dict]) -> list[str]:
+        keep = []
+        for a in alerts:
+            a = {k: v for k, v in a.items() if k not in ("emitted_at", "source")}
+            keep.append(json.dumps(a, sort_keys=True))
+        return sorted(keep)
+
+    assert one, "the scenario must raise alerts to compare"
+    a, b = comparable(one), comparable(two)
+    only_one = [x[:400] for x in a if x not in b]
+    only_two = [x[:400] for x in b if x not in a]
+    assert a == b, f"only with one worker: {only_one}\nonly with two: {only_two}"

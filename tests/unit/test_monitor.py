@@ -1,0 +1,195 @@
+"""The monitor engine offline: the synthetic workload through ModelMonitor, no Kafka.
+
+The same engine runs in the worker (tests/integration/test_monitoring.py drives it through Kafka
+and Redis); here each scenario runs in a second, so detection delays and false alarms are pinned
+on exact, seeded streams.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+
+import pytest
+
+from streamproc.baseline import ProfileBuilder
+from streamproc.config import MonitoringConfig
+from streamproc.contracts import Alert
+from streamproc.monitor import (
+    ModelMonitor,
+    Observation,
+    Outcome,
+    SegRef,
+    monitor_from_bytes,
+    monitor_to_bytes,
+    segref_from_baseline,
+)
+from streamproc.synthetic import (
+    AccuracyDrop,
+    MeanShift,
+    NewCategory,
+    NullBurst,
+    SegmentSilence,
+    Workload,
+    WorkloadSpec,
+)
+
+PARTITIONS = 6
+CFG = MonitoringConfig(window_s=60.0, tick_s=2.0, lateness_s=5.0)
+
+
+def references(spec: WorkloadSpec, n: int = 30_000) -> dict[tuple[str, str], SegRef]:
+    """The reference: the same world, another seed, none of the injected changes."""
+    builder = ProfileBuilder(spec.model_id, spec.model_version, ["country", "device"])
+    stationary = dataclasses.replace(spec, changes=())
+    for row in Workload(stationary, n, seed=101).reference_rows():
+        features = {k: row[k] for k in (*spec.numeric_features, *spec.categorical_features)}
+        builder.add(
+            features,
+            prediction=row["prediction"],
+            score=row["score"],
+            label=row["label"],
+            segments={"country": row["country"], "device": row["device"]},
+        )
+    profile = builder.build("test")
+    return {(spec.model_version, k): segref_from_baseline(s) for k, s in profile.segments.items()}
+
+
+def observations(work: Workload) -> Iterator[Observation]:
+    """Predictions spread over partitions, each partition in event-time order."""
+    for i, v in enumerate(work.predictions()):
+        yield Observation(
+            i % PARTITIONS, i // PARTITIONS, -1, v["timestamp"], v["model_version"],
+            v["segments"], v["features"], v["prediction"], max(v["scores"].values()),
+            v["latency_ms"],
+        )  # fmt: skip
+
+
+def run(
+    spec: WorkloadSpec,
+    n: int,
+    cfg: MonitoringConfig = CFG,
+    refs: dict | None = None,
+    checkpoint_every: int = 0,
+) -> tuple[list[Alert], Workload, ModelMonitor]:
+    work = Workload(spec, n, seed=7)
+    refs = references(spec) if refs is None else refs
+    sources = [f"p{i}" for i in range(PARTITIONS)]
+    m = ModelMonitor(spec.model_id, cfg, sources, refs)
+    m.outcome_clock.expect([f"l{i}" for i in range(PARTITIONS)])
+    alerts: list[Alert] = []
+    obs: list[Observation] = []
+    batches = 0
+    for ob in observations(work):
+        obs.append(ob)
+        if len(obs) >= 500:
+            m.observe(obs)
+            obs = []
+            batches += 1
+            alerts += m.advance("t").alerts
+            if checkpoint_every and batches % checkpoint_every == 0:
+                m = monitor_from_bytes(monitor_to_bytes(m), cfg, refs)
+    m.observe(obs)
+    alerts += m.advance("t", final=True).alerts
+    return alerts, work, m
+
+
+def firing(alerts: list[Alert]) -> list[Alert]:
+    return [a for a in alerts if a.status == "firing"]
+
+
+@pytest.fixture(scope="module")
+def spec() -> WorkloadSpec:
+    return WorkloadSpec(rate=50.0)
+
+
+def test_stationary_stream_raises_no_alert(spec: WorkloadSpec) -> None:
+    alerts, _, m = run(spec, 60_000)
+    assert firing(alerts) == [], [(a.kind, a.detector, a.feature, a.segment) for a in alerts]
+    assert len(m.segments) == 8  # all traffic + 4 countries + 3 devices
+
+
+def test_one_sigma_shift_in_one_segment_fires_on_that_feature_and_segment_then_resolves() -> None:
+    change = MeanShift("f03", 1.0, start=15_000, end=35_000, segment={"country": "DE"})
+    s = WorkloadSpec(rate=50.0, changes=(change,))
+    alerts, work, _ = run(s, 60_000)
+    hits = [a for a in firing(alerts) if a.feature == "f03" and a.segment == {"country": "DE"}]
+    assert hits, [(a.kind, a.detector, a.feature, a.segment) for a in firing(alerts)]
+    first = min(hits, key=lambda a: a.window.end)
+    truth = work.ground_truth()[0]
+    delay = work.count_sent({"country": "DE"}, first.window.end) - truth.first_affected_ordinal
+    assert delay <= 500, delay
+    resolved = [a for a in alerts if a.status == "resolved" and a.feature == "f03"]
+    assert resolved
+    others = {(a.feature, tuple(a.segment.items())) for a in firing(alerts)}
+    assert all(f == "f03" for f, _ in others), others
+
+
+def test_new_category_and_null_burst_fire_data_quality_alerts() -> None:
+    s = WorkloadSpec(
+        rate=50.0,
+        changes=(
+            NewCategory("c1", "zz", 0.05, start=15_000, end=30_000),
+            NullBurst("f07", 0.10, start=15_000, end=30_000),
+        ),
+    )
+    alerts, _, _ = run(s, 45_000)
+    kinds = {(a.detector, a.feature) for a in firing(alerts) if a.segment == {}}
+    assert ("new_category", "c1") in kinds
+    assert ("null_rate", "f07") in kinds
+
+
+def test_a_silent_segment_fires_volume_within_two_windows() -> None:
+    s = WorkloadSpec(rate=50.0, changes=(SegmentSilence(segment={"country": "BR"}, start=15_000),))
+    alerts, work, _ = run(s, 30_000)
+    hits = [a for a in firing(alerts) if a.kind == "volume" and a.segment == {"country": "BR"}]
+    assert hits
+    start = work.ground_truth()[0].start_time
+    assert _epoch(hits[0].window.end) - start <= 2 * CFG.window_s + CFG.window_s
+
+
+def test_checkpoint_restore_mid_stream_gives_identical_alerts() -> None:
+    s = WorkloadSpec(rate=50.0, changes=(MeanShift("f03", 1.0, start=10_000, end=20_000),))
+    refs = references(s)
+    straight, _, _ = run(s, 30_000, refs=refs)
+    restored, _, _ = run(s, 30_000, refs=refs, checkpoint_every=7)
+    assert [a.alert_id for a in straight] == [a.alert_id for a in restored]
+    assert straight
+
+
+def _epoch(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def test_accuracy_drop_fires_performance_alert() -> None:
+    s = WorkloadSpec(rate=50.0, changes=(AccuracyDrop(0.7, start=15_000),))
+    work = Workload(s, 30_000, seed=7)
+    refs = references(s)
+    m = ModelMonitor(s.model_id, CFG, [f"p{i}" for i in range(PARTITIONS)], refs)
+    m.outcome_clock.expect([f"l{i}" for i in range(PARTITIONS)])
+    predictions: dict[str, dict] = {}
+    alerts: list[Alert] = []
+    batch: list[Outcome] = []
+    for i, ev in enumerate(work.events()):
+        if ev.kind == "prediction":
+            predictions[ev.value["prediction_id"]] = ev.value
+            continue
+        p = predictions.pop(ev.value["prediction_id"])
+        part = ev.index % PARTITIONS
+        batch.append(
+            Outcome(f"l{part}", i, -1, ev.time, p["model_version"], p["segments"],
+                    p["prediction"], ev.value["label"], max(p["scores"].values()))
+        )  # fmt: skip
+        if len(batch) >= 500:
+            m.observe_outcomes(batch)
+            batch = []
+            alerts += m.advance("t").alerts
+    m.observe_outcomes(batch)
+    alerts += m.advance("t", final=True).alerts
+    perf = [a for a in firing(alerts) if a.kind == "performance" and a.segment == {}]
+    assert perf
+    assert perf[0].value < 0.8
+    assert math.isfinite(perf[0].threshold)
