@@ -119,6 +119,9 @@ class OutputProducer:
 
     async def flush(self) -> None:
         """Wait until every produced record is acknowledged; raise if any failed."""
+        if not self._failed and len(self._producer) == 0:
+            # Nothing queued, in flight or with an unserved delivery report: skip the thread hop.
+            return
         loop = asyncio.get_running_loop()
         remaining = await loop.run_in_executor(None, self._producer.flush, 30.0)
         if remaining:
@@ -228,8 +231,8 @@ class Ingestor:
                 self.metrics.join.labels(result=f"late_{role.rstrip('s')}").inc()
             elif result == "redelivered":
                 self.metrics.join.labels(result="redelivered").inc()
-            self.metrics.events.labels(topic=role, outcome="accepted").inc()
             keep.append(i)
+        self.metrics.events.labels(topic=role, outcome="accepted").inc(len(keep))
         return keep
 
     def _joined(self, joined: Sequence[Joined]) -> None:

@@ -18,6 +18,7 @@ Commit order for one batch (see ``Ingestor``):
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import ssl
 from collections.abc import Callable
@@ -28,6 +29,7 @@ import redis.asyncio as aioredis
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from streamproc.config import Config, KafkaConfig, load_config
+from streamproc.errors import ConfigError
 from streamproc.ingest import Ingestor, MonitorSink, OutputProducer, RawMessage
 from streamproc.join import RedisJoin
 from streamproc.metrics import WorkerMetrics
@@ -121,6 +123,10 @@ def build_app(
         stream_buffer_maxsize=max(4 * cfg.worker.batch_size, 4096),
         broker_commit_every=cfg.worker.batch_size,
         broker_commit_interval=1.0,
+        # How long a crashed worker's partitions stay unowned (Faust's default is 60 s).
+        # aiokafka heartbeats from Faust's consumer thread, so a busy agent does not delay them.
+        broker_session_timeout=cfg.worker.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, cfg.worker.session_timeout_s / 3),
         consumer_max_fetch_size=16 * 1024 * 1024,
         topic_allow_declare=False,
         topic_disable_leader=True,
@@ -172,6 +178,7 @@ def build_app(
 def run(args: argparse.Namespace) -> int:
     """``streamproc worker``: run until SIGTERM/SIGINT."""
     cfg = load_config(args.config)
+    use_event_loop(cfg.worker.event_loop)
     app = build_app(cfg, sink_factory=_default_sink())
     worker = faust.Worker(app, loglevel=args.loglevel, quiet=True)
     worker.execute_from_commandline()
@@ -180,6 +187,40 @@ def run(args: argparse.Namespace) -> int:
 
 def _default_sink() -> SinkFactory | None:
     return None
+
+
+def use_event_loop(kind: str) -> None:
+    """Make ``kind`` (``"uvloop"`` or ``"asyncio"``) the loop of every thread Faust starts.
+
+    Faust spends several event-loop round trips on each message (fetch hand-over, conductor,
+    stream iterator, acks); uvloop makes them cheaper (``bench/README.md``). Call this before
+    the app and its worker exist: the policy decides the loops they and Faust's consumer
+    thread create.
+
+    Raises
+    ------
+    ConfigError
+        ``"uvloop"`` was asked for but uvloop is not installed.
+
+    Examples
+    --------
+    >>> use_event_loop("asyncio")
+    >>> loop = asyncio.new_event_loop()
+    >>> type(loop).__module__
+    'asyncio.unix_events'
+    >>> loop.close()
+    """
+    if kind == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            raise ConfigError(
+                "worker.event_loop is uvloop but uvloop is not installed; install it or set "
+                "STREAMPROC_WORKER_EVENT_LOOP=asyncio"
+            ) from None
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    else:
+        asyncio.set_event_loop_policy(None)  # the default policy
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -1,0 +1,58 @@
+"""``worker.event_loop`` decides the loop class of every loop the worker's threads create."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Iterator
+
+import pytest
+import uvloop
+
+from streamproc.config import load_config
+from streamproc.errors import ConfigError
+from streamproc.worker import use_event_loop
+
+
+@pytest.fixture(autouse=True)
+def _restore_policy() -> Iterator[None]:
+    yield
+    asyncio.set_event_loop_policy(None)
+
+
+def _loop_class_of_a_new_loop() -> type:
+    loop = asyncio.new_event_loop()
+    try:
+        return type(loop)
+    finally:
+        loop.close()
+
+
+def test_uvloop_setting_makes_new_loops_uvloop_loops() -> None:
+    use_event_loop("uvloop")
+    assert issubclass(_loop_class_of_a_new_loop(), uvloop.Loop)
+
+
+def test_asyncio_setting_puts_back_the_standard_loop_after_uvloop() -> None:
+    use_event_loop("uvloop")
+    use_event_loop("asyncio")
+    cls = _loop_class_of_a_new_loop()
+    assert not issubclass(cls, uvloop.Loop)
+    assert issubclass(cls, asyncio.BaseEventLoop)
+
+
+def test_uvloop_setting_without_uvloop_installed_names_the_key_and_the_fix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # `import uvloop` now raises ImportError
+    with pytest.raises(ConfigError, match=r"worker\.event_loop.*STREAMPROC_WORKER_EVENT_LOOP"):
+        use_event_loop("uvloop")
+
+
+def test_event_loop_defaults_to_uvloop_and_rejects_unknown_loops() -> None:
+    assert load_config(env={}).worker.event_loop == "uvloop"
+    assert load_config(env={"STREAMPROC_WORKER_EVENT_LOOP": "asyncio"}).worker.event_loop == (
+        "asyncio"
+    )
+    with pytest.raises(ConfigError, match=r"worker\.event_loop"):
+        load_config(env={"STREAMPROC_WORKER_EVENT_LOOP": "trio"})
