@@ -137,6 +137,9 @@ class MonitoringConfig(_Section):
     min_labelled_count: PositiveInt = 200
     clear_windows: PositiveInt = 3
     psi: Tiers = msgspec.field(default_factory=lambda: Tiers(warning=0.1, critical=0.25))
+    # A PSI tier counts only when sampling alone would reach that PSI with probability under
+    # this level, split across the monitor's features (Bonferroni).
+    psi_significance: Probability = 0.01
     js: Tiers = msgspec.field(default_factory=lambda: Tiers(warning=0.05, critical=0.1))
     ks_p: Tiers = msgspec.field(default_factory=lambda: Tiers(warning=0.05, critical=0.01))
     ks_effect_floor: Probability = 0.1

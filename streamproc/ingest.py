@@ -68,6 +68,7 @@ class Observed:
     event_time: float
     partition: int
     offset: int
+    index: int = -1  # position in a batch message; -1 for a single-event message
 
 
 class MonitorSink(Protocol):
@@ -260,10 +261,15 @@ class Ingestor:
         keep = self._count_results(accepted, results, "predictions", "prediction_id")
         self._joined(joined)
         observed = [
-            Observed(accepted[i][0], items[i][2].event_time, accepted[i][1].partition,
-                     accepted[i][1].offset)
+            Observed(
+                accepted[i][0],
+                items[i][2].event_time,
+                accepted[i][1].partition,
+                accepted[i][1].offset,
+                -1 if accepted[i][2] is None else accepted[i][2],
+            )
             for i in keep
-        ]  # fmt: skip
+        ]
         await self.sink.on_predictions(observed)
         await self.sink.on_outcomes(joined, [])
         await retry(self.output.flush, "kafka", self.metrics)

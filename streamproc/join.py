@@ -248,7 +248,7 @@ class RedisJoin:
 
     async def _arrive_batch(
         self, side: str, other: str, ttl: int, items: Sequence[tuple[str, str, bytes]], now: float
-    ) -> list[int | bytes]:
+    ) -> list[int | tuple[bytes, bytes]]:
         results: list[int | bytes] = []
         deadline = now + ttl
         head = [self.prefix, now, deadline, ttl + GRACE_S, max(self.dedupe_ttl_s, 1), side, other]
@@ -260,7 +260,8 @@ class RedisJoin:
                 await self._arrive(keys=[], args=argv, client=pipe)
             for chunk in await pipe.execute():
                 results.extend(chunk)
-        return [r.split(b"|", 1)[1] if isinstance(r, bytes) else r for r in results]
+        # A joined reply is the other side's stored "<origin>|<blob>": keep both parts.
+        return [tuple(r.split(b"|", 1)) if isinstance(r, bytes) else r for r in results]
 
     async def add_predictions(
         self, items: Sequence[tuple[str, str, JoinRecord]], now: float | None = None
@@ -276,10 +277,11 @@ class RedisJoin:
         raw = await self._arrive_batch("p", "l", self.prediction_ttl_s, blobs, now)
         results: list[JoinResult] = []
         joined: list[Joined] = []
-        for (_, origin, rec), r in zip(items, raw, strict=True):
-            if isinstance(r, bytes):
+        for (_, _, rec), r in zip(items, raw, strict=True):
+            if isinstance(r, tuple):
                 results.append("joined")
-                joined.append(Joined(rec, decode_label(r), f"p{origin}"))
+                label_origin, blob = r
+                joined.append(Joined(rec, decode_label(blob), f"l{label_origin.decode()}"))
             else:
                 results.append(_RESULT[r])
         return results, joined
@@ -294,9 +296,9 @@ class RedisJoin:
         results: list[JoinResult] = []
         joined: list[Joined] = []
         for (_, origin, rec), r in zip(items, raw, strict=True):
-            if isinstance(r, bytes):
+            if isinstance(r, tuple):
                 results.append("joined")
-                joined.append(Joined(decode_prediction(r), rec, f"l{origin}"))
+                joined.append(Joined(decode_prediction(r[1]), rec, f"l{origin}"))
             else:
                 results.append(_RESULT[r])
         return results, joined

@@ -70,7 +70,11 @@ class Observation(msgspec.Struct, array_like=True, frozen=True):
 
 
 class Outcome(msgspec.Struct, array_like=True, frozen=True):
-    """A joined prediction and label. ``source`` names the arrival that completed the join."""
+    """A joined prediction and label, placed at its label's position (``source`` = "l<p>").
+
+    The join emits each outcome once; a re-read of the keyed topic after a restart is skipped
+    by the stage's applied offsets (:attr:`ModelMonitor.applied`), not here.
+    """
 
     source: str
     offset: int
@@ -352,6 +356,10 @@ class Segment:
     warm_count: int = 0
     warm_rows: list[list[Any]] = field(default_factory=list)
     past_counts: list[int] = field(default_factory=list)
+    # The joined error stream (0/1, standardised against the reference error rate) per tick.
+    error_ticks: dict[float, list[int]] = field(default_factory=dict)
+    error_adwin: ADWINDetector | None = None
+    error_detections: list[float] = field(default_factory=list)
 
 
 def _row_hash(partition: int, offset: int, index: int) -> int:
@@ -405,6 +413,7 @@ class ModelMonitor:
         self.segments: dict[tuple[str, str], Segment] = {}
         self.tracker = AlertTracker(cfg.clear_windows)
         self.high: dict[str, tuple[int, int]] = {}  # source -> (offset, index) processed
+        self.applied: dict[int, int] = {}  # keyed-topic partition -> last offset folded in
         self.windows_closed_until = -math.inf
         self.outcome_windows: dict[float, dict[tuple[str, str], WindowAgg]] = {}
         # Segment values per dimension: the baseline's, else the first max_segment_values seen;
@@ -564,8 +573,6 @@ class ModelMonitor:
     def observe_outcomes(self, outcomes: Iterable[Outcome]) -> None:
         """Fold joined outcomes in, windowed by the label's event time."""
         for oc in outcomes:
-            if not self._fresh(f"o{oc.source}", oc.offset, oc.index):
-                continue
             if not self.outcome_clock.admit(oc.source, oc.event_time):
                 continue
             wstart = math.floor(oc.event_time / self.cfg.window_s) * self.cfg.window_s
@@ -577,9 +584,19 @@ class ModelMonitor:
                 agg.labelled += 1
                 if _is_num(oc.prediction) and _is_num(oc.label):
                     agg.abs_error += abs(float(oc.prediction) - float(oc.label))  # type: ignore[arg-type]
-                if _label(oc.prediction) == _label(oc.label):
+                right = _label(oc.prediction) == _label(oc.label)
+                if right:
                     agg.correct += 1
                 agg.labels.update(_label(oc.label))
+                seg = self._segment(oc.model_version, key)
+                acc = seg.ref.accuracy if seg.ref is not None else None
+                if acc is not None and 0.0 < acc < 1.0:
+                    err, sd = 1.0 - acc, math.sqrt(acc * (1.0 - acc))
+                    tick = seg.error_ticks.setdefault(
+                        self.outcome_clock.window_start(oc.event_time), [0, 0]
+                    )
+                    tick[0] += round(((0.0 if right else 1.0) - err) / sd * Z_SCALE)
+                    tick[1] += 1
 
     # -- closing ---------------------------------------------------------------------------------
 
@@ -617,11 +634,50 @@ class ModelMonitor:
                 # A window closed only because input ended is partial: its volume means nothing.
                 self._close_window(start, emitted_at, out, start + self.cfg.window_s <= complete)
         o_boundary = math.inf if final else self.outcome_clock.close_until()
-        for wstart in sorted(
-            w for w in self.outcome_windows if w + self.cfg.window_s <= o_boundary
-        ):
-            self._close_outcomes(wstart, self.outcome_windows.pop(wstart), emitted_at, out)
+        closing = [
+            (t + self.cfg.tick_s, 0, seg.version, seg.key, t)
+            for seg in self.segments.values()
+            for t in seg.error_ticks
+            if t + self.cfg.tick_s <= o_boundary
+        ]
+        closing += [
+            (w + self.cfg.window_s, 1, "", "", w)
+            for w in self.outcome_windows
+            if w + self.cfg.window_s <= o_boundary
+        ]
+        for _, kind, version, key, start in sorted(closing):
+            if kind == 0:
+                seg = self.segments[(version, key)]
+                self._close_error_tick(seg, start, seg.error_ticks.pop(start), emitted_at, out)
+            else:
+                self._close_outcomes(start, self.outcome_windows.pop(start), emitted_at, out)
         return out
+
+    def _close_error_tick(
+        self, seg: Segment, tstart: float, tick: list[int], emitted_at: str, out: Output
+    ) -> None:
+        """Concept drift between windows: ADWIN on the standardised error rate per tick."""
+        total, n = tick[0] / Z_SCALE, tick[1]
+        if n <= 0 or seg.ref is None or seg.ref.accuracy is None:
+            return
+        if seg.error_adwin is None:
+            seg.error_adwin = ADWINDetector(delta=self.cfg.adwin_delta, clock=1)
+        seg.error_adwin.update(total / math.sqrt(n))
+        if not seg.error_adwin.drift_detected:
+            return
+        seg.error_detections.append(tstart)
+        out.detections.append(("adwin_error", seg.key, ""))
+        sd = math.sqrt(seg.ref.accuracy * (1.0 - seg.ref.accuracy))
+        tick_error = (1.0 - seg.ref.accuracy) + total / n * sd
+        evidence = {
+            "tick_labelled": n,
+            "tick_error_rate": round(tick_error, 4),
+            "reference_error_rate": round(1.0 - seg.ref.accuracy, 4),
+        }
+        window = (tstart, tstart + self.cfg.tick_s)
+        verdict = Verdict("warning", False, round(1.0 - tick_error, 6), seg.ref.accuracy,
+                          window, evidence, {})  # fmt: skip
+        self._judge(seg, None, "adwin_error", "performance", verdict, emitted_at, out)
 
     def _close_tick(
         self,
@@ -1080,6 +1136,14 @@ class ModelMonitor:
                         },
                     )
                     self._judge(seg, None, "accuracy", "performance", v, emitted_at, out)
+                hits = [t for t in seg.error_detections if t < window[1]]
+                seg.error_detections = [t for t in seg.error_detections if t >= window[1]]
+                if seg.error_adwin is not None:
+                    v = Verdict(
+                        "warning" if hits else None, not hits, float(len(hits)), 1.0, window,
+                        {"detections_in_window": len(hits)},
+                    )  # fmt: skip
+                    self._judge(seg, None, "adwin_error", "performance", v, emitted_at, out)
                 if isinstance(ref.label, CatRef):
                     counts = agg.labels.counts
                     cats = sorted(set(ref.label.probs) | set(counts))
@@ -1216,6 +1280,9 @@ class _SegmentState(msgspec.Struct, array_like=True):
     warm_count: int
     warm_rows: list[list[Any]]
     past_counts: list[int]
+    error_ticks: dict[float, list[int]] = {}
+    error_adwin: bytes = b""
+    error_detections: list[float] = []
 
 
 class _MonitorState(msgspec.Struct, array_like=True):
@@ -1228,6 +1295,7 @@ class _MonitorState(msgspec.Struct, array_like=True):
     segments: list[_SegmentState]
     outcome_windows: dict[float, list[tuple[str, str, _WindowState]]]
     known_values: dict[str, list[str]] = {}
+    applied: dict[int, int] = {}
 
 
 _MONITOR_MAGIC = b"SPM1"
@@ -1248,6 +1316,9 @@ def monitor_to_bytes(m: ModelMonitor) -> bytes:
             seg.warm_count,
             seg.warm_rows,
             seg.past_counts,
+            seg.error_ticks,
+            seg.error_adwin.to_bytes() if seg.error_adwin is not None else b"",
+            seg.error_detections,
         )
         for seg in m.segments.values()
     ]
@@ -1264,6 +1335,7 @@ def monitor_to_bytes(m: ModelMonitor) -> bytes:
             for w, cell in m.outcome_windows.items()
         },
         {dim: sorted(values) for dim, values in m.known_values.items()},
+        m.applied,
     )
     return _MONITOR_MAGIC + _ENC.encode(state)
 
@@ -1297,10 +1369,14 @@ def monitor_from_bytes(
         seg.detections = ss.detections
         seg.warm_windows, seg.warm_count = ss.warm_windows, ss.warm_count
         seg.warm_rows, seg.past_counts = ss.warm_rows, ss.past_counts
+        seg.error_ticks = ss.error_ticks
+        seg.error_adwin = ADWINDetector.from_bytes(ss.error_adwin) if ss.error_adwin else None
+        seg.error_detections = ss.error_detections
     m.outcome_windows = {
         w: {(v, k): WindowAgg.unpack(a) for v, k, a in cell}
         for w, cell in s.outcome_windows.items()
     }
     for dim, values in s.known_values.items():
         m.known_values.setdefault(dim, set()).update(values)
+    m.applied = dict(s.applied)
     return m

@@ -24,11 +24,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import redis.asyncio as aioredis
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamproc.config import Config
 from streamproc.contracts import encode
+from streamproc.errors import StateEncodingError
 from streamproc.ingest import MonitorSink, Observed, OutputProducer, retry
 from streamproc.join import Joined, JoinRecord
 from streamproc.metrics import WorkerMetrics
@@ -156,7 +158,7 @@ class MonitorStage:
         self.output = output
         self.metrics = metrics
         self.sources = [f"p{i}" for i in range(prediction_partitions)]
-        self.outcome_sources = self.sources + [f"l{i}" for i in range(label_partitions)]
+        self.outcome_sources = [f"l{i}" for i in range(label_partitions)]
         self.monitors: dict[str, ModelMonitor] = {}
         self.seq: dict[str, int] = {}
         self.last_seen: dict[tuple[str, str], float] = {}
@@ -191,19 +193,28 @@ class MonitorStage:
             m = ModelMonitor(model, self.cfg.monitoring, self.sources, refs, topic)
             m.outcome_clock.expect(self.outcome_sources)
         now = self.wall()
-        for source in self.outcome_sources:
+        for source in self.sources + self.outcome_sources:
             self.last_seen.setdefault((model, source), now)
         self.monitors[model] = m
         self.seq[model] = seq
         return m
 
-    async def on_inputs(self, blobs: Sequence[bytes]) -> None:
-        """Process one consumed batch of the observations topic (see the module docstring)."""
+    async def on_inputs(self, messages: Sequence[tuple[int, int, bytes]]) -> None:
+        """Process one consumed batch of the keyed topic: ``(partition, offset, value)``."""
         touched: dict[str, Output] = {}
         now = self.wall()
-        for blob in blobs:
-            batch = decode_input(blob)
+        for partition, offset, blob in messages:
+            try:
+                batch = decode_input(blob)
+            except (StateEncodingError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+                log.error(
+                    "skipping undecodable keyed-topic message %s:%s: %s", partition, offset, exc
+                )
+                continue
             m = await retry(lambda b=batch: self._monitor(b.model_id), "redis", self.metrics)
+            if offset <= m.applied.get(partition, -1):
+                continue  # already folded in before a restart: its checkpoint says so
+            m.applied[partition] = offset
             m.observe(batch.observations)
             m.observe_outcomes(batch.outcomes)
             for ob in batch.observations:

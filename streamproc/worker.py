@@ -33,6 +33,13 @@ from streamproc.errors import ConfigError
 from streamproc.ingest import Ingestor, MonitorSink, OutputProducer, RawMessage
 from streamproc.join import RedisJoin
 from streamproc.metrics import WorkerMetrics
+from streamproc.monitoring import (
+    MonitorStage,
+    RoutingSink,
+    ensure_observations_topic,
+    observations_topic,
+    partition_count,
+)
 from streamproc.stack import cache_dir
 
 log = logging.getLogger(__name__)
@@ -80,19 +87,48 @@ class WorkerRuntime:
         self.metrics = metrics
         self.sink_factory = sink_factory
         self._ingestor: Ingestor | None = None
+        self._stage: MonitorStage | None = None
+        self._output: OutputProducer | None = None
+
+    @property
+    def output(self) -> OutputProducer:
+        if self._output is None:
+            self._output = OutputProducer(self.cfg)
+        return self._output
 
     @property
     def ingestor(self) -> Ingestor:
         if self._ingestor is None:
             cfg = self.cfg
             join = RedisJoin(
-                redis_client(cfg), cfg.redis.key_prefix,
-                cfg.join.prediction_ttl_s, cfg.join.label_ttl_s, cfg.join.dedupe_ttl_s,
-            )  # fmt: skip
-            output = OutputProducer(cfg)
-            sink = self.sink_factory(cfg, output, self.metrics) if self.sink_factory else None
-            self._ingestor = Ingestor(cfg, join, output, self.metrics, sink)
+                redis_client(cfg),
+                cfg.redis.key_prefix,
+                cfg.join.prediction_ttl_s,
+                cfg.join.label_ttl_s,
+                cfg.join.dedupe_ttl_s,
+            )
+            factory = self.sink_factory or routing_sink
+            sink = factory(cfg, self.output, self.metrics)
+            self._ingestor = Ingestor(cfg, join, self.output, self.metrics, sink)
         return self._ingestor
+
+    @property
+    def stage(self) -> MonitorStage:
+        if self._stage is None:
+            cfg = self.cfg
+            self._stage = MonitorStage(
+                cfg,
+                redis_client(cfg),
+                self.output,
+                self.metrics,
+                partition_count(cfg, cfg.topics.predictions),
+                partition_count(cfg, cfg.topics.labels),
+            )
+        return self._stage
+
+
+def routing_sink(cfg: Config, output: OutputProducer, _metrics: WorkerMetrics) -> MonitorSink:
+    return RoutingSink(cfg, output)
 
 
 SinkFactory = Callable[[Config, OutputProducer, WorkerMetrics], MonitorSink]
@@ -136,6 +172,8 @@ def build_app(
     app.streamproc_runtime = runtime  # type: ignore[attr-defined]
     predictions = app.topic(cfg.topics.predictions, key_type=bytes, value_type=bytes)
     labels = app.topic(cfg.topics.labels, key_type=bytes, value_type=bytes)
+    ensure_observations_topic(cfg)
+    observations = app.topic(observations_topic(cfg), key_type=bytes, value_type=bytes)
     size, within = cfg.worker.batch_size, cfg.worker.batch_within_s
 
     def track_lag(events: Any, role: str) -> None:
@@ -161,9 +199,20 @@ def build_app(
             await runtime.ingestor.on_labels([_raw(e) for e in events])
             track_lag(events, "labels")
 
+    @app.agent(observations, name="monitors")
+    async def run_monitors(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(size, within=within):
+            await runtime.stage.on_inputs(
+                [(e.message.partition, e.message.offset, e.message.value) for e in events]
+            )
+
     @app.timer(interval=cfg.join.sweep_interval_s)
     async def sweep() -> None:
         await runtime.ingestor.sweep()
+
+    @app.timer(interval=min(5.0, cfg.monitoring.idle_timeout_s / 4))
+    async def retire_idle_sources() -> None:
+        await runtime.stage.tick()
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
@@ -179,14 +228,10 @@ def run(args: argparse.Namespace) -> int:
     """``streamproc worker``: run until SIGTERM/SIGINT."""
     cfg = load_config(args.config)
     use_event_loop(cfg.worker.event_loop)
-    app = build_app(cfg, sink_factory=_default_sink())
+    app = build_app(cfg)
     worker = faust.Worker(app, loglevel=args.loglevel, quiet=True)
     worker.execute_from_commandline()
     return 0
-
-
-def _default_sink() -> SinkFactory | None:
-    return None
 
 
 def use_event_loop(kind: str) -> None:

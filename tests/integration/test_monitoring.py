@@ -14,7 +14,7 @@ from confluent_kafka import Producer
 from streamproc import topics
 from streamproc.baseline import BaselineStore, ProfileBuilder
 from streamproc.config import Config
-from streamproc.synthetic import MeanShift, Workload, WorkloadSpec
+from streamproc.synthetic import AccuracyDrop, MeanShift, Workload, WorkloadSpec
 from tests.integration.workers import WorkerProcess, consume_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -132,3 +132,78 @@ def test_one_and_two_workers_publish_the_same_alerts(endpoints: object, tmp_path
     only_one = [x[:400] for x in a if x not in b]
     only_two = [x[:400] for x in b if x not in a]
     assert a == b, f"only with one worker: {only_one}\nonly with two: {only_two}"
+
+
+def _closed_windows(cfg: Config) -> list[tuple[str, str]]:
+    """(segment, window start) of every non-empty window on the metrics topic."""
+    records = [orjson.loads(m.value()) for m in consume_all(cfg, cfg.topics.metrics, 10**6, 3)]
+    return [
+        (json.dumps(r["segment"], sort_keys=True), r["window"]["start"])
+        for r in records
+        if r["count"]
+    ]
+
+
+def test_sigkill_mid_stream_then_restart_loses_no_state_and_publishes_no_duplicate(
+    config: Config, tmp_path: Path
+) -> None:
+    topics.apply(config, topics.load_topics(config))
+    _store_baseline(config)
+    _produce_workload(config)
+    first = WorkerProcess(config, tmp_path, **MONITOR_ENV)
+    first.wait_for(
+        lambda: first.metric("streamproc_windows_closed_total") >= 8 * 6, 180, "some windows"
+    )
+    first.kill()
+    second = WorkerProcess(config, tmp_path, **MONITOR_ENV)
+    try:
+        second.wait_for(lambda: len(_closed_windows(config)) >= 8 * 14, 240, "all windows")
+    finally:
+        second.stop()
+    closed = _closed_windows(config)
+    assert len(closed) == len(set(closed)), "a window was closed twice across the restart"
+    alerts = [orjson.loads(m.value()) for m in consume_all(config, config.topics.alerts, 10**6, 5)]
+    ids = [a["alert_id"] for a in alerts]
+    assert len(ids) == len(set(ids)), "a restart republished an alert"
+    firing = [a for a in alerts if a["status"] == "firing"]
+    assert any(a["feature"] == "f03" and a["segment"] == {"country": "DE"} for a in firing)
+    assert all(a["feature"] == "f03" for a in firing)
+
+
+def test_accuracy_drop_arrives_through_the_label_join_as_a_performance_alert(
+    config: Config, tmp_path: Path
+) -> None:
+    spec = WorkloadSpec(rate=50.0, changes=(AccuracyDrop(0.7, start=15_000),))
+    topics.apply(config, topics.load_topics(config))
+    _store_baseline(config)
+    work = Workload(spec, 30_000, seed=7)
+    producer = Producer({**config.kafka.librdkafka(), "linger.ms": 20})
+    for topic, events in ((config.topics.predictions, work.predictions()),
+                          (config.topics.labels, work.labels())):  # fmt: skip
+        batch: list[dict] = []
+        for n, event in enumerate(events, 1):
+            batch.append(event)
+            if len(batch) == 250:
+                producer.produce(topic, orjson.dumps(batch), partition=(n // 250) % 6)
+                batch = []
+        producer.produce(topic, orjson.dumps(batch), partition=0)
+    assert producer.flush(30) == 0
+    worker = WorkerProcess(config, tmp_path, **MONITOR_ENV)
+
+    def performance_alerts() -> list[dict]:
+        alerts = [
+            orjson.loads(m.value()) for m in consume_all(config, config.topics.alerts, 10**6, 3)
+        ]
+        return [a for a in alerts if a["kind"] == "performance" and a["status"] == "firing"]
+
+    try:
+        worker.wait_for(lambda: bool(performance_alerts()), 180, "a performance alert")
+        assert worker.metric("streamproc_join_total", result="joined") > 0
+    finally:
+        worker.stop()
+    alert = next(a for a in performance_alerts() if a["segment"] == {})
+    assert alert["detector"] == "accuracy"
+    assert alert["value"] < 0.82
+    assert alert["evidence"]["reference_accuracy"] > 0.85
+    # The drop starts 300 s into the stream; the alert's window is the first after it.
+    assert alert["window"]["start"] >= "2024-01-01T00:05:00"

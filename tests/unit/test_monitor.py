@@ -164,7 +164,7 @@ def _epoch(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def test_accuracy_drop_fires_performance_alert() -> None:
+def test_accuracy_drop_fires_performance_alert_within_1000_labelled_events() -> None:
     s = WorkloadSpec(rate=50.0, changes=(AccuracyDrop(0.7, start=15_000),))
     work = Workload(s, 30_000, seed=7)
     refs = references(s)
@@ -173,15 +173,16 @@ def test_accuracy_drop_fires_performance_alert() -> None:
     predictions: dict[str, dict] = {}
     alerts: list[Alert] = []
     batch: list[Outcome] = []
+    label_times: list[tuple[float, int]] = []  # (label time, prediction index)
     for i, ev in enumerate(work.events()):
         if ev.kind == "prediction":
             predictions[ev.value["prediction_id"]] = ev.value
             continue
         p = predictions.pop(ev.value["prediction_id"])
-        part = ev.index % PARTITIONS
+        label_times.append((ev.time, ev.index))
         batch.append(
-            Outcome(f"l{part}", i, -1, ev.time, p["model_version"], p["segments"],
-                    p["prediction"], ev.value["label"], max(p["scores"].values()))
+            Outcome(f"l{ev.index % PARTITIONS}", i, -1, ev.time, p["model_version"],
+                    p["segments"], p["prediction"], ev.value["label"], max(p["scores"].values()))
         )  # fmt: skip
         if len(batch) >= 500:
             m.observe_outcomes(batch)
@@ -190,6 +191,11 @@ def test_accuracy_drop_fires_performance_alert() -> None:
     m.observe_outcomes(batch)
     alerts += m.advance("t", final=True).alerts
     perf = [a for a in firing(alerts) if a.kind == "performance" and a.segment == {}]
-    assert perf
-    assert perf[0].value < 0.8
-    assert math.isfinite(perf[0].threshold)
+    assert {a.detector for a in perf} >= {"accuracy", "adwin_error"}
+    first = min(perf, key=lambda a: a.window.end)
+    end = _epoch(first.window.end)
+    delay = sum(1 for t, index in label_times if index >= 15_000 and t <= end)
+    assert delay <= 1000, delay
+    window_alert = next(a for a in perf if a.detector == "accuracy")
+    assert window_alert.value < 0.8
+    assert math.isfinite(window_alert.threshold)
