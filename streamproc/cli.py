@@ -125,6 +125,7 @@ COMMAND_MODULES: list[str] = [
     "streamproc.worker",
     "streamproc.oncall",
     "streamproc.baseline",
+    "streamproc.demo",
 ]
 
 

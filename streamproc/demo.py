@@ -1,0 +1,240 @@
+"""``streamproc demo``: the whole product on the local stack, in a few minutes, then clean up.
+
+1. creates its own topics and Redis namespace (``demo-<run>``), so it never touches yours;
+2. builds a baseline for the synthetic model ``demo-churn`` from 30,000 reference rows;
+3. starts a worker (``streamproc worker``) with one-minute windows;
+4. produces 18 minutes of event time of synthetic traffic (54,000 predictions and their
+   delayed labels, 50 events/s, two segment dimensions) with three injected changes:
+   a 1-sigma shift of ``f03`` in ``country=DE``, a new category in ``c1`` for ``device=web``,
+   and, later, concept drift: accuracy falls from 90% to 70% (only the labels show it);
+5. prints alerts as they arrive, as ``streamproc alerts tail`` would, and where ``/metrics`` is;
+6. stops when every injected change was reported (or after ``--timeout``), then deletes what it
+   created.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import orjson
+
+from streamproc.config import Config, load_config
+
+WINDOW_S = 60
+N_EVENTS = 54_000
+EXPECTED = {
+    ("feature_drift", "f03", "country=DE"): "1-sigma mean shift of f03 in country=DE",
+    ("data_quality", "c1", "device=web"): "new category in c1 for device=web",
+    ("performance", None, "all"): "concept drift: accuracy 90% → 70%",
+}
+
+
+def _spec():  # type: ignore[no-untyped-def]
+    from streamproc.synthetic import AccuracyDrop, MeanShift, NewCategory, WorkloadSpec
+
+    return WorkloadSpec(
+        rate=50.0,
+        changes=(
+            MeanShift("f03", 1.0, start=12_000, end=30_000, segment={"country": "DE"}),
+            NewCategory("c1", "zz", 0.05, start=21_000, end=39_000, segment={"device": "web"}),
+            AccuracyDrop(0.7, start=36_000),
+        ),
+    )
+
+
+def _demo_config(base: Config, run: str) -> tuple[Config, dict[str, str]]:
+    env = {
+        "STREAMPROC_KAFKA_BOOTSTRAP": base.kafka.bootstrap,
+        "STREAMPROC_REDIS_URL": base.redis.url,
+        "STREAMPROC_REDIS_KEY_PREFIX": f"demo-{run}",
+        "STREAMPROC_WORKER_APP_ID": f"demo-{run}",
+        "STREAMPROC_MONITORING_WINDOW_S": str(WINDOW_S),
+        "STREAMPROC_MONITORING_TICK_S": "2",
+        "STREAMPROC_MONITORING_LATENESS_S": "5",
+    }
+    for role in ("predictions", "labels", "alerts", "metrics", "deadletter"):
+        env[f"STREAMPROC_TOPICS_{role.upper()}"] = f"demo-{run}-{role}"
+    return load_config(env=env), env
+
+
+def _progress(done: int, total: int, started: float, what: str) -> None:
+    width = 30
+    filled = int(width * done / total)
+    rate = done / max(time.monotonic() - started, 1e-6)
+    bar = "█" * filled + "·" * (width - filled)
+    end = "\n" if done >= total else ""
+    sys.stderr.write(f"\r  {what:<12} {bar} {done:>6}/{total} events  {rate:,.0f} ev/s{end}")
+    sys.stderr.flush()
+
+
+def _produce(cfg: Config, spec: object) -> None:
+    from confluent_kafka import Producer
+
+    from streamproc.synthetic import Workload
+
+    work = Workload(spec, N_EVENTS, seed=7)  # type: ignore[arg-type]
+    producer = Producer({**cfg.kafka.librdkafka(), "linger.ms": 20})
+    for topic, events, what in (
+        (cfg.topics.predictions, work.predictions(), "predictions"),
+        (cfg.topics.labels, work.labels(), "labels"),
+    ):
+        started, batch, n = time.monotonic(), [], 0
+        for n, event in enumerate(events, 1):
+            batch.append(event)
+            if len(batch) == 250:
+                producer.produce(topic, orjson.dumps(batch), partition=(n // 250) % 6)
+                batch = []
+                producer.poll(0)
+                if n % 5000 == 0:
+                    _progress(n, N_EVENTS, started, what)
+        if batch:
+            producer.produce(topic, orjson.dumps(batch), partition=(n // 250 + 1) % 6)
+        producer.flush(30)
+        _progress(N_EVENTS, N_EVENTS, started, what)
+
+
+def _baseline(cfg: Config, spec: object) -> None:
+    import dataclasses
+
+    import redis
+
+    from streamproc.baseline import BaselineStore, ProfileBuilder
+    from streamproc.synthetic import Workload
+
+    stationary = dataclasses.replace(spec, changes=())  # type: ignore[type-var]
+    builder = ProfileBuilder(stationary.model_id, stationary.model_version, ["country", "device"])
+    features = (*stationary.numeric_features, *stationary.categorical_features)
+    for row in Workload(stationary, 30_000, seed=101).reference_rows():
+        builder.add(
+            {k: row[k] for k in features},
+            prediction=row["prediction"],
+            score=row["score"],
+            label=row["label"],
+            segments={"country": row["country"], "device": row["device"]},
+        )
+    client = redis.Redis.from_url(cfg.redis.url, password=cfg.redis.password)
+    BaselineStore(client, cfg.redis.key_prefix).put(builder.build("demo reference (30,000 rows)"))
+
+
+def _alerts(cfg: Config, stop: float) -> Iterator[object]:
+    from confluent_kafka import Consumer
+
+    from streamproc.contracts import Alert
+
+    consumer = Consumer(
+        {
+            **cfg.kafka.librdkafka(),
+            "group.id": f"{cfg.worker.app_id}-tail",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([cfg.topics.alerts])
+    try:
+        while time.monotonic() < stop:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error() is not None:
+                yield None
+                continue
+            yield msgspec.json.decode(msg.value(), type=Alert)
+    finally:
+        consumer.close()
+
+
+def _cleanup(cfg: Config) -> None:
+    import redis
+    from confluent_kafka.admin import AdminClient
+
+    from streamproc.monitoring import observations_topic
+
+    roles = ("predictions", "labels", "alerts", "metrics", "deadletter")
+    names = [getattr(cfg.topics, r) for r in roles] + [observations_topic(cfg)]
+    with contextlib.suppress(Exception):
+        for fut in AdminClient(cfg.kafka.librdkafka()).delete_topics(names).values():
+            fut.result(10)
+    with contextlib.suppress(Exception):
+        client = redis.Redis.from_url(cfg.redis.url, password=cfg.redis.password)
+        keys = list(client.scan_iter(f"{cfg.redis.key_prefix}:*", count=5000))
+        for i in range(0, len(keys), 1000):
+            client.delete(*keys[i : i + 1000])
+
+
+def run(args: argparse.Namespace) -> int:
+    from streamproc import topics
+    from streamproc.oncall import format_alert, use_colour
+
+    base = load_config(args.config)
+    run_id = uuid.uuid4().hex[:6]
+    cfg, env = _demo_config(base, run_id)
+    spec = _spec()
+    web_port = args.web_port
+    print(f"streamproc demo {run_id}: Kafka {cfg.kafka.bootstrap}, Redis {cfg.redis.url}")
+    print(f"  topics demo-{run_id}-*, Redis keys demo-{run_id}:*  (deleted at the end)")
+    topics.apply(cfg, topics.load_topics(cfg))
+    print("  building the baseline from 30,000 reference rows ...")
+    _baseline(cfg, spec)
+    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"streamproc-demo-{run_id}.log"
+    worker_env = {**os.environ, **env, "STREAMPROC_WORKER_WEB_PORT": str(web_port)}
+    with open(log_path, "wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "streamproc", "worker"],
+            env=worker_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    print(
+        f"  worker started (pid {worker.pid}); Prometheus metrics: "
+        f"http://127.0.0.1:{web_port}/metrics  (log: {log_path})"
+    )
+    print("  injected: " + "; ".join(EXPECTED.values()))
+    seen: set[tuple[str, str | None, str]] = set()
+    try:
+        _produce(cfg, spec)
+        print("\nAlerts (as `streamproc alerts tail` prints them):\n")
+        colour = use_colour(sys.stdout)
+        for alert in _alerts(cfg, time.monotonic() + args.timeout):
+            if worker.poll() is not None:
+                print(f"the worker exited ({worker.returncode}); see {log_path}")
+                return 1
+            if alert is None:
+                if all(k in seen for k in EXPECTED):
+                    break
+                continue
+            print(format_alert(alert, colour=colour), end="\n\n")  # type: ignore[arg-type]
+            seg = ",".join(f"{k}={v}" for k, v in sorted(alert.segment.items())) or "all"  # type: ignore[attr-defined]
+            if alert.status == "firing":  # type: ignore[attr-defined]
+                seen.add((alert.kind, alert.feature, seg))  # type: ignore[attr-defined]
+        missing = [text for key, text in EXPECTED.items() if key not in seen]
+        print(
+            "Summary: every injected change was reported."
+            if not missing
+            else "Summary: not reported within the timeout: " + "; ".join(missing)
+        )
+        return 0 if not missing else 1
+    finally:
+        worker.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            worker.wait(30)
+        if worker.poll() is None:
+            worker.kill()
+        if not args.keep:
+            _cleanup(cfg)
+            print(f"cleaned up: demo-{run_id} topics and Redis keys")
+
+
+def register_cli(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("demo", help="a live demo on the local stack: traffic, drift, alerts")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for alerts")
+    p.add_argument("--web-port", type=int, default=6066)
+    p.add_argument("--keep", action="store_true", help="keep the demo's topics and Redis keys")
+    p.set_defaults(func=run)
