@@ -126,6 +126,7 @@ COMMAND_MODULES: list[str] = [
     "streamproc.oncall",
     "streamproc.baseline",
     "streamproc.demo",
+    "streamproc.replay",
 ]
 
 
