@@ -9,10 +9,15 @@ Commit order for one batch of the observations topic:
 
 1. fold the inputs into each model's :class:`~streamproc.monitor.ModelMonitor` (redelivered
    observations are skipped by their source offsets) and close what the watermark allows;
-2. publish alerts not published before (ids are derived from content; a Redis record of
-   published ids drops repeats after a restart) and metrics records; flush and wait for Kafka;
-3. record the published alert ids, and write each touched monitor's checkpoint to Redis;
+2. in one Redis transaction: each touched monitor's checkpoint, the ids of the alerts it will
+   publish, and an *outbox* of the alerts and metrics records to publish;
+3. publish the outbox, wait for Kafka's acknowledgement, delete the outbox;
 4. only then acknowledge the batch (Faust commits the offsets).
+
+A restart resumes from the checkpoint and first publishes any outbox left behind, so outputs
+are neither lost nor derived twice. What remains is the gap between Kafka's acknowledgement
+and the outbox's deletion (one Redis round trip): a crash exactly there republishes that
+batch's records once (alerts keep their content-derived ids, so consumers can drop them).
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from streamproc.monitor import (
 log = logging.getLogger(__name__)
 ALERT_MEMORY_S = 30 * 24 * 3600
 CHUNK = 250  # observations per message of the keyed topic
+_OUTBOX = msgspec.msgpack.Encoder()
 
 
 def observations_topic(cfg: Config) -> str:
@@ -197,6 +203,7 @@ class MonitorStage:
             self.last_seen.setdefault((model, source), now)
         self.monitors[model] = m
         self.seq[model] = seq
+        await self._replay_outbox(model)
         return m
 
     async def on_inputs(self, messages: Sequence[tuple[int, int, bytes]]) -> None:
@@ -247,16 +254,39 @@ class MonitorStage:
             keys = [f"{self.cfg.redis.key_prefix}:alert:{a.alert_id}" for a in alerts]
             seen = await retry(lambda: self.redis.mget(keys), "redis", self.metrics)
             fresh = [a for a, s in zip(alerts, seen, strict=True) if s is None]
+        outbox: dict[str, list[tuple[str, bytes, bytes]]] = {}
         for alert in fresh:
-            self.output.produce(self.cfg.topics.alerts, encode(alert), alert.model_id.encode())
+            outbox.setdefault(alert.model_id, []).append(
+                (self.cfg.topics.alerts, alert.model_id.encode(), encode(alert))
+            )
         for model, out in touched.items():
-            for record in out.metrics:
-                self.output.produce(self.cfg.topics.metrics, encode(record), model.encode())
+            outbox.setdefault(model, []).extend(
+                (self.cfg.topics.metrics, model.encode(), encode(r)) for r in out.metrics
+            )
+        # Outbox: the new state and what it must publish are written in one transaction, so a
+        # crash can neither lose outputs nor re-derive them from an older state.
+        await retry(lambda: self._persist(touched, fresh, outbox), "redis", self.metrics)
+        await self._publish(outbox)
+        for model, out in touched.items():
             self._gauges(model, out)
-        await retry(self.output.flush, "kafka", self.metrics)
-        await retry(lambda: self._persist(touched, fresh), "redis", self.metrics)
 
-    async def _persist(self, touched: dict[str, Output], fresh: list[Any]) -> None:
+    async def _publish(self, outbox: dict[str, list[tuple[str, bytes, bytes]]]) -> None:
+        """Send outbox records, wait for Kafka, then clear the outbox."""
+        if not any(outbox.values()):
+            return
+        for records in outbox.values():
+            for topic, key, value in records:
+                self.output.produce(topic, value, key)
+        await retry(self.output.flush, "kafka", self.metrics)
+        keys = [self._key(model, "outbox") for model in outbox]
+        await retry(lambda: self.redis.delete(*keys), "redis", self.metrics)
+
+    async def _persist(
+        self,
+        touched: dict[str, Output],
+        fresh: list[Any],
+        outbox: dict[str, list[tuple[str, bytes, bytes]]],
+    ) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
             for alert in fresh:
                 key = f"{self.cfg.redis.key_prefix}:alert:{alert.alert_id}"
@@ -265,9 +295,19 @@ class MonitorStage:
                 seq = self.seq.get(model, 0) + 1
                 pipe.set(self._key(model, "state"), monitor_to_bytes(self.monitors[model]))
                 pipe.set(self._key(model, "seq"), str(seq))
+                if outbox.get(model):
+                    pipe.set(self._key(model, "outbox"), _OUTBOX.encode(outbox[model]))
             await pipe.execute()
         for model in touched:
             self.seq[model] = self.seq.get(model, 0) + 1
+
+    async def _replay_outbox(self, model: str) -> None:
+        """After a restart: publish what the last checkpoint owed but may not have sent."""
+        blob = await self.redis.get(self._key(model, "outbox"))
+        if blob:
+            records = msgspec.msgpack.decode(blob, type=list[tuple[str, bytes, bytes]])
+            log.warning("publishing %d records owed by %s's last checkpoint", len(records), model)
+            await self._publish({model: records})
 
     def _gauges(self, model: str, out: Output) -> None:
         g = self.metrics
