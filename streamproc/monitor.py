@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import numpy as np
@@ -38,7 +38,7 @@ import numpy as np
 from streamproc import stats
 from streamproc.alerts import AlertKey, AlertTracker, Kind, Severity, Verdict, iso
 from streamproc.config import MonitoringConfig, Tiers
-from streamproc.contracts import Alert, MetricsRecord, Scalar, Window
+from streamproc.contracts import Alert, MetricsRecord, Prediction, Scalar, Window
 from streamproc.detectors import ADWINDetector
 from streamproc.errors import StateEncodingError
 from streamproc.sketch import (
@@ -93,6 +93,65 @@ class MonitorInput(msgspec.Struct, array_like=True, frozen=True):
     model_id: str
     observations: list[Observation] = []
     outcomes: list[Outcome] = []
+
+
+def confidence_of(scores: Mapping[str, float] | None, confidence: float | None) -> float | None:
+    """The confidence the monitors see: the largest class score, else ``confidence``.
+
+    >>> confidence_of({"yes": 0.8, "no": 0.2}, None), confidence_of(None, 0.6)
+    (0.8, 0.6)
+    """
+    if scores:
+        return max(scores.values())
+    return confidence
+
+
+def observation_of(
+    event: Prediction, event_time_s: float, partition: int, offset: int, index: int
+) -> Observation:
+    """The :class:`~streamproc.monitor.Observation` of an accepted prediction.
+
+    ``index`` is the event's position in a batch message, ``-1`` for a single-event message.
+
+    >>> p = Prediction(prediction_id="a", model_id="m", model_version="1", prediction="yes",
+    ...                scores={"yes": 0.9, "no": 0.1}, features={"x": 1.0})
+    >>> ob = observation_of(p, 10.0, 2, 41, -1)
+    >>> ob.partition, ob.offset, ob.confidence, ob.features
+    (2, 41, 0.9, {'x': 1.0})
+    """
+    return Observation(
+        partition, offset, index, event_time_s, event.model_version, event.segments,
+        event.features, event.prediction, confidence_of(event.scores, event.confidence),
+        event.latency_ms,
+    )  # fmt: skip
+
+
+class _PredictionLike(Protocol):
+    model_version: str
+    segments: dict[str, str]
+    prediction: Scalar
+    scores: dict[str, float] | None
+    confidence: float | None
+
+
+def outcome_of(
+    prediction: _PredictionLike, label: Scalar, label_time: float, origin: str
+) -> Outcome:
+    """The :class:`~streamproc.monitor.Outcome` of a joined prediction (a ``Prediction`` or the
+    join's ``JoinRecord``) and label; ``origin`` is ``"l<partition>:<offset>:<index>"`` (the
+    index empty for a single-event message).
+
+    >>> p = Prediction(prediction_id="a", model_id="m", model_version="1", prediction="no")
+    >>> oc = outcome_of(p, "yes", 70.0, "l3:120:")
+    >>> oc.source, oc.offset, oc.index, oc.label
+    ('l3', 120, -1, 'yes')
+    """
+    source, offset, index = origin.split(":")
+    return Outcome(
+        source, int(offset), int(index) if index else -1, label_time, prediction.model_version,
+        prediction.segments, prediction.prediction, label,
+        confidence_of(prediction.scores, prediction.confidence),
+    )  # fmt: skip
 
 
 _INPUT_MAGIC = b"SPO1"
@@ -358,6 +417,7 @@ class Segment:
     past_counts: list[int] = field(default_factory=list)
     # The joined error stream (0/1, standardised against the reference error rate) per tick.
     error_ticks: dict[float, list[int]] = field(default_factory=dict)
+    tick_offsets: dict[float, dict[str, list[int]]] = field(default_factory=dict)
     error_adwin: ADWINDetector | None = None
     error_detections: list[float] = field(default_factory=list)
 
@@ -503,13 +563,15 @@ class ModelMonitor:
 
     def _add(self, seg: Segment, agg: WindowAgg, tstart: float, obs: list[Observation]) -> None:
         agg.count += len(obs)
-        for ob in obs:
-            span = agg.offsets.get(str(ob.partition))
-            if span is None:
-                agg.offsets[str(ob.partition)] = [ob.offset, ob.offset]
-            else:
-                span[0] = min(span[0], ob.offset)
-                span[1] = max(span[1], ob.offset)
+        tick_offsets = seg.tick_offsets.setdefault(tstart, {})
+        for offsets in (agg.offsets, tick_offsets):
+            for ob in obs:
+                span = offsets.get(str(ob.partition))
+                if span is None:
+                    offsets[str(ob.partition)] = [ob.offset, ob.offset]
+                else:
+                    span[0] = min(span[0], ob.offset)
+                    span[1] = max(span[1], ob.offset)
         latencies = [ob.latency_ms for ob in obs if ob.latency_ms is not None]
         if latencies:
             agg.latency.update_many(np.asarray(latencies, dtype=float))
@@ -633,6 +695,9 @@ class ModelMonitor:
             else:
                 # A window closed only because input ended is partial: its volume means nothing.
                 self._close_window(start, emitted_at, out, start + self.cfg.window_s <= complete)
+        for seg in self.segments.values():  # ticks no detector needed (warm-up, no numerics)
+            for t in [t for t in seg.tick_offsets if t + self.cfg.tick_s <= boundary]:
+                del seg.tick_offsets[t]
         o_boundary = math.inf if final else self.outcome_clock.close_until()
         closing = [
             (t + self.cfg.tick_s, 0, seg.version, seg.key, t)
@@ -689,8 +754,7 @@ class ModelMonitor:
     ) -> None:
         """Feed each feature's standardised tick mean to its ADWIN; alert at the tick it fires."""
         window = (tstart, tstart + self.cfg.tick_s)
-        wstart = math.floor(tstart / self.cfg.window_s) * self.cfg.window_s
-        agg = seg.windows.get(wstart)
+        offsets = seg.tick_offsets.pop(tstart, {})  # the tick's own: the same on any replay
         for name, (total, n) in sorted(tick.items()):
             if n <= 0:
                 continue
@@ -710,7 +774,7 @@ class ModelMonitor:
                 }
                 verdict = Verdict(
                     "warning", False, round(total / n, 6), 0.0, window, evidence,
-                    agg.offsets if agg is not None else {},
+                    offsets,
                 )  # fmt: skip
                 self._judge(seg, name, "adwin", "feature_drift", verdict, emitted_at, out)
 
@@ -1281,6 +1345,7 @@ class _SegmentState(msgspec.Struct, array_like=True):
     warm_rows: list[list[Any]]
     past_counts: list[int]
     error_ticks: dict[float, list[int]] = {}
+    tick_offsets: dict[float, dict[str, list[int]]] = {}
     error_adwin: bytes = b""
     error_detections: list[float] = []
 
@@ -1317,6 +1382,7 @@ def monitor_to_bytes(m: ModelMonitor) -> bytes:
             seg.warm_rows,
             seg.past_counts,
             seg.error_ticks,
+            seg.tick_offsets,
             seg.error_adwin.to_bytes() if seg.error_adwin is not None else b"",
             seg.error_detections,
         )
@@ -1370,6 +1436,7 @@ def monitor_from_bytes(
         seg.warm_windows, seg.warm_count = ss.warm_windows, ss.warm_count
         seg.warm_rows, seg.past_counts = ss.warm_rows, ss.past_counts
         seg.error_ticks = ss.error_ticks
+        seg.tick_offsets = ss.tick_offsets
         seg.error_adwin = ADWINDetector.from_bytes(ss.error_adwin) if ss.error_adwin else None
         seg.error_detections = ss.error_detections
     m.outcome_windows = {

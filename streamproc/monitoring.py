@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,6 +50,8 @@ from streamproc.monitor import (
     encode_input,
     monitor_from_bytes,
     monitor_to_bytes,
+    observation_of,
+    outcome_of,
     segref_from_baseline,
 )
 
@@ -90,17 +92,6 @@ def partition_count(cfg: Config, topic: str) -> int:
     return len(t.partitions) if t is not None and t.partitions else 1
 
 
-def _confidence(scores: dict[str, float] | None, confidence: float | None) -> float | None:
-    if scores:
-        return max(scores.values())
-    return confidence
-
-
-def _origin(origin: str) -> tuple[str, int, int]:
-    head, offset, index = origin.split(":")
-    return head, int(offset), int(index) if index else -1
-
-
 class RoutingSink(MonitorSink):
     """Ingestion's sink: each model's observations and outcomes to the keyed topic."""
 
@@ -111,34 +102,26 @@ class RoutingSink(MonitorSink):
     async def on_predictions(self, observed: Sequence[Observed]) -> None:
         by_model: dict[str, list[Observation]] = defaultdict(list)
         for o in observed:
-            ev = o.event
-            by_model[ev.model_id].append(
-                Observation(
-                    o.partition, o.offset, o.index, o.event_time, ev.model_version,
-                    dict(ev.segments), dict(ev.features), ev.prediction,
-                    _confidence(ev.scores, ev.confidence), ev.latency_ms,
-                )
-            )  # fmt: skip
-        for model, obs in by_model.items():
-            for i in range(0, len(obs), CHUNK):  # keep messages well under the 1 MB default
-                chunk = MonitorInput(model, obs[i : i + CHUNK])
-                self.output.produce(self.topic, encode_input(chunk), model.encode())
+            by_model[o.event.model_id].append(
+                observation_of(o.event, o.event_time, o.partition, o.offset, o.index)
+            )
+        self._send(by_model, outcomes=False)
 
     async def on_outcomes(self, joined: Sequence[Joined], expired: Sequence[JoinRecord]) -> None:
         by_model: dict[str, list[Outcome]] = defaultdict(list)
         for j in joined:
-            source, offset, index = _origin(j.origin)
-            p = j.prediction
-            by_model[p.model_id].append(
-                Outcome(
-                    source, offset, index, j.label.event_time, p.model_version,
-                    dict(p.segments), p.prediction, j.label.label,
-                    _confidence(p.scores, p.confidence),
+            by_model[j.prediction.model_id].append(
+                outcome_of(j.prediction, j.label.label, j.label.event_time, j.origin)
+            )
+        self._send(by_model, outcomes=True)
+
+    def _send(self, by_model: Mapping[str, Sequence[Any]], outcomes: bool) -> None:
+        for model, items in by_model.items():
+            for i in range(0, len(items), CHUNK):  # keep messages well under the 1 MB default
+                part = list(items[i : i + CHUNK])
+                chunk = (
+                    MonitorInput(model, outcomes=part) if outcomes else MonitorInput(model, part)
                 )
-            )  # fmt: skip
-        for model, outcomes in by_model.items():
-            for i in range(0, len(outcomes), CHUNK):
-                chunk = MonitorInput(model, outcomes=outcomes[i : i + CHUNK])
                 self.output.produce(self.topic, encode_input(chunk), model.encode())
 
 

@@ -56,7 +56,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import msgspec
 
@@ -78,6 +78,9 @@ from streamproc.monitor import (
     Outcome,
     Output,
     SegRef,
+    confidence_of,
+    observation_of,
+    outcome_of,
     segref_from_baseline,
 )
 from streamproc.report import FeatureHistogram
@@ -133,65 +136,6 @@ class UnknownAlertError(ReplayError):
 
 
 # -- events to monitor inputs (the worker's RoutingSink builds the same) ------------------------
-
-
-def confidence_of(scores: Mapping[str, float] | None, confidence: float | None) -> float | None:
-    """The confidence the monitors see: the largest class score, else ``confidence``.
-
-    >>> confidence_of({"yes": 0.8, "no": 0.2}, None), confidence_of(None, 0.6)
-    (0.8, 0.6)
-    """
-    if scores:
-        return max(scores.values())
-    return confidence
-
-
-def observation_of(
-    event: Prediction, event_time_s: float, partition: int, offset: int, index: int
-) -> Observation:
-    """The :class:`~streamproc.monitor.Observation` of an accepted prediction.
-
-    ``index`` is the event's position in a batch message, ``-1`` for a single-event message.
-
-    >>> p = Prediction(prediction_id="a", model_id="m", model_version="1", prediction="yes",
-    ...                scores={"yes": 0.9, "no": 0.1}, features={"x": 1.0})
-    >>> ob = observation_of(p, 10.0, 2, 41, -1)
-    >>> ob.partition, ob.offset, ob.confidence, ob.features
-    (2, 41, 0.9, {'x': 1.0})
-    """
-    return Observation(
-        partition, offset, index, event_time_s, event.model_version, event.segments,
-        event.features, event.prediction, confidence_of(event.scores, event.confidence),
-        event.latency_ms,
-    )  # fmt: skip
-
-
-class _PredictionLike(Protocol):
-    model_version: str
-    segments: dict[str, str]
-    prediction: Scalar
-    scores: dict[str, float] | None
-    confidence: float | None
-
-
-def outcome_of(
-    prediction: _PredictionLike, label: Scalar, label_time: float, origin: str
-) -> Outcome:
-    """The :class:`~streamproc.monitor.Outcome` of a joined prediction (a ``Prediction`` or the
-    join's ``JoinRecord``) and label; ``origin`` is ``"l<partition>:<offset>:<index>"`` (the
-    index empty for a single-event message).
-
-    >>> p = Prediction(prediction_id="a", model_id="m", model_version="1", prediction="no")
-    >>> oc = outcome_of(p, "yes", 70.0, "l3:120:")
-    >>> oc.source, oc.offset, oc.index, oc.label
-    ('l3', 120, -1, 'yes')
-    """
-    source, offset, index = origin.split(":")
-    return Outcome(
-        source, int(offset), int(index) if index else -1, label_time, prediction.model_version,
-        prediction.segments, prediction.prediction, label,
-        confidence_of(prediction.scores, prediction.confidence),
-    )  # fmt: skip
 
 
 # -- configuration overrides --------------------------------------------------------------------
