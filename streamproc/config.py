@@ -133,13 +133,14 @@ class MonitoringConfig(_Section):
     features: list[str] | None = None  # None: every feature of the baseline or the events
     warmup_windows: PositiveInt = 1
     warmup_sample: PositiveInt = 5000
+    warmup_min_rows: PositiveInt = 1000  # keep warming up over more windows until this many
     min_window_count: PositiveInt = 100
     min_labelled_count: PositiveInt = 200
     clear_windows: PositiveInt = 3
     psi: Tiers = msgspec.field(default_factory=lambda: Tiers(warning=0.1, critical=0.25))
     # A PSI tier counts only when sampling alone would reach that PSI with probability under
     # this level, split across the monitor's features (Bonferroni).
-    psi_significance: Probability = 0.01
+    psi_significance: Probability = 0.001
     js: Tiers = msgspec.field(default_factory=lambda: Tiers(warning=0.05, critical=0.1))
     ks_p: Tiers = msgspec.field(default_factory=lambda: Tiers(warning=0.05, critical=0.01))
     ks_effect_floor: Probability = 0.1

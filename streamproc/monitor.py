@@ -52,6 +52,7 @@ from streamproc.windows import WindowClock
 
 ALL = "all"
 Z_SCALE = 1_000_000
+_NO_TICK = -math.inf  # rows folded in outside any detector tick (warm-up rebuild)
 
 
 class Observation(msgspec.Struct, array_like=True, frozen=True):
@@ -414,6 +415,8 @@ class Segment:
     warm_windows: int = 0
     warm_count: int = 0
     warm_rows: list[list[Any]] = field(default_factory=list)
+    # Windows opened before the warm-up reference existed are partial: not judged.
+    judge_from: float = -math.inf
     past_counts: list[int] = field(default_factory=list)
     # The joined error stream (0/1, standardised against the reference error rate) per tick.
     error_ticks: dict[float, list[int]] = field(default_factory=dict)
@@ -805,6 +808,8 @@ class ModelMonitor:
         self.windows_closed_until = max(self.windows_closed_until, window[1])
         for seg in sorted(self.segments.values(), key=lambda s: (s.version, s.key)):
             agg = seg.windows.pop(wstart, None)
+            if seg.ref is not None and wstart < seg.judge_from:
+                continue
             if seg.ref is None:
                 if agg is not None and agg.count:
                     self._warm_up(seg, agg)
@@ -820,7 +825,9 @@ class ModelMonitor:
         seg.warm_windows += 1
         seg.warm_count += agg.count
         seg.warm_rows.extend(agg.sample)
-        if seg.warm_windows < self.cfg.warmup_windows:
+        if seg.warm_windows < self.cfg.warmup_windows or len(seg.warm_rows) < min(
+            self.cfg.warmup_min_rows, self.cfg.warmup_sample
+        ):
             return
         builder = ProfileBuilder(self.model_id, seg.version, [])
         for _, features, prediction, confidence in sorted(seg.warm_rows, key=lambda r: r[0]):
@@ -830,6 +837,25 @@ class ModelMonitor:
         ref.rate_per_s = seg.warm_count / (seg.warm_windows * self.cfg.window_s)
         seg.ref = ref
         seg.warm_rows = []
+        # Windows still open were sampled, not sketched. One whose sample holds all its events
+        # (the usual case when a backlog is caught up) is rebuilt exactly; one that held more
+        # is partial, and judging starts after it.
+        open_windows, seg.windows = seg.windows, {}
+        for wstart in sorted(open_windows):
+            old = open_windows[wstart]
+            if old.count > len(old.sample):
+                seg.judge_from = wstart + self.cfg.window_s
+                continue
+            rows = [
+                Observation(-1, -1, -1, wstart, seg.version, {}, f, p, c, None)
+                for _, f, p, c in old.sample
+            ]
+            agg = self._window(seg, wstart)
+            self._add(seg, agg, _NO_TICK, rows)
+            agg.offsets, agg.latency = old.offsets, old.latency
+        seg.windows = {w: a for w, a in seg.windows.items() if w >= seg.judge_from}
+        seg.ticks.pop(_NO_TICK, None)
+        seg.tick_offsets.pop(_NO_TICK, None)
 
     def _evaluate(
         self,
@@ -1093,11 +1119,15 @@ class ModelMonitor:
                 outputs.update(
                     prediction_psi=psi, top1_rate=top1, prediction_entropy=stats.entropy(probs)
                 )
+                alpha = cfg.psi_significance / max(len(self.segments), 1)
+                sev, _ = psi_severity(
+                    psi, cfg.psi, pred.count, ref.prediction.count, len(cats), alpha
+                )
                 judge(
                     None,
                     "psi",
                     "prediction_drift",
-                    _severity(psi, cfg.psi),
+                    sev,
                     psi < cfg.psi.clearing(),
                     psi,
                     cfg.psi.warning,
@@ -1108,11 +1138,13 @@ class ModelMonitor:
                     },
                 )
                 limit = max(cfg.top1_rate, ref_top1 + 0.1)
+                # Beyond the limit by more than 3 binomial standard errors: not sampling noise.
+                margin = 3.0 * math.sqrt(limit * (1.0 - limit) / pred.count)
                 judge(
                     None,
                     "top1_rate",
                     "prediction_drift",
-                    "critical" if top1 > limit else None,
+                    "critical" if top1 > limit + margin else None,
                     top1 < limit - 0.05,
                     top1,
                     limit,
@@ -1125,11 +1157,15 @@ class ModelMonitor:
         ):
             psi = stats.psi(ref.prediction.probs, pred.hist)
             outputs.update(prediction_psi=psi, prediction_mean=pred.mean)
+            alpha = cfg.psi_significance / max(len(self.segments), 1)
+            sev, _ = psi_severity(
+                psi, cfg.psi, pred.count, ref.prediction.count, len(ref.prediction.probs), alpha
+            )
             judge(
                 None,
                 "psi",
                 "prediction_drift",
-                _severity(psi, cfg.psi),
+                sev,
                 psi < cfg.psi.clearing(),
                 psi,
                 cfg.psi.warning,
@@ -1348,6 +1384,7 @@ class _SegmentState(msgspec.Struct, array_like=True):
     tick_offsets: dict[float, dict[str, list[int]]] = {}
     error_adwin: bytes = b""
     error_detections: list[float] = []
+    judge_from: float = -math.inf
 
 
 class _MonitorState(msgspec.Struct, array_like=True):
@@ -1385,6 +1422,7 @@ def monitor_to_bytes(m: ModelMonitor) -> bytes:
             seg.tick_offsets,
             seg.error_adwin.to_bytes() if seg.error_adwin is not None else b"",
             seg.error_detections,
+            seg.judge_from,
         )
         for seg in m.segments.values()
     ]
@@ -1439,6 +1477,7 @@ def monitor_from_bytes(
         seg.tick_offsets = ss.tick_offsets
         seg.error_adwin = ADWINDetector.from_bytes(ss.error_adwin) if ss.error_adwin else None
         seg.error_detections = ss.error_detections
+        seg.judge_from = ss.judge_from
     m.outcome_windows = {
         w: {(v, k): WindowAgg.unpack(a) for v, k, a in cell}
         for w, cell in s.outcome_windows.items()
