@@ -103,26 +103,14 @@ def _produce(cfg: Config, spec: object) -> None:
 
 
 def _baseline(cfg: Config, spec: object) -> None:
-    import dataclasses
-
     import redis
 
-    from streamproc.baseline import BaselineStore, ProfileBuilder
-    from streamproc.synthetic import Workload
+    from streamproc.baseline import BaselineStore
+    from streamproc.synthetic import reference_profile
 
-    stationary = dataclasses.replace(spec, changes=())  # type: ignore[type-var]
-    builder = ProfileBuilder(stationary.model_id, stationary.model_version, ["country", "device"])
-    features = (*stationary.numeric_features, *stationary.categorical_features)
-    for row in Workload(stationary, 30_000, seed=101).reference_rows():
-        builder.add(
-            {k: row[k] for k in features},
-            prediction=row["prediction"],
-            score=row["score"],
-            label=row["label"],
-            segments={"country": row["country"], "device": row["device"]},
-        )
+    profile = reference_profile(spec, 30_000, source="demo reference (30,000 rows)")  # type: ignore[arg-type]
     client = redis.Redis.from_url(cfg.redis.url, password=cfg.redis.password)
-    BaselineStore(client, cfg.redis.key_prefix).put(builder.build("demo reference (30,000 rows)"))
+    BaselineStore(client, cfg.redis.key_prefix).put(profile)
 
 
 def _alerts(cfg: Config, stop: float) -> Iterator[object]:

@@ -64,7 +64,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+
+if TYPE_CHECKING:
+    from streamproc.baseline import ReferenceProfile
 
 import numpy as np
 import orjson
@@ -1187,3 +1190,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def reference_profile(
+    spec: WorkloadSpec, n_rows: int = 30_000, seed: int = 101, source: str = "synthetic reference"
+) -> ReferenceProfile:
+    """A baseline for ``spec``'s model: the same world, none of its injected changes.
+
+    Segment dimensions are the spec's (``country``, ``device``); the demo, the tests and the
+    benchmarks compare live traffic against it.
+    """
+    import dataclasses
+
+    from streamproc.baseline import ProfileBuilder
+
+    stationary = dataclasses.replace(spec, changes=())
+    dims = [d.name for d in stationary.segment_dims]
+    builder = ProfileBuilder(stationary.model_id, stationary.model_version, dims)
+    features = (*stationary.numeric_features, *stationary.categorical_features)
+    for row in Workload(stationary, n_rows, seed=seed).reference_rows():
+        builder.add(
+            {k: row[k] for k in features},
+            prediction=row["prediction"],
+            score=row["score"],
+            label=row["label"],
+            segments={d: row[d] for d in dims},
+        )
+    return builder.build(source)

@@ -87,9 +87,8 @@ def unique() -> str:
     return uuid.uuid4().hex[:10]
 
 
-@pytest.fixture
-def config(endpoints: Endpoints, unique: str) -> Config:
-    """A configuration pointing at the real servers, with topics and keys private to the test."""
+def config_for(endpoints: Endpoints, unique: str) -> Config:
+    """A configuration pointing at the real servers, with topics and keys named by ``unique``."""
     env = {
         "STREAMPROC_KAFKA_BOOTSTRAP": endpoints.kafka_bootstrap,
         "STREAMPROC_REDIS_URL": endpoints.redis_url,
@@ -99,3 +98,9 @@ def config(endpoints: Endpoints, unique: str) -> Config:
     for role in ("predictions", "labels", "alerts", "metrics", "deadletter"):
         env[f"STREAMPROC_TOPICS_{role.upper()}"] = f"t-{unique}-{role}"
     return load_config(env=env)
+
+
+@pytest.fixture
+def config(endpoints: Endpoints, unique: str) -> Config:
+    """A configuration pointing at the real servers, with topics and keys private to the test."""
+    return config_for(endpoints, unique)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,9 +13,9 @@ import redis
 from confluent_kafka import Producer
 
 from streamproc import topics
-from streamproc.baseline import BaselineStore, ProfileBuilder
+from streamproc.baseline import BaselineStore
 from streamproc.config import Config
-from streamproc.synthetic import AccuracyDrop, MeanShift, Workload, WorkloadSpec
+from streamproc.synthetic import AccuracyDrop, MeanShift, Workload, WorkloadSpec, reference_profile
 from tests.integration.workers import WorkerProcess, consume_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -32,18 +32,10 @@ SPEC = WorkloadSpec(rate=50.0, changes=(SHIFT,))
 
 
 def _store_baseline(cfg: Config) -> None:
-    builder = ProfileBuilder(SPEC.model_id, SPEC.model_version, ["country", "device"])
-    for row in Workload(dataclasses.replace(SPEC, changes=()), 30_000, seed=101).reference_rows():
-        features = {k: row[k] for k in (*SPEC.numeric_features, *SPEC.categorical_features)}
-        builder.add(
-            features,
-            prediction=row["prediction"],
-            score=row["score"],
-            label=row["label"],
-            segments={"country": row["country"], "device": row["device"]},
-        )
     client = redis.Redis.from_url(cfg.redis.url)
-    BaselineStore(client, cfg.redis.key_prefix).put(builder.build("test reference"))
+    BaselineStore(client, cfg.redis.key_prefix).put(
+        reference_profile(SPEC, source="test reference")
+    )
 
 
 def _produce_workload(cfg: Config) -> int:
@@ -102,24 +94,12 @@ def test_shift_in_one_segment_alerts_there_only_and_resolves(
 
 
 def test_one_and_two_workers_publish_the_same_alerts(endpoints: object, tmp_path: Path) -> None:
-    import uuid
-
-    from streamproc.config import load_config
-    from tests.conftest import Endpoints
+    from tests.conftest import Endpoints, config_for
 
     assert isinstance(endpoints, Endpoints)
 
     def cfg_for(tag: str) -> Config:
-        u = f"{uuid.uuid4().hex[:8]}-{tag}"
-        env = {
-            "STREAMPROC_KAFKA_BOOTSTRAP": endpoints.kafka_bootstrap,
-            "STREAMPROC_REDIS_URL": endpoints.redis_url,
-            "STREAMPROC_REDIS_KEY_PREFIX": f"t-{u}",
-            "STREAMPROC_WORKER_APP_ID": f"t-{u}",
-        }
-        for role in ("predictions", "labels", "alerts", "metrics", "deadletter"):
-            env[f"STREAMPROC_TOPICS_{role.upper()}"] = f"t-{u}-{role}"
-        return load_config(env=env)
+        return config_for(endpoints, f"{uuid.uuid4().hex[:8]}-{tag}")
 
     one = _run(cfg_for("one"), tmp_path, workers=1)
     two = _run(cfg_for("two"), tmp_path, workers=2)

@@ -23,8 +23,8 @@ import redis
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from streamproc.config import Config, load_config
-from tests.conftest import Endpoints
+from streamproc.config import Config
+from tests.conftest import Endpoints, config_for
 from tests.integration.test_monitoring import MONITOR_ENV, _run
 from tests.integration.workers import config_env, consume_all
 
@@ -59,16 +59,7 @@ def _watermarks(cfg: Config, topic: str) -> dict[int, tuple[int, int]]:
 
 @pytest.fixture(scope="module")
 def live(endpoints: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> Live:
-    u = uuid.uuid4().hex[:10]
-    env = {
-        "STREAMPROC_KAFKA_BOOTSTRAP": endpoints.kafka_bootstrap,
-        "STREAMPROC_REDIS_URL": endpoints.redis_url,
-        "STREAMPROC_REDIS_KEY_PREFIX": f"t-{u}",
-        "STREAMPROC_WORKER_APP_ID": f"t-{u}",
-    }
-    for role in ("predictions", "labels", "alerts", "metrics", "deadletter"):
-        env[f"STREAMPROC_TOPICS_{role.upper()}"] = f"t-{u}-{role}"
-    cfg = load_config(env=env)
+    cfg = config_for(endpoints, uuid.uuid4().hex[:10])
     alerts = _run(cfg, tmp_path_factory.mktemp("workers"), workers=1)
     metrics = [orjson.loads(m.value()) for m in consume_all(cfg, cfg.topics.metrics, 10**6, 3)]
     # The worker consumed every partition to its end: that is the range it processed.

@@ -7,13 +7,11 @@ on exact, seeded streams.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Iterator
 
 import pytest
 
-from streamproc.baseline import ProfileBuilder
 from streamproc.config import MonitoringConfig
 from streamproc.contracts import Alert
 from streamproc.monitor import (
@@ -33,6 +31,7 @@ from streamproc.synthetic import (
     SegmentSilence,
     Workload,
     WorkloadSpec,
+    reference_profile,
 )
 
 PARTITIONS = 6
@@ -41,18 +40,7 @@ CFG = MonitoringConfig(window_s=60.0, tick_s=2.0, lateness_s=5.0)
 
 def references(spec: WorkloadSpec, n: int = 30_000) -> dict[tuple[str, str], SegRef]:
     """The reference: the same world, another seed, none of the injected changes."""
-    builder = ProfileBuilder(spec.model_id, spec.model_version, ["country", "device"])
-    stationary = dataclasses.replace(spec, changes=())
-    for row in Workload(stationary, n, seed=101).reference_rows():
-        features = {k: row[k] for k in (*spec.numeric_features, *spec.categorical_features)}
-        builder.add(
-            features,
-            prediction=row["prediction"],
-            score=row["score"],
-            label=row["label"],
-            segments={"country": row["country"], "device": row["device"]},
-        )
-    profile = builder.build("test")
+    profile = reference_profile(spec, n)
     return {(spec.model_version, k): segref_from_baseline(s) for k, s in profile.segments.items()}
 
 
