@@ -60,7 +60,7 @@ from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from streamproc import topics
-from streamproc.config import Config, load_config, process_env
+from streamproc.config import Config, load_config
 from streamproc.stack import Stack, cache_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -278,7 +278,24 @@ def free_port() -> int:
 
 def worker_env(cfg: Config, port: int, extra: dict[str, str]) -> dict[str, str]:
     """The environment that points a worker at ``cfg``'s servers, topics and identity."""
-    return {**process_env(cfg), "STREAMPROC_WORKER_WEB_PORT": str(port), **extra}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("STREAMPROC_") or k == "STREAMPROC_CACHE"
+    }
+    env.update(
+        {
+            "STREAMPROC_KAFKA_BOOTSTRAP": cfg.kafka.bootstrap,
+            "STREAMPROC_REDIS_URL": cfg.redis.url,
+            "STREAMPROC_REDIS_KEY_PREFIX": cfg.redis.key_prefix,
+            "STREAMPROC_WORKER_APP_ID": cfg.worker.app_id,
+            "STREAMPROC_WORKER_WEB_PORT": str(port),
+        }
+    )
+    for role in topics.ROLES:
+        env[f"STREAMPROC_TOPICS_{role.upper()}"] = getattr(cfg.topics, role)
+    env.update(extra)
+    return env
 
 
 def process_cpu_s(pid: int) -> float | None:

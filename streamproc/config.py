@@ -241,30 +241,3 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
             where = where.rstrip("`")
         source = f" (from {origin[where]})" if where in origin else f" (in {path})" if path else ""
         raise ConfigError(f"{where or 'config'}{source}: {msg}") from None
-
-
-def process_env(cfg: Config, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """An environment that makes a child ``streamproc`` process load exactly ``cfg``.
-
-    ``base`` (default: this process's environment) is kept, except the ``STREAMPROC_*``
-    settings the child would read as configuration; every scalar and list setting of
-    ``kafka``, ``redis``, ``topics``, ``worker`` and ``join`` is then written out.
-
-    >>> env = process_env(load_config(env={"STREAMPROC_WORKER_WEB_PORT": "7000"}), base={})
-    >>> load_config(env=env).worker.web_port, env["STREAMPROC_TOPICS_ALERTS"]
-    (7000, 'alerts')
-    """
-    base = os.environ if base is None else base
-    sections = ("kafka", "redis", "topics", "worker", "join")
-    readable = tuple(f"{ENV_PREFIX}{s.upper()}_" for s in (*sections, "monitoring"))
-    env = {k: v for k, v in base.items() if not k.startswith(readable) and k != CONFIG_ENV}
-    for section in sections:
-        values = msgspec.to_builtins(getattr(cfg, section))
-        for key, value in values.items():
-            if value is None:
-                continue
-            text = yaml.safe_dump(value, default_flow_style=True).strip()
-            env[f"{ENV_PREFIX}{section.upper()}_{key.upper()}"] = (
-                text if isinstance(value, list) else str(value)
-            )
-    return env

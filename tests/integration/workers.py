@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
@@ -15,12 +16,28 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, Producer
 
-from streamproc.config import Config, process_env
+from streamproc.config import Config
 
 
 def config_env(cfg: Config, **extra: str) -> dict[str, str]:
-    """The environment that makes a worker process use ``cfg``, plus ``extra``."""
-    return {**process_env(cfg), **extra}
+    """The environment that makes a worker process use ``cfg``."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("STREAMPROC_") or k == "STREAMPROC_CACHE"
+    }
+    env.update(
+        {
+            "STREAMPROC_KAFKA_BOOTSTRAP": cfg.kafka.bootstrap,
+            "STREAMPROC_REDIS_URL": cfg.redis.url,
+            "STREAMPROC_REDIS_KEY_PREFIX": cfg.redis.key_prefix,
+            "STREAMPROC_WORKER_APP_ID": cfg.worker.app_id,
+        }
+    )
+    for role in ("predictions", "labels", "alerts", "metrics", "deadletter"):
+        env[f"STREAMPROC_TOPICS_{role.upper()}"] = getattr(cfg.topics, role)
+    env.update(extra)
+    return env
 
 
 def free_port() -> int:
