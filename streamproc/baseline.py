@@ -73,6 +73,7 @@ import msgspec
 import numpy as np
 from numpy.typing import NDArray
 
+from streamproc import topics
 from streamproc.errors import StateEncodingError, StreamprocError
 from streamproc.sketch import (
     OTHER,
@@ -1580,24 +1581,11 @@ def _consumer(cfg: Config) -> Any:
     )
 
 
-def _partitions(consumer: Any, topic: str) -> list[int]:
-    from confluent_kafka import KafkaException
-
-    try:
-        meta = consumer.list_topics(topic, timeout=15)
-    except KafkaException as exc:
-        raise BaselineError(f"cannot read topic metadata for {topic!r}: {exc}") from None
-    found = meta.topics.get(topic)
-    if found is None or found.error is not None or not found.partitions:
-        raise BaselineError(f"topic {topic!r} does not exist")
-    return sorted(found.partitions)
-
-
 def _time_ranges(consumer: Any, topic: str, from_ms: int, to_ms: int) -> dict[int, tuple[int, int]]:
     """Per partition, ``[first, end)`` offsets of records with timestamps in the range."""
     from confluent_kafka import TopicPartition
 
-    parts = _partitions(consumer, topic)
+    parts = topics.partitions_of(consumer, topic, missing=BaselineError)
     starts = consumer.offsets_for_times([TopicPartition(topic, p, from_ms) for p in parts], 15)
     ends = consumer.offsets_for_times([TopicPartition(topic, p, to_ms) for p in parts], 15)
     out = {}
@@ -1720,7 +1708,7 @@ def profile_from_topic(
                 raise BaselineError("--partition, --from-offset and --to-offset go together")
             if not 0 <= from_offset <= to_offset:
                 raise BaselineError(f"offsets {from_offset}..{to_offset}: need 0 <= from <= to")
-            if partition not in _partitions(consumer, topic):
+            if partition not in topics.partitions_of(consumer, topic, missing=BaselineError):
                 raise BaselineError(f"topic {topic!r} has no partition {partition}")
             ranges = {partition: (from_offset, to_offset + 1)}
             source = f"kafka:{topic} partition {partition} offsets {from_offset}..{to_offset}"

@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import msgspec
 
+from streamproc import topics
 from streamproc.contracts import (
     Alert,
     Label,
@@ -230,16 +231,9 @@ def _consumer(cfg: Config) -> Consumer:
 
 
 def _partitions(consumer: Consumer, topic: str) -> list[int]:
-    from confluent_kafka import KafkaException
-
-    try:
-        meta = consumer.list_topics(topic, timeout=15)
-    except KafkaException as exc:
-        raise ReplayError(f"cannot read the metadata of topic {topic!r}: {exc}") from None
-    found = meta.topics.get(topic)
-    if found is None or found.error is not None or not found.partitions:
-        raise UnknownPartitionError(f"topic {topic!r} does not exist")
-    return sorted(found.partitions)
+    return topics.partitions_of(
+        consumer, topic, missing=UnknownPartitionError, unreadable=ReplayError
+    )
 
 
 def _watermarks(consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
