@@ -1581,13 +1581,32 @@ def _consumer(cfg: Config) -> Any:
     )
 
 
+def _offsets_for_times(consumer: Any, wanted: list[Any], attempts: int = 5) -> list[Any]:
+    """``consumer.offsets_for_times``, retried while a partition answers with an error.
+
+    A per-partition error (e.g. a leader moving) comes back as offset -1, which would otherwise
+    read as "no record after this time" and silently drop that partition from the range.
+    """
+    for attempt in range(attempts):
+        found = consumer.offsets_for_times(wanted, 15)
+        failed = [tp for tp in found if tp.error is not None]
+        if not failed:
+            return found
+        if attempt < attempts - 1:
+            time.sleep(0.5 * (attempt + 1))
+    tp = failed[0]
+    raise BaselineError(
+        f"cannot look up offsets by time in {tp.topic!r} partition {tp.partition}: {tp.error}"
+    )
+
+
 def _time_ranges(consumer: Any, topic: str, from_ms: int, to_ms: int) -> dict[int, tuple[int, int]]:
     """Per partition, ``[first, end)`` offsets of records with timestamps in the range."""
     from confluent_kafka import TopicPartition
 
     parts = topics.partitions_of(consumer, topic, missing=BaselineError)
-    starts = consumer.offsets_for_times([TopicPartition(topic, p, from_ms) for p in parts], 15)
-    ends = consumer.offsets_for_times([TopicPartition(topic, p, to_ms) for p in parts], 15)
+    starts = _offsets_for_times(consumer, [TopicPartition(topic, p, from_ms) for p in parts])
+    ends = _offsets_for_times(consumer, [TopicPartition(topic, p, to_ms) for p in parts])
     out = {}
     for p, s, e in zip(parts, starts, ends, strict=True):
         _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15)
@@ -1628,7 +1647,10 @@ def _read_range(
             p = msg.partition()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
-                    todo.pop(p, None)
+                    # An end-of-partition event can still be queued from the previous
+                    # topic read by this consumer: it says nothing about this topic.
+                    if msg.topic() == topic:
+                        todo.pop(p, None)
                     continue
                 raise BaselineError(f"reading {topic!r}: {err}")
             end = todo.get(p) if msg.topic() == topic else None

@@ -336,7 +336,7 @@ def find_alert(cfg: Config, alert_id: str, timeout_s: float) -> Alert:
             for msg in msgs:
                 err = msg.error()
                 if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
+                    if err.code() == KafkaError._PARTITION_EOF and msg.topic() == topic:
                         todo.pop(msg.partition(), None)
                     continue
                 if msg.offset() >= todo.get(msg.partition(), (0, 0))[1] - 1:
@@ -497,7 +497,7 @@ def _read(
                 p = msg.partition()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        if p in todo:
+                        if p in todo and msg.topic() == topic:
                             todo.pop(p)
                             done.append(p)
                             yield msg  # tells the caller the partition ended early
