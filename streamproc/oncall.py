@@ -58,12 +58,14 @@ if TYPE_CHECKING:
     from confluent_kafka import Consumer, Message
 
 __all__ = [
+    "DETECTORS",
     "SEVERITIES",
     "OncallError",
     "StatusBoard",
     "StatusRow",
     "TailOptions",
     "decode_record",
+    "detector_text",
     "format_alert",
     "matches",
     "parse_duration",
@@ -182,6 +184,44 @@ def _number(x: float) -> str:
     return f"{x:.4g}"
 
 
+DETECTORS = frozenset({"adwin", "page_hinkley", "adwin_error"})
+"""Change detectors: their alerts say that the detector fired, not a value against a threshold."""
+
+
+def _signed(x: float) -> str:
+    return f"{x:+.3g}"
+
+
+def detector_text(alert: Alert) -> str:
+    """What a change detector saw when it fired, in on-call's words.
+
+    >>> from streamproc.contracts import Source
+    >>> a = Alert(alert_id="a", status="firing", severity="warning", kind="feature_drift",
+    ...           model_id="m", model_version="1", feature="f03", segment={},
+    ...           detector="adwin", value=1.3333, threshold=0.0,
+    ...           window=Window("2024-01-01T10:00:00Z", "2024-01-01T10:00:10Z"),
+    ...           evidence={"tick_mean_in_reference_sd": 1.3333}, source=Source("p", {}),
+    ...           emitted_at="t")
+    >>> detector_text(a)
+    'detector fired: tick mean +1.33 sd'
+    """
+    ev = alert.evidence
+    if "tick_mean_in_reference_sd" in ev:
+        return f"detector fired: tick mean {_signed(float(ev['tick_mean_in_reference_sd']))} sd"
+    if "tick_error_rate" in ev:
+        text = f"detector fired: tick error rate {_number(float(ev['tick_error_rate']))}"
+        if "reference_error_rate" in ev:
+            text += f" (reference {_number(float(ev['reference_error_rate']))})"
+        return text
+    if "detections_in_window" in ev:
+        text = f"detector fired {ev['detections_in_window']}x in the window"
+        agree = ev.get("agreeing_statistics")
+        if agree:
+            text += f", confirmed by {', '.join(map(str, agree))}"
+        return text
+    return "detector fired"
+
+
 def format_alert(alert: Alert, colour: bool = False) -> str:
     """Four lines that tell on-call what moved, where, since when, and how to replay it.
 
@@ -199,11 +239,14 @@ def format_alert(alert: Alert, colour: bool = False) -> str:
     )
     if alert.feature is not None:
         head += f"  feature {alert.feature}"
+    if alert.detector in DETECTORS:
+        measure = detector_text(alert)
+    else:
+        measure = f"value {_number(alert.value)} vs threshold {_number(alert.threshold)}"
     return "\n".join(
         [
             head,
-            f"  {alert.kind} by {alert.detector}: value {_number(alert.value)}"
-            f" vs threshold {_number(alert.threshold)}",
+            f"  {alert.kind} by {alert.detector}: {measure}",
             f"  window {window_text(alert.window)}",
             f"  investigate: {replay_command(alert.alert_id)}",
         ]

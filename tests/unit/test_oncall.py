@@ -102,6 +102,37 @@ def test_format_of_an_alert_without_feature_or_segment_says_all_and_omits_the_fe
     assert "performance by cbpe" in text
 
 
+@pytest.mark.parametrize("detector", ["adwin", "page_hinkley"])
+def test_a_feature_detector_alert_shows_the_tick_mean_it_fired_on_not_a_threshold(
+    detector: str,
+) -> None:
+    alert = _alert(
+        detector=detector, severity="warning", value=-1.3333, threshold=0.0,
+        evidence={"tick_events": 40, "tick_mean_in_reference_sd": -1.3333},
+    )  # fmt: skip
+    line = format_alert(alert).splitlines()[1]
+    assert line == f"  feature_drift by {detector}: detector fired: tick mean -1.33 sd"
+
+
+def test_an_error_stream_detector_alert_shows_the_error_rate_against_the_reference() -> None:
+    alert = _alert(
+        feature=None, kind="performance", detector="adwin_error", value=0.69, threshold=0.9,
+        evidence={"tick_error_rate": 0.31, "reference_error_rate": 0.1},
+    )  # fmt: skip
+    line = format_alert(alert).splitlines()[1]
+    assert line.endswith("by adwin_error: detector fired: tick error rate 0.31 (reference 0.1)")
+    assert "threshold" not in format_alert(alert)
+
+
+def test_an_escalated_detector_alert_names_the_statistics_that_agreed() -> None:
+    alert = _alert(
+        detector="adwin", value=2.0, threshold=1.0,
+        evidence={"detections_in_window": 2, "agreeing_statistics": ["psi", "ks"]},
+    )  # fmt: skip
+    line = format_alert(alert).splitlines()[1]
+    assert line == "  feature_drift by adwin: detector fired 2x in the window, confirmed by psi, ks"
+
+
 def test_colour_marks_the_severity_and_a_resolved_status_only_when_asked() -> None:
     plain = format_alert(_alert(status="resolved", severity="warning"))
     coloured = format_alert(_alert(status="resolved", severity="warning"), colour=True)
