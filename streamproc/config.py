@@ -139,10 +139,15 @@ class MonitoringConfig(_Section):
     clear_windows: PositiveInt = 3
     psi: Tiers = msgspec.field(default_factory=lambda: Tiers(warning=0.1, critical=0.25))
     # A PSI tier counts only when sampling alone would reach that PSI with probability under
-    # this level, split across the monitor's features (Bonferroni).
-    psi_significance: Probability = 0.001
+    # this level, split across every feature x segment of the model judged in one window
+    # (Bonferroni). Per window: at 1e-4, a model closing ~300 windows per 10^6 events expects
+    # ~0.03 false PSI alerts there.
+    psi_significance: Probability = 0.0001
     js: Tiers = msgspec.field(default_factory=lambda: Tiers(warning=0.05, critical=0.1))
-    ks_p: Tiers = msgspec.field(default_factory=lambda: Tiers(warning=0.05, critical=0.01))
+    # KS p-value levels per window for the whole model, split across features x segments
+    # (Bonferroni), and only where the KS statistic is over ks_effect_floor. The seeds' 0.05 /
+    # 0.01 gave one false alert per 10^6 stationary events on the synthetic workload.
+    ks_p: Tiers = msgspec.field(default_factory=lambda: Tiers(warning=0.001, critical=0.0001))
     ks_effect_floor: Probability = 0.1
     null_rate_delta: Tiers = msgspec.field(
         default_factory=lambda: Tiers(warning=0.02, critical=0.05)
@@ -151,13 +156,79 @@ class MonitoringConfig(_Section):
         default_factory=lambda: Tiers(warning=0.01, critical=0.05)
     )
     top1_rate: Probability = 0.8
+    # Calibration (performance / calibration): a label window's ECE must be over `ece`, over
+    # the reference's ECE at the window's confidences by more than `ece_margin`, and by more
+    # than sampling noise gives at `ece_significance` (split across segments); judged only
+    # from `ece_min_labelled` labelled predictions on (ten bins need a few hundred each).
     ece: PositiveFloat = 0.05
+    ece_margin: PositiveFloat = 0.02
+    ece_min_labelled: PositiveInt = 1000
+    ece_significance: Probability = 0.0001
+    # A feature the reference does not know, in at least this share of a window's events:
+    # data_quality / new_feature (warning), resolved once it stays under 80% of the share.
+    new_feature_share: Probability = 0.01
     accuracy_drop: Tiers = msgspec.field(default_factory=lambda: Tiers(warning=0.05, critical=0.1))
     volume_drop: Tiers = msgspec.field(default_factory=lambda: Tiers(warning=0.5, critical=0.9))
     latency_slo_ms: PositiveFloat | None = None
+    # ADWIN on each numeric feature's standardised tick mean (unit variance under no change),
+    # per segment: the model-wide significance, split evenly across its ADWINs (numeric
+    # features x segments), so more features or segments do not mean more false alarms.
     adwin_delta: Probability = 0.002
-    page_hinkley_threshold: PositiveFloat = 50.0
+    # ADWIN on the joined error stream per segment: model-wide, split across segments.
+    adwin_error_delta: Probability = 0.002
+    # Page-Hinkley on the same standardised tick means, two-sided (mean up or down). A tick
+    # mean feeds it as z * sqrt(n), so these are in units of that unit-variance stream:
+    # threshold (lambda) on the cumulative deviation, delta the drift tolerated per tick,
+    # min_instances ticks before it may fire, alpha the forgetting factor of its sums.
+    page_hinkley_threshold: PositiveFloat = 20.0
+    page_hinkley_delta: PositiveFloat = 1.0
+    page_hinkley_min_instances: PositiveInt = 30
+    page_hinkley_alpha: Probability = 0.9999
     observations_partitions: PositiveInt = 6
+    # Per-model overrides: {model_id: {any key above: value}}, applied to that model's monitors
+    # (see for_model). Checked at start: an unknown key or a bad value names the model.
+    models: dict[str, dict[str, Any]] = {}
+
+    def for_model(self, model_id: str) -> MonitoringConfig:
+        """The settings for one model: these, with ``models[model_id]`` applied over them.
+
+        A tier may be overridden in part (``{"psi": {"warning": 0.2}}`` keeps the critical).
+
+        Raises
+        ------
+        ConfigError
+            An override names an unknown key or holds a bad value.
+
+        Examples
+        --------
+        >>> cfg = MonitoringConfig(models={"churn": {"window_s": 60, "psi": {"warning": 0.2}}})
+        >>> c = cfg.for_model("churn")
+        >>> c.window_s, c.psi.warning, c.psi.critical, cfg.for_model("other").window_s
+        (60.0, 0.2, 0.25, 300.0)
+        """
+        over = self.models.get(model_id)
+        if not over:
+            return self
+        where = f"monitoring.models.{model_id}"
+        known = {f.name for f in msgspec.structs.fields(MonitoringConfig)} - {"models"}
+        base = msgspec.to_builtins(self)
+        base.pop("models")
+        for key, value in over.items():
+            if key not in known:
+                raise ConfigError(
+                    f"{where}.{key}: unknown monitoring setting for model {model_id!r}; "
+                    f"known: {', '.join(sorted(known))}"
+                )
+            if isinstance(base.get(key), dict) and isinstance(value, dict):
+                base[key] = {**base[key], **value}
+            else:
+                base[key] = value
+        try:
+            return msgspec.convert(base, MonitoringConfig, strict=False)
+        except msgspec.ValidationError as exc:
+            msg, _, at = str(exc).partition(" - at `$.")
+            key = at.rstrip("`")
+            raise ConfigError(f"{where}.{key or '?'} (model {model_id!r}): {msg}") from None
 
 
 class Config(_Section):
@@ -194,8 +265,11 @@ def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], d
                         f"known: {', '.join(sorted(known))}"
                     )
                 parsed: Any = value
-                if value.startswith("["):
-                    parsed = yaml.safe_load(value)
+                if value.startswith(("[", "{")):  # a list, or a mapping as JSON / YAML flow
+                    try:
+                        parsed = yaml.safe_load(value)
+                    except yaml.YAMLError as exc:
+                        raise ConfigError(f"{name}: not valid JSON or YAML: {exc}") from None
                 overrides.setdefault(section, {})[key] = parsed
                 origin[f"{section}.{key}"] = name
                 break
@@ -232,7 +306,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         merged.update(values)
         raw[section] = merged
     try:
-        return msgspec.convert(raw, Config, strict=False)
+        cfg = msgspec.convert(raw, Config, strict=False)
     except msgspec.ValidationError as exc:
         msg = str(exc)
         where = ""
@@ -241,3 +315,15 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
             where = where.rstrip("`")
         source = f" (from {origin[where]})" if where in origin else f" (in {path})" if path else ""
         raise ConfigError(f"{where or 'config'}{source}: {msg}") from None
+    for model_id in cfg.monitoring.models:  # fail at start, not when the model first shows up
+        try:
+            eff = cfg.monitoring.for_model(model_id)
+            if abs(eff.window_s / eff.tick_s - round(eff.window_s / eff.tick_s)) > 1e-9:
+                raise ConfigError(
+                    f"monitoring.models.{model_id}: window_s ({eff.window_s}) must be a multiple "
+                    f"of tick_s ({eff.tick_s})"
+                )
+        except ConfigError as exc:
+            source = origin.get("monitoring.models") or (str(path) if path else "config")
+            raise ConfigError(f"{exc} (from {source})") from None
+    return cfg

@@ -26,6 +26,7 @@ resolved after ``clear_windows`` clear windows). The monitor returns alerts and 
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -39,7 +40,7 @@ from streamproc import stats
 from streamproc.alerts import AlertKey, AlertTracker, Kind, Severity, Verdict, iso
 from streamproc.config import MonitoringConfig, Tiers
 from streamproc.contracts import Alert, MetricsRecord, Prediction, Scalar, Window
-from streamproc.detectors import ADWINDetector
+from streamproc.detectors import ADWINDetector, PageHinkleyDetector
 from streamproc.errors import StateEncodingError
 from streamproc.sketch import (
     OTHER,
@@ -412,6 +413,17 @@ class Segment:
     ticks: dict[float, dict[str, list[int]]] = field(default_factory=dict)  # f -> [sum, n]
     adwin: dict[str, ADWINDetector] = field(default_factory=dict)
     detections: dict[str, list[float]] = field(default_factory=dict)  # feature -> tick starts
+    # Page-Hinkley beside ADWIN on the same standardised tick means (two-sided).
+    page_hinkley: dict[str, PageHinkleyDetector] = field(default_factory=dict)
+    ph_detections: dict[str, list[float]] = field(default_factory=dict)
+    _cal_edges: list[float] | None = None  # the reference calibration's edges, as a list
+
+    def calibration_edges(self) -> list[float] | None:
+        """Inner edges of the reference's confidence bins (``None``: no calibration map)."""
+        if self._cal_edges is None and self.ref is not None and self.ref.calibration is not None:
+            self._cal_edges = self.ref.calibration.edges.tolist()
+        return self._cal_edges
+
     warm_windows: int = 0
     warm_count: int = 0
     warm_rows: list[list[Any]] = field(default_factory=list)
@@ -445,7 +457,8 @@ class ModelMonitor:
     model_id
         The model this object watches.
     cfg
-        The ``monitoring`` configuration.
+        The ``monitoring`` configuration; its overrides for this model
+        (``monitoring.models[model_id]``) are applied here, so every caller gets them.
     sources
         The source partitions that feed it (e.g. ``["p0", ..., "p5"]``), declared up front so
         that window contents do not depend on which source speaks first.
@@ -464,6 +477,7 @@ class ModelMonitor:
         references: dict[tuple[str, str], SegRef] | None = None,
         topic: str = "predictions",
     ) -> None:
+        cfg = cfg.for_model(model_id)
         if abs(cfg.window_s / cfg.tick_s - round(cfg.window_s / cfg.tick_s)) > 1e-9:
             raise ValueError("monitoring.window_s must be a multiple of monitoring.tick_s")
         self.model_id = model_id
@@ -479,6 +493,9 @@ class ModelMonitor:
         self.applied: dict[int, int] = {}  # keyed-topic partition -> last offset folded in
         self.windows_closed_until = -math.inf
         self.outcome_windows: dict[float, dict[tuple[str, str], WindowAgg]] = {}
+        # Per outcome window and monitor, per reference confidence bin: [labelled, sum of
+        # confidence in millionths, correct]. Integers, so the ECE is the same in any order.
+        self.outcome_calibration: dict[float, dict[tuple[str, str], list[list[int]]]] = {}
         # Segment values per dimension: the baseline's, else the first max_segment_values seen;
         # any other value is monitored as "__other__", so state and metric labels stay bounded.
         self.known_values: dict[str, set[str]] = {}
@@ -654,6 +671,18 @@ class ModelMonitor:
                     agg.correct += 1
                 agg.labels.update(_label(oc.label))
                 seg = self._segment(oc.model_version, key)
+                edges = seg.calibration_edges()
+                if edges is not None and oc.confidence is not None and 0 <= oc.confidence <= 1:
+                    cal = self.outcome_calibration.setdefault(wstart, {}).get(
+                        (oc.model_version, key)
+                    )
+                    if cal is None:
+                        cal = [[0] * (len(edges) + 1) for _ in range(3)]
+                        self.outcome_calibration[wstart][(oc.model_version, key)] = cal
+                    b = bisect.bisect_left(edges, oc.confidence)
+                    cal[0][b] += 1
+                    cal[1][b] += round(oc.confidence * Z_SCALE)
+                    cal[2][b] += 1 if right else 0
                 acc = seg.ref.accuracy if seg.ref is not None else None
                 if acc is not None and 0.0 < acc < 1.0:
                     err, sd = 1.0 - acc, math.sqrt(acc * (1.0 - acc))
@@ -718,7 +747,13 @@ class ModelMonitor:
                 seg = self.segments[(version, key)]
                 self._close_error_tick(seg, start, seg.error_ticks.pop(start), emitted_at, out)
             else:
-                self._close_outcomes(start, self.outcome_windows.pop(start), emitted_at, out)
+                self._close_outcomes(
+                    start,
+                    self.outcome_windows.pop(start),
+                    self.outcome_calibration.pop(start, {}),
+                    emitted_at,
+                    out,
+                )
         return out
 
     def _close_error_tick(
@@ -729,7 +764,8 @@ class ModelMonitor:
         if n <= 0 or seg.ref is None or seg.ref.accuracy is None:
             return
         if seg.error_adwin is None:
-            seg.error_adwin = ADWINDetector(delta=self.cfg.adwin_delta, clock=1)
+            delta = self.cfg.adwin_error_delta / self._n_segments(seg.version)
+            seg.error_adwin = ADWINDetector(delta=delta, clock=1)
         seg.error_adwin.update(total / math.sqrt(n))
         if not seg.error_adwin.drift_detected:
             return
@@ -755,8 +791,10 @@ class ModelMonitor:
         emitted_at: str,
         out: Output,
     ) -> None:
-        """Feed each feature's standardised tick mean to its ADWIN; alert at the tick it fires."""
-        window = (tstart, tstart + self.cfg.tick_s)
+        """Feed each feature's standardised tick mean to its ADWIN and Page-Hinkley detectors;
+        alert at the tick one fires."""
+        cfg = self.cfg
+        window = (tstart, tstart + cfg.tick_s)
         offsets = seg.tick_offsets.pop(tstart, {})  # the tick's own: the same on any replay
         for name, (total, n) in sorted(tick.items()):
             if n <= 0:
@@ -765,21 +803,51 @@ class ModelMonitor:
             z = total / math.sqrt(n)
             det = seg.adwin.get(name)
             if det is None:
-                det = seg.adwin[name] = ADWINDetector(delta=self.cfg.adwin_delta, clock=1)
+                det = seg.adwin[name] = ADWINDetector(delta=self._adwin_delta(seg), clock=1)
             det.update(z)
-            if det.drift_detected:
-                seg.detections.setdefault(name, []).append(tstart)
-                out.detections.append(("adwin", seg.key, name))
+            ph = seg.page_hinkley.get(name)
+            if ph is None:
+                ph = seg.page_hinkley[name] = PageHinkleyDetector(
+                    min_instances=cfg.page_hinkley_min_instances,
+                    delta=cfg.page_hinkley_delta,
+                    threshold=cfg.page_hinkley_threshold,
+                    alpha=cfg.page_hinkley_alpha,
+                    mode="both",
+                )
+            ph.update(z)
+            fired = [
+                (detector, extra, hits)
+                for detector, d, extra, hits in (
+                    ("adwin", det, {"adwin_width_ticks": det.width}, seg.detections),
+                    ("page_hinkley", ph, {}, seg.ph_detections),
+                )
+                if d.drift_detected
+            ]
+            for detector, extra, hits in fired:
+                hits.setdefault(name, []).append(tstart)
+                out.detections.append((detector, seg.key, name))
                 evidence = {
                     "tick_events": int(n),
                     "tick_mean_in_reference_sd": round(total / n, 4),
-                    "adwin_width_ticks": det.width,
+                    **extra,
                 }
                 verdict = Verdict(
-                    "warning", False, round(total / n, 6), 0.0, window, evidence,
-                    offsets,
-                )  # fmt: skip
-                self._judge(seg, name, "adwin", "feature_drift", verdict, emitted_at, out)
+                    "warning", False, round(total / n, 6), 0.0, window, evidence, offsets
+                )
+                self._judge(seg, name, detector, "feature_drift", verdict, emitted_at, out)
+
+    def _adwin_delta(self, seg: Segment) -> float:
+        """One ADWIN's share of the fleet-wide ``adwin_delta``: split evenly across every
+        numeric feature of every segment of the model (Bonferroni)."""
+        assert seg.ref is not None
+        numeric = sum(1 for r in seg.ref.features.values() if isinstance(r, NumRef))
+        return self.cfg.adwin_delta / (max(numeric, 1) * self._n_segments(seg.version))
+
+    def _n_segments(self, version: str) -> int:
+        """Monitors of a model version: the baseline's segments, or those seen so far."""
+        in_baseline = sum(1 for v, _ in self.references if v == version)
+        seen = sum(1 for v, _ in self.segments if v == version)
+        return max(in_baseline, seen, 1)
 
     def _judge(
         self,
@@ -871,6 +939,7 @@ class ModelMonitor:
         offsets = agg.offsets
         enough = agg.count >= cfg.min_window_count
         features: dict[str, dict[str, float | int | None]] = {}
+        agreeing: dict[str, list[str]] = {}  # feature -> window statistics over a tier
         # Bonferroni over every feature of every segment of the model, judged each window: the
         # false-alarm budget is for the fleet of detectors, not for one test.
         n_tests = max(len(ref.features), 1) * max(len(self.segments), 1)
@@ -990,6 +1059,9 @@ class ModelMonitor:
                         ks_sev = "critical"
                     elif p < cfg.ks_p.warning / n_tests:
                         ks_sev = "warning"
+                agreeing[name] = [
+                    stat for stat, sv in (("psi", sev), ("ks", ks_sev)) if sv is not None
+                ]
                 judge(
                     name,
                     "ks",
@@ -1055,21 +1127,31 @@ class ModelMonitor:
                     cfg.new_category_share.warning,
                     evidence,
                 )
-        # ADWIN: a detection during the window is a warning; none clears.
-        for name in sorted(seg.adwin):
-            ticks = seg.detections.get(name, [])
-            hits = [t for t in ticks if t < window[1]]
-            seg.detections[name] = [t for t in ticks if t >= window[1]]
-            judge(
-                name,
-                "adwin",
-                "feature_drift",
-                "warning" if hits else None,
-                not hits,
-                float(len(hits)),
-                1.0,
-                {"detections_in_window": len(hits)},
-            )
+        self._new_features(seg, agg, judge)
+        # ADWIN and Page-Hinkley: a detection during the window is a warning (already raised at
+        # its tick); critical when the window's own statistics (PSI or KS) agree; none clears.
+        for detector, dets, detections in (
+            ("adwin", seg.adwin, seg.detections),
+            ("page_hinkley", seg.page_hinkley, seg.ph_detections),
+        ):
+            for name in sorted(dets):
+                ticks = detections.get(name, [])
+                hits = [t for t in ticks if t < window[1]]
+                detections[name] = [t for t in ticks if t >= window[1]]
+                agree = agreeing.get(name, [])
+                severity: Severity | None = None
+                if hits:
+                    severity = "critical" if agree else "warning"
+                judge(
+                    name,
+                    detector,
+                    "feature_drift",
+                    severity,
+                    not hits,
+                    float(len(hits)),
+                    1.0,
+                    {"detections_in_window": len(hits), "agreeing_statistics": agree},
+                )
         outputs = self._outputs(seg, agg, judge)
         if complete:
             self._volume(seg, agg, judge)
@@ -1085,6 +1167,39 @@ class ModelMonitor:
             performance={},
             emitted_at=emitted_at,
         )
+
+    def _new_features(self, seg: Segment, agg: WindowAgg, judge: Any) -> None:
+        """A feature the reference does not know, in at least ``new_feature_share`` of the
+        window's events: a schema alert, naming the feature and counting, never its values.
+
+        Only features over the share, or already firing, are judged, so an upstream that
+        sends ever-new feature names cannot grow the alert state.
+        """
+        cfg = self.cfg
+        firing = {
+            k.feature
+            for k, _ in self.tracker.firing()
+            if k.detector == "new_feature"
+            and k.model_version == seg.version
+            and k.segment == tuple(sorted(segment_of(seg.key).items()))
+        }
+        enough = agg.count >= cfg.min_window_count
+        for name in sorted(set(agg.unknown) | {f for f in firing if f is not None}):
+            seen = agg.unknown.get(name, 0)
+            share = seen / agg.count if agg.count else 0.0
+            over = enough and share >= cfg.new_feature_share
+            if not over and name not in firing:
+                continue
+            judge(
+                name,
+                "new_feature",
+                "data_quality",  # as schema_missing / schema_type: alert.v1 has no "schema" kind
+                "warning" if over else None,
+                share < 0.8 * cfg.new_feature_share,
+                share,
+                cfg.new_feature_share,
+                {"events_with_feature": seen, "window_events": agg.count},
+            )
 
     def _outputs(self, seg: Segment, agg: WindowAgg, judge: Any) -> dict[str, float | int | None]:
         cfg, ref = self.cfg, seg.ref
@@ -1207,8 +1322,64 @@ class ModelMonitor:
             {"window_count": agg.count, "expected_count": round(expected, 1)},
         )
 
+    def _calibration(
+        self, seg: Segment, cal: list[list[int]], window: tuple[float, float]
+    ) -> Verdict | None:
+        """ECE of a label window against the reference's; ``None`` under ``ece_min_labelled``.
+
+        Fires when the ECE is over ``ece`` and over the reference's ECE (at the window's own
+        confidences) by more than ``ece_margin`` and by more than sampling noise could give
+        (``ece_significance``, split across the model's segments).
+        """
+        cfg, ref = self.cfg, seg.ref
+        assert ref is not None and ref.calibration is not None
+        counts, conf_micro, correct = cal
+        n = sum(counts)
+        if n < cfg.ece_min_labelled:
+            return None
+        conf = np.asarray(conf_micro, dtype=float) / Z_SCALE
+        r = stats.calibration_excess(
+            counts,
+            conf,
+            correct,
+            ref.calibration.accuracy,
+            ref.calibration.counts,
+            cfg.ece_significance / self._n_segments(seg.version),
+        )
+        fire = r.ece > cfg.ece and r.excess > max(cfg.ece_margin, r.noise_bound)
+        cleared = r.ece < 0.8 * cfg.ece or r.excess < cfg.ece_margin
+        edges = [0.0, *ref.calibration.edges.tolist(), 1.0]
+        bins = [
+            {
+                "bin": b,
+                "confidence_range": [round(edges[b], 4), round(edges[b + 1], 4)],
+                "labelled": counts[b],
+                "mean_confidence": round(float(conf[b]) / counts[b], 4),
+                "accuracy": round(correct[b] / counts[b], 4),
+                "reference_accuracy": round(float(ref.calibration.accuracy[b]), 4),
+            }
+            for b in range(len(counts))
+            if counts[b]
+        ]
+        evidence = {
+            "labelled": n,
+            "ece": round(r.ece, 6),
+            "reference_ece": round(r.reference_ece, 6),
+            "excess": round(r.excess, 6),
+            "noise_bound": round(r.noise_bound, 6),
+            "bins": bins,
+        }
+        return Verdict(
+            "warning" if fire else None, cleared, round(r.ece, 6), cfg.ece, window, evidence
+        )
+
     def _close_outcomes(
-        self, wstart: float, cell: dict[tuple[str, str], WindowAgg], emitted_at: str, out: Output
+        self,
+        wstart: float,
+        cell: dict[tuple[str, str], WindowAgg],
+        calibration: dict[tuple[str, str], list[list[int]]],
+        emitted_at: str,
+        out: Output,
     ) -> None:
         cfg = self.cfg
         window = (wstart, wstart + cfg.window_s)
@@ -1244,6 +1415,12 @@ class ModelMonitor:
                         {"detections_in_window": len(hits)},
                     )  # fmt: skip
                     self._judge(seg, None, "adwin_error", "performance", v, emitted_at, out)
+                cal = calibration.get((version, key))
+                if cal is not None and ref.calibration is not None:
+                    ece = self._calibration(seg, cal, window)
+                    if ece is not None:
+                        perf["ece"] = ece.value
+                        self._judge(seg, None, "calibration", "performance", ece, emitted_at, out)
                 if isinstance(ref.label, CatRef):
                     counts = agg.labels.counts
                     cats = sorted(set(ref.label.probs) | set(counts))
@@ -1385,6 +1562,8 @@ class _SegmentState(msgspec.Struct, array_like=True):
     error_adwin: bytes = b""
     error_detections: list[float] = []
     judge_from: float = -math.inf
+    page_hinkley: dict[str, bytes] = {}
+    ph_detections: dict[str, list[float]] = {}
 
 
 class _MonitorState(msgspec.Struct, array_like=True):
@@ -1398,9 +1577,14 @@ class _MonitorState(msgspec.Struct, array_like=True):
     outcome_windows: dict[float, list[tuple[str, str, _WindowState]]]
     known_values: dict[str, list[str]] = {}
     applied: dict[int, int] = {}
+    outcome_calibration: dict[float, list[tuple[str, str, list[list[int]]]]] = {}
 
 
-_MONITOR_MAGIC = b"SPM1"
+# SPM2 added Page-Hinkley detectors and per-window calibration sketches. An SPM1 checkpoint
+# still restores (the new fields start empty); an older streamproc refuses SPM2 rather than
+# silently dropping detector state.
+_MONITOR_MAGIC = b"SPM2"
+_READABLE_MAGIC = (b"SPM1", _MONITOR_MAGIC)
 
 
 def monitor_to_bytes(m: ModelMonitor) -> bytes:
@@ -1423,6 +1607,8 @@ def monitor_to_bytes(m: ModelMonitor) -> bytes:
             seg.error_adwin.to_bytes() if seg.error_adwin is not None else b"",
             seg.error_detections,
             seg.judge_from,
+            {f: d.to_bytes() for f, d in seg.page_hinkley.items()},
+            seg.ph_detections,
         )
         for seg in m.segments.values()
     ]
@@ -1440,6 +1626,10 @@ def monitor_to_bytes(m: ModelMonitor) -> bytes:
         },
         {dim: sorted(values) for dim, values in m.known_values.items()},
         m.applied,
+        {
+            w: [(v, k, cal) for (v, k), cal in sorted(cell.items())]
+            for w, cell in m.outcome_calibration.items()
+        },
     )
     return _MONITOR_MAGIC + _ENC.encode(state)
 
@@ -1451,7 +1641,7 @@ def monitor_from_bytes(
     topic: str = "predictions",
 ) -> ModelMonitor:
     """Restore :func:`monitor_to_bytes` output; references come from the baseline store again."""
-    if blob[:4] != _MONITOR_MAGIC:
+    if blob[:4] not in _READABLE_MAGIC:
         raise StateEncodingError(f"not a monitor checkpoint (header {blob[:4]!r})")
     try:
         s = msgspec.msgpack.decode(blob[4:], type=_MonitorState)
@@ -1478,6 +1668,10 @@ def monitor_from_bytes(
         seg.error_adwin = ADWINDetector.from_bytes(ss.error_adwin) if ss.error_adwin else None
         seg.error_detections = ss.error_detections
         seg.judge_from = ss.judge_from
+        seg.page_hinkley = {
+            f: PageHinkleyDetector.from_bytes(b) for f, b in ss.page_hinkley.items()
+        }
+        seg.ph_detections = ss.ph_detections
     m.outcome_windows = {
         w: {(v, k): WindowAgg.unpack(a) for v, k, a in cell}
         for w, cell in s.outcome_windows.items()
@@ -1485,4 +1679,7 @@ def monitor_from_bytes(
     for dim, values in s.known_values.items():
         m.known_values.setdefault(dim, set()).update(values)
     m.applied = dict(s.applied)
+    m.outcome_calibration = {
+        w: {(v, k): cal for v, k, cal in cell} for w, cell in s.outcome_calibration.items()
+    }
     return m

@@ -43,7 +43,9 @@ from streamproc.sketch import OTHER, CalibrationSketch
 
 __all__ = [
     "DEFAULT_MIN_WINDOW_COUNT",
+    "CalibrationExcess",
     "CalibrationMap",
+    "calibration_excess",
     "cbpe_estimated_accuracy",
     "cbpe_estimated_accuracy_from_counts",
     "chi2_categorical",
@@ -439,6 +441,77 @@ def expected_calibration_error(confidences: ArrayLike, correct: ArrayLike, bins:
     sketch = CalibrationSketch(bins)
     sketch.update_many(confidences, correct)
     return sketch.expected_calibration_error()
+
+
+@dataclass(frozen=True)
+class CalibrationExcess:
+    """A window's calibration error against what the reference's calibration predicts.
+
+    Attributes
+    ----------
+    ece
+        The window's expected calibration error.
+    reference_ece
+        The ECE the reference's accuracy per bin gives at the window's own confidences (so a
+        window with another confidence mix is compared like for like).
+    excess
+        ``ece - reference_ece``.
+    noise_bound
+        What ``excess`` may reach by sampling alone with probability under ``alpha``.
+    """
+
+    ece: float
+    reference_ece: float
+    excess: float
+    noise_bound: float
+
+
+def calibration_excess(
+    counts: ArrayLike,
+    sum_confidence: ArrayLike,
+    correct: ArrayLike,
+    reference_accuracy: ArrayLike,
+    reference_counts: ArrayLike,
+    alpha: float,
+) -> CalibrationExcess:
+    """Window ECE, the reference's ECE at the window's confidences, and a sampling-noise bound.
+
+    With the model unchanged, a bin's window accuracy differs from the reference's by
+    sampling noise only, with variance ``a (1 - a) (1 / n_b + 1 / m_b)`` (``a`` the reference
+    accuracy, ``n_b`` and ``m_b`` the window and reference counts), and ``ece - reference_ece``
+    is at most ``sum_b w_b |acc_b - a_b|``. Bounding every bin at once (Bonferroni over the
+    non-empty bins, two-sided) gives ``noise_bound``: conservative, never below the truth.
+
+    Examples
+    --------
+    >>> r = calibration_excess([0, 1000], [0.0, 900.0], [0, 700], [0.5, 0.9], [100, 1000], 1e-4)
+    >>> round(r.ece, 3), round(r.reference_ece, 3), round(r.excess, 3)
+    (0.2, 0.0, 0.2)
+    >>> r.noise_bound < 0.1
+    True
+    """
+    n = np.asarray(counts, dtype=np.float64)
+    conf = np.asarray(sum_confidence, dtype=np.float64)
+    right = np.asarray(correct, dtype=np.float64)
+    ref_acc = np.asarray(reference_accuracy, dtype=np.float64)
+    m = np.asarray(reference_counts, dtype=np.float64)
+    total = n.sum()
+    if total <= 0:
+        raise ValueError("no labelled predictions")
+    filled = n > 0
+    w = n[filled] / total
+    mean_conf = conf[filled] / n[filled]
+    acc = right[filled] / n[filled]
+    a = ref_acc[filled]
+    ece = float((w * np.abs(acc - mean_conf)).sum())
+    ref_ece = float((w * np.abs(a - mean_conf)).sum())
+    with np.errstate(divide="ignore"):
+        inv_m = np.where(m[filled] > 0, 1.0 / m[filled], 1.0)
+    # A reference accuracy of exactly 0 or 1 still has sampling noise: floor the variance.
+    var = np.maximum(a * (1.0 - a), 1.0 / (n[filled] + 1.0)) * (1.0 / n[filled] + inv_m)
+    z = float(sst.norm.isf(alpha / (2.0 * int(filled.sum()))))
+    bound = z * float((w * np.sqrt(var)).sum())
+    return CalibrationExcess(ece, ref_ece, ece - ref_ece, bound)
 
 
 def _pava(values: NDArray[np.float64], weights: NDArray[np.float64]) -> NDArray[np.float64]:

@@ -73,3 +73,40 @@ def test_unknown_key_in_file_is_an_error(tmp_path: Path) -> None:
 def test_missing_file_says_how_to_fix(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="STREAMPROC_CONFIG"):
         load_config(tmp_path / "nope.yaml", env={})
+
+
+def test_per_model_monitoring_overrides_apply_to_that_model_only(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "monitoring:\n  window_s: 120\n  models:\n"
+        "    churn:\n      window_s: 60\n      psi: {warning: 0.2}\n      adwin_delta: 0.0001\n"
+    )
+    cfg = load_config(path, env={}).monitoring
+    churn = cfg.for_model("churn")
+    assert (churn.window_s, churn.psi.warning, churn.psi.critical) == (60.0, 0.2, 0.25)
+    assert churn.adwin_delta == 0.0001
+    other = cfg.for_model("fraud")
+    assert (other.window_s, other.psi.warning, other.adwin_delta) == (120.0, 0.1, 0.002)
+
+
+def test_per_model_overrides_can_come_from_the_environment_as_json() -> None:
+    env = {"STREAMPROC_MONITORING_MODELS": '{"churn": {"min_window_count": 500}}'}
+    cfg = load_config(env=env).monitoring
+    assert cfg.for_model("churn").min_window_count == 500
+    assert cfg.for_model("other").min_window_count == 100
+
+
+@pytest.mark.parametrize(
+    ("models", "message"),
+    [
+        ('{"churn": {"windw_s": 60}}', r"monitoring\.models\.churn\.windw_s.*'churn'"),
+        ('{"churn": {"window_s": -5}}', r"monitoring\.models\.churn\.window_s.*'churn'"),
+        ('{"churn": {"psi": {"warnin": 0.2}}}', r"monitoring\.models\.churn\.psi.*warnin"),
+        ('{"churn": {"window_s": 25}}', r"monitoring\.models\.churn: window_s .* tick_s"),
+    ],
+)
+def test_a_bad_per_model_override_fails_at_start_naming_model_and_key(
+    models: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(env={"STREAMPROC_MONITORING_MODELS": models})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
+import msgspec
 import pytest
 
 from streamproc.config import MonitoringConfig
@@ -114,6 +115,72 @@ def test_one_sigma_shift_in_one_segment_fires_on_that_feature_and_segment_then_r
     assert all(f == "f03" for f, _ in others), others
 
 
+def _first_delay(alerts: list[Alert], work: Workload, segment: dict[str, str], **match) -> int:
+    """Events of ``segment`` sent from the change's first event to the first matching alert."""
+    hits = [
+        a
+        for a in firing(alerts)
+        if a.segment == segment and all(getattr(a, k) == v for k, v in match.items())
+    ]
+    assert hits, [(a.kind, a.detector, a.feature, a.segment) for a in firing(alerts)]
+    first = min(hits, key=lambda a: _epoch(a.window.end))
+    truth = work.ground_truth()[0]
+    return work.count_sent(segment, first.window.end) - truth.first_affected_ordinal
+
+
+def test_half_sigma_shift_in_one_segment_fires_within_2000_events_of_that_segment() -> None:
+    de = {"country": "DE"}
+    change = MeanShift("f03", 0.5, start=15_000, end=35_000, segment=de)
+    alerts, work, _ = run(WorkloadSpec(rate=50.0, changes=(change,)), 45_000)
+    assert _first_delay(alerts, work, de, feature="f03") <= 2000
+    others = {(a.feature, tuple(a.segment.items())) for a in firing(alerts)}
+    assert all(f == "f03" for f, _ in others), others
+
+
+def test_page_hinkley_flags_a_mean_shift_down_at_its_tick_and_escalates_when_psi_agrees() -> None:
+    de = {"country": "DE"}
+    change = MeanShift("f03", -1.0, start=15_000, end=35_000, segment=de)
+    alerts, work, _ = run(WorkloadSpec(rate=50.0, changes=(change,)), 45_000)
+    ph = [a for a in firing(alerts) if a.detector == "page_hinkley" and a.segment == de]
+    assert ph and {a.feature for a in ph} == {"f03"}
+    first = min(ph, key=lambda a: _epoch(a.window.end))
+    assert first.severity == "warning" and first.kind == "feature_drift"
+    assert first.value < -0.5  # the tick's mean, in reference standard deviations
+    assert first.evidence["tick_events"] > 0
+    assert _first_delay(alerts, work, de, detector="page_hinkley") <= 500
+    critical = [a for a in ph if a.severity == "critical"]
+    assert critical and set(critical[0].evidence["agreeing_statistics"]) & {"psi", "ks"}
+    assert any(a.status == "resolved" and a.detector == "page_hinkley" for a in alerts)
+
+
+def test_a_feature_unknown_to_the_baseline_raises_a_new_feature_alert_without_values() -> None:
+    spec = WorkloadSpec(rate=50.0)
+    work = Workload(spec, 30_000, seed=7)
+    refs = references(spec)
+    m = ModelMonitor(spec.model_id, CFG, [f"p{i}" for i in range(PARTITIONS)], refs)
+    alerts: list[Alert] = []
+    batch: list[Observation] = []
+    for ob in observations(work):
+        if 10_000 <= ob.offset * PARTITIONS + ob.partition < 20_000:
+            secret = f"user-{ob.offset}"
+            ob = msgspec.structs.replace(ob, features={**ob.features, "account_ref": secret})
+        batch.append(ob)
+        if len(batch) >= 500:
+            m.observe(batch)
+            batch = []
+            alerts += m.advance("t").alerts
+    m.observe(batch)
+    alerts += m.advance("t", final=True).alerts
+    new = [a for a in alerts if a.detector == "new_feature" and a.segment == {}]
+    assert [a.status for a in new] == ["firing", "resolved"]
+    assert new[0].feature == "account_ref" and new[0].severity == "warning"
+    ev = new[0].evidence
+    assert 0 < ev["events_with_feature"] <= ev["window_events"]
+    assert new[0].value == ev["events_with_feature"] / ev["window_events"]
+    assert "user-" not in msgspec.json.encode(new).decode()
+    assert {a.detector for a in firing(alerts)} == {"new_feature"}
+
+
 def test_new_category_and_null_burst_fire_data_quality_alerts() -> None:
     s = WorkloadSpec(
         rate=50.0,
@@ -143,7 +210,7 @@ def test_checkpoint_restore_mid_stream_gives_identical_alerts() -> None:
     straight, _, _ = run(s, 30_000, refs=refs)
     restored, _, _ = run(s, 30_000, refs=refs, checkpoint_every=7)
     assert [a.alert_id for a in straight] == [a.alert_id for a in restored]
-    assert straight
+    assert {"adwin", "page_hinkley"} <= {a.detector for a in straight}
 
 
 def _epoch(text: str) -> float:
@@ -187,3 +254,30 @@ def test_accuracy_drop_fires_performance_alert_within_1000_labelled_events() -> 
     window_alert = next(a for a in perf if a.detector == "accuracy")
     assert window_alert.value < 0.8
     assert math.isfinite(window_alert.threshold)
+
+
+def test_calibration_alert_fires_when_labels_disagree_with_confidence_with_bins() -> None:
+    from tests.unit.test_monitor_calibration import run_with_labels
+
+    s = WorkloadSpec(rate=50.0, changes=(AccuracyDrop(0.7, start=15_000),))
+    result = run_with_labels(s, 30_000)
+    cal = [a for a in result.firing if a.detector == "calibration" and a.segment == {}]
+    assert cal, result.by_detector()
+    first = cal[0]
+    assert first.kind == "performance" and first.value > CFG.ece
+    ev = first.evidence
+    assert ev["ece"] - ev["reference_ece"] > max(CFG.ece_margin, ev["noise_bound"])
+    assert sum(b["labelled"] for b in ev["bins"]) == ev["labelled"] >= CFG.ece_min_labelled
+    assert all(b["accuracy"] < b["mean_confidence"] for b in ev["bins"] if b["labelled"] > 200)
+    assert _epoch(first.window.start) >= Workload(s, 30_000, seed=7).ground_truth()[0].start_time
+
+
+def test_a_models_overrides_apply_when_its_monitor_is_built() -> None:
+    spec = WorkloadSpec(rate=50.0)
+    cfg = msgspec.structs.replace(CFG, models={spec.model_id: {"window_s": 30.0}})
+    _, _, m = run(spec, 6_000, cfg=cfg)
+    assert m.cfg.window_s == 30.0 and m.cfg.tick_s == CFG.tick_s
+    other = ModelMonitor("another-model", cfg, ["p0"])
+    assert other.cfg.window_s == CFG.window_s
+    restored = monitor_from_bytes(monitor_to_bytes(m), cfg, references(spec))
+    assert restored.cfg.window_s == 30.0
