@@ -15,13 +15,14 @@ Then, ``--repeats`` times, interleaved shape by shape on the same topic contents
 * **worker x1**, **worker x2**: 1 or 2 ``streamproc worker`` processes in one consumer group,
   with a fresh group, Redis prefix and internal topic, and the synthetic model's baseline
   stored first: ingest, dead letters, the Redis join, the keyed observations topic, the
-  monitors (windows, statistics, detectors, alerts, checkpoints) and ``/metrics``. Timed from
-  the first event counted on any worker's ``/metrics`` (polled every 50 ms, so start-up is
-  excluded and shown apart) to the moment the model's monitor checkpoint in Redis says it has
-  folded in the last message of the observations topic, after every prediction and label was
-  counted and joined. With 2 workers the timing starts once both have counted events (the
-  group's rebalance when the second joins is start-up), unless one took everything first.
-  Events/s counts the events counted in that time; events read again after a rebalance (at
+  monitors (windows, statistics, detectors, alerts, checkpoints) and ``/metrics``. Timed
+  from the moment the consumer group is stable with every worker holding partitions (polled
+  every 50 ms with the admin API, so process start and group join are start-up, shown apart;
+  with 2 workers so is the rebalance when the second joins) to the moment the model's monitor
+  checkpoint in Redis says it has folded in the last message of the observations topic, after
+  every prediction and label was counted (``/metrics``) and joined. Events the first worker
+  counted before the second joined are not in the rate; if it took everything first, the
+  timing starts at its own assignment (``timed_from``). Events read again after a rebalance (at
   least once: the join recognises them as redelivered) are recorded as ``reread``. A pass
   whose joins or dead letters differ from what was produced fails its ``check``.
 
@@ -57,7 +58,8 @@ from typing import Any
 
 import orjson
 import redis
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupState, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -244,6 +246,17 @@ def highwaters(cfg: Config, topic: str) -> dict[int, int]:
         consumer.close()
 
 
+def assigned_members(admin: AdminClient, group: str) -> int:
+    """Members of ``group`` holding partitions while it is stable (0 while it rebalances)."""
+    try:
+        desc = admin.describe_consumer_groups([group], request_timeout=5)[group].result()
+    except KafkaException:
+        return 0
+    if desc.state != ConsumerGroupState.STABLE:
+        return 0
+    return sum(1 for m in desc.members if m.assignment and m.assignment.topic_partitions)
+
+
 def monitors_done(
     client: redis.Redis, cfg: Config, model: str, high: dict[int, int], seen: list[Any]
 ) -> bool:
@@ -292,21 +305,29 @@ def measure_workers(
         count = joined = 0.0
         texts: list[str] | None = None
         deadline = time.monotonic() + timeout
+        admin = AdminClient(cfg.kafka.librdkafka())
         while time.monotonic() < deadline and workers.alive():
-            texts = workers.metrics()
-            if texts is None:
+            polled = workers.metrics()
+            texts = polled or texts
+            if texts is not None:
+                count = sum(ib.metric_sum(t, "streamproc_events_total") for t in texts)
+                joined = sum(
+                    ib.metric_sum(t, "streamproc_join_total", result="joined") for t in texts
+                )
+            now = time.perf_counter()
+            if first is None:
+                # The timing starts when the group is stable with every worker assigned
+                # partitions: from then on they fetch. With 2 workers, the rebalance when the
+                # second joins is start-up; events the first counted before it are subtracted.
+                members = assigned_members(admin, cfg.worker.app_id)
+                snap = (now, count, workers.cpu_s(), ib.redis_cpu_s(rclient))
+                if members >= 1 and any_first is None:
+                    any_first = snap
+                if members >= n:
+                    first = snap
+            if polled is None:
                 time.sleep(POLL_S)
                 continue
-            now = time.perf_counter()
-            counts = [ib.metric_sum(t, "streamproc_events_total") for t in texts]
-            count = sum(counts)
-            joined = sum(ib.metric_sum(t, "streamproc_join_total", result="joined") for t in texts)
-            if count > 0 and any_first is None:
-                any_first = (now, count, workers.cpu_s(), ib.redis_cpu_s(rclient))
-            # With 2 workers the group rebalances when the second joins: time from when both
-            # have counted events, so the pause is start-up, not throughput.
-            if min(counts) > 0 and first is None:
-                first = (now, count, workers.cpu_s(), ib.redis_cpu_s(rclient))
             if count >= expected and joined >= produced.labels:
                 if high is None:
                     high = highwaters(cfg, observations_topic(cfg))
@@ -319,8 +340,10 @@ def measure_workers(
                     high, end = None, None
             time.sleep(POLL_S)
         timed_from = "every worker"
-        if first is None and any_first is not None and end is not None:
-            # One worker took everything before the other joined (tiny sizes).
+        late = first is None or (end is not None and (first[0] >= end[0] or count <= first[1]))
+        if late and any_first is not None and end is not None:
+            # One worker took everything before the other joined (tiny sizes): time from the
+            # group's first stable assignment.
             first, timed_from = any_first, "first worker"
         if first is None or end is None:
             why = "exited" if not workers.alive() else "timeout"

@@ -227,9 +227,10 @@ def render(doc: dict[str, Any], json_path: Path) -> str:
         "Consume limit: one confluent-kafka consumer + orjson over the same topics. Worker: "
         "`streamproc worker` with the synthetic model's baseline stored (ingest, dead letters, "
         "Redis join, keyed observations topic, monitors, alerts, checkpoints, `/metrics`), "
-        "from its first event counted to its monitors' checkpoint covering the last "
-        "observation. Redis CPU is redis-server's whole use in that time (shared with anything "
-        "else using it). The one synthetic model's monitors run in one of the 2 workers.",
+        "from the group's stable assignment to every worker (start-up apart) to its monitors' "
+        "checkpoint covering the last observation. Redis CPU is redis-server's whole use in "
+        "that time (shared with anything else using it). The one synthetic model's monitors "
+        "run in one of the 2 workers.",
         "",
         "Against the goal (end-to-end >= 0.5x the consume limit per worker):",
         "",
