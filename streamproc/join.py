@@ -17,11 +17,28 @@ harmless, while a different message repeating an id is a ``duplicate``.
 
 Keys (``P`` is the configured prefix)::
 
-    P:p:<id>            pending prediction: a JoinRecord blob (versioned msgpack, never pickle)
-    P:l:<id>            pending label: a LabelRecord blob
-    P:j:<id>            tombstone of a joined or expired id: "<prediction origin>/<label origin>"
+    P:i:<id>            an id's state, one of
+                          "p<origin>|<blob>"  pending prediction: a JoinRecord blob (versioned
+                                              msgpack, never pickle)
+                          "l<origin>|<blob>"  pending label: a LabelRecord blob
+                          "j<prediction origin>/<label origin>"  tombstone of a joined or
+                                              expired id (one side empty after an expiry)
     P:due:p:<shard>     sorted set id -> deadline (Unix seconds) of pending predictions
     P:due:l:<shard>     the same for pending labels
+    P:layout            "2" once a worker with this layout has run under the prefix
+    P:legacy            present while state of the layout before may remain (see below)
+
+The layout before kept three keys per id (``P:p:<id>``, ``P:l:<id>``, ``P:j:<id>``, the same
+values without the leading letter). Whoever runs a script first under a prefix without
+``P:layout`` sets it, and ``P:legacy`` for as long as keys of the layout before could live (the
+longest TTL plus the grace period); while ``P:legacy`` lives the scripts also read the old keys
+(and delete one when it joins), so pending state and tombstones written before an upgrade keep
+joining, repeating and expiring as before. A new prefix can't be told from an upgraded one
+without scanning the keyspace, so it gets the same window: reading the old keys costs Redis
+about a third more CPU per event while it lasts (``bench/join_cost.py``). Where no key of the
+layout before can be left (a new deployment, or all of them gone), ``DEL P:legacy`` ends the
+window early. Workers of both layouts must not run at once, and a worker of the layout before
+can't read this one's state.
 
 Deadlines are wall-clock (they bound how long Redis keeps state, not event time). Each key also
 carries a Redis TTL a grace period past its deadline, so state never outlives a lost sweeper.
@@ -125,87 +142,184 @@ class Expired:
     labels: int  # labels whose prediction never came
 
 
-# ARGV: prefix, now, deadline, key ttl, dedupe ttl, own side, other side, then
-# (id, shard, origin, blob) quadruples. A stored value is "<origin>|<blob>"; a tombstone holds
-# "<prediction origin>/<label origin>" (one side empty after an expiry). Returns, per id:
-# 0 = pending, 1 = duplicate (another message carried the same id), 2 = redelivery (this very
-# message again, e.g. after a restart), 3 = late (the other half already expired), or the other
-# side's stored value when this arrival completed the join.
-_ARRIVE = """
-local prefix, now = ARGV[1], tonumber(ARGV[2])
-local deadline, ttl, dedupe = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local mine, other = ARGV[6], ARGV[7]
-local function origin_of(value)
-  if not value then return nil end
-  local bar = string.find(value, '|', 1, true)
-  if bar then return string.sub(value, 1, bar - 1) end
-  return value
+# Shared head of both scripts; ARGV[1] is the prefix, ARGV[8] how long state of the layout
+# before may live (see the module docstring). Sets ``legacy``.
+_LAYOUT = """
+local prefix = ARGV[1]
+if redis.call('EXISTS', prefix .. ':layout') == 0 then
+  redis.call('SET', prefix .. ':legacy', '1', 'EX', ARGV[8])
+  redis.call('SET', prefix .. ':layout', '2')
 end
-local out = {}
-for i = 8, #ARGV, 4 do
-  local id, shard, origin, blob = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local tomb = prefix .. ':j:' .. id
-  local own = prefix .. ':' .. mine .. ':' .. id
-  local seen = redis.call('GET', tomb)
-  if seen then
-    local slash = string.find(seen, '/', 1, true)
-    if mine == 'p' then
-      seen = string.sub(seen, 1, slash - 1)
+local legacy = redis.call('EXISTS', prefix .. ':legacy') == 1
+"""
+
+# ARGV: prefix, now, deadline, key ttl, dedupe ttl, own side, other side, legacy window, then
+# (id, shard, origin, blob) quadruples. Returns, per id: 0 = pending, 1 = duplicate (another
+# message carried the same id), 2 = redelivery (this very message again, e.g. after a restart),
+# 3 = late (the other half already expired), or the other side's "<origin>|<blob>" when this
+# arrival completed the join.
+#
+# Redis spends a script's time mostly on creating, deleting and looking up keys and sorted-set
+# members, less on the per-command overhead of redis.call (a perf profile puts dictFind and key
+# comparison first). So an id's whole state is one key (a join overwrites the pending value with
+# its tombstone in place instead of deleting one key and creating another), the script reads
+# every id's key with one MGET, keeps what it changes in a table (an id may come twice in one
+# call), and sends the sorted-set updates as one command per key at the end; one SET with its
+# TTL remains per event. bench/join_cost.py: ~0.7x the Redis CPU per event of three keys per id.
+# While ``legacy`` holds, the keys of the layout before are read too (nothing writes them).
+_ARRIVE = (
+    _LAYOUT
+    + """
+local deadline = ARGV[3]
+local ttl, dedupe = ARGV[4], ARGV[5]
+local mine, other = ARGV[6], ARGV[7]
+local find, sub, call = string.find, string.sub, redis.call
+local STEP = 800
+-- One command over many items, in slices that stay within Lua's unpack limit.
+local function bulk(cmd, key, items)
+  for i = 1, #items, STEP do
+    local last = math.min(i + STEP - 1, #items)
+    if key then
+      call(cmd, key, unpack(items, i, last))
     else
-      seen = string.sub(seen, slash + 1)
+      call(cmd, unpack(items, i, last))
+    end
+  end
+end
+local n = (#ARGV - 8) / 4
+-- w keys per id: its state, then (legacy only) the old tombstone, own and other side.
+local w = 1
+if legacy then w = 4 end
+local keys, vals = {}, {}
+for k = 0, n - 1 do
+  local id = ARGV[9 + 4 * k]
+  keys[w * k + 1] = prefix .. ':i:' .. id
+  if legacy then
+    keys[w * k + 2] = prefix .. ':j:' .. id
+    keys[w * k + 3] = prefix .. ':' .. mine .. ':' .. id
+    keys[w * k + 4] = prefix .. ':' .. other .. ':' .. id
+  end
+end
+for i = 1, #keys, STEP do
+  local got = call('MGET', unpack(keys, i, math.min(i + STEP - 1, #keys)))
+  for j = 1, #got do vals[i + j - 1] = got[j] end
+end
+-- state[id]: "p<origin>|<blob>", "l<origin>|<blob>", "j<prediction origin>/<label origin>"
+-- or false; old[id]: the layout before's key still holding the other side's pending value.
+local state, old = {}, {}
+local adds, rems, dels = {}, {}, {}
+local out = {}
+for k = 0, n - 1 do
+  local a = 9 + 4 * k
+  local id, shard, origin = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local s = state[id]
+  if s == nil then
+    s = vals[w * k + 1]
+    if not s and legacy then
+      if vals[w * k + 2] then
+        s = 'j' .. vals[w * k + 2]
+      elseif vals[w * k + 3] then
+        s = mine .. vals[w * k + 3]
+      elseif vals[w * k + 4] then
+        s = other .. vals[w * k + 4]
+        old[id] = keys[w * k + 4]
+      end
+    end
+  end
+  local tag = s and sub(s, 1, 1)
+  local seen = false
+  if tag == 'j' then
+    local slash = find(s, '/', 2, true)
+    if mine == 'p' then
+      seen = sub(s, 2, slash - 1)
+    else
+      seen = sub(s, slash + 1)
     end
     if seen == '' then seen = 'late' end
-  else
-    seen = origin_of(redis.call('GET', own))
+  elseif tag == mine then
+    local bar = find(s, '|', 2, true)
+    if bar then seen = sub(s, 2, bar - 1) else seen = sub(s, 2) end
   end
   if seen then
     if seen == origin then
-      out[#out + 1] = 2
+      out[k + 1] = 2
     elseif seen == 'late' then
-      out[#out + 1] = 3
+      out[k + 1] = 3
     else
-      out[#out + 1] = 1
+      out[k + 1] = 1
     end
+  elseif tag == other then
+    local found = sub(s, 2)
+    local bar = find(found, '|', 1, true)
+    local theirs = found
+    if bar then theirs = sub(found, 1, bar - 1) end
+    if mine == 'p' then
+      s = 'j' .. origin .. '/' .. theirs
+    else
+      s = 'j' .. theirs .. '/' .. origin
+    end
+    call('SET', keys[w * k + 1], s, 'EX', dedupe)
+    if old[id] then
+      dels[#dels + 1] = old[id]
+      old[id] = nil
+    end
+    local r = rems[shard]
+    if not r then r = {}; rems[shard] = r end
+    r[#r + 1] = id
+    out[k + 1] = found
   else
-    local found = redis.call('GETDEL', prefix .. ':' .. other .. ':' .. id)
-    if found then
-      redis.call('ZREM', prefix .. ':due:' .. other .. ':' .. shard, id)
-      local theirs = origin_of(found)
-      local both = origin .. '/' .. theirs
-      if mine == 'l' then both = theirs .. '/' .. origin end
-      redis.call('SET', tomb, both, 'EX', dedupe)
-      out[#out + 1] = found
-    else
-      redis.call('SET', own, origin .. '|' .. blob, 'EX', ttl)
-      redis.call('ZADD', prefix .. ':due:' .. mine .. ':' .. shard, deadline, id)
-      out[#out + 1] = 0
-    end
+    s = mine .. origin .. '|' .. ARGV[a + 3]
+    call('SET', keys[w * k + 1], s, 'EX', ttl)
+    local z = adds[shard]
+    if not z then z = {}; adds[shard] = z end
+    z[#z + 1] = deadline
+    z[#z + 1] = id
+    out[k + 1] = 0
   end
+  state[id] = s
 end
+if #dels > 0 then bulk('DEL', nil, dels) end
+local due = prefix .. ':due:'
+for shard, ids in pairs(rems) do bulk('ZREM', due .. other .. ':' .. shard, ids) end
+for shard, scored in pairs(adds) do bulk('ZADD', due .. mine .. ':' .. shard, scored) end
 return out
 """
+)
 
-# ARGV: prefix, side, shard, now, limit, dedupe_ttl. Pops due ids, returns their blobs.
-_SWEEP = """
-local prefix, side, shard = ARGV[1], ARGV[2], ARGV[3]
+# ARGV: prefix, side, shard, now, limit, dedupe_ttl, (unused), legacy window. Pops due ids,
+# turns each one's pending value into a tombstone with one side empty, returns their blobs.
+_SWEEP = (
+    _LAYOUT
+    + """
+local side, shard = ARGV[2], ARGV[3]
 local now, limit, dedupe = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local find, sub, call = string.find, string.sub, redis.call
 local due = prefix .. ':due:' .. side .. ':' .. shard
-local ids = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, limit)
+local ids = call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, limit)
 local out = {}
+for i = 1, #ids, 800 do
+  call('ZREM', due, unpack(ids, i, math.min(i + 799, #ids)))
+end
 for _, id in ipairs(ids) do
-  redis.call('ZREM', due, id)
-  local value = redis.call('GETDEL', prefix .. ':' .. side .. ':' .. id)
+  local key = prefix .. ':i:' .. id
+  local value = call('GET', key)
   if value then
-    local bar = string.find(value, '|', 1, true)
-    local origin = string.sub(value, 1, bar - 1)
+    if sub(value, 1, 1) == side then value = sub(value, 2) else value = false end
+  elseif legacy then
+    value = call('GETDEL', prefix .. ':' .. side .. ':' .. id)
+  end
+  if value then
+    local bar = find(value, '|', 1, true)
+    local origin = sub(value, 1, bar - 1)
     local both = origin .. '/'
     if side == 'l' then both = '/' .. origin end
-    redis.call('SET', prefix .. ':j:' .. id, both, 'EX', dedupe)
-    out[#out + 1] = string.sub(value, bar + 1)
+    call('SET', key, 'j' .. both, 'EX', dedupe)
+    out[#out + 1] = sub(value, bar + 1)
   end
 end
 return out
 """
+)
 
 
 _RESULT: dict[int, JoinResult] = {0: "pending", 1: "duplicate", 2: "redelivered", 3: "late"}
@@ -243,6 +357,8 @@ class RedisJoin:
         self.prediction_ttl_s = prediction_ttl_s
         self.label_ttl_s = label_ttl_s
         self.dedupe_ttl_s = dedupe_ttl_s
+        # How long keys of the layout before may outlive an upgrade: the longest TTL they had.
+        self._legacy_window = max(prediction_ttl_s, label_ttl_s, dedupe_ttl_s) + GRACE_S
         self._arrive = client.register_script(_ARRIVE)
         self._sweep = client.register_script(_SWEEP)
 
@@ -251,7 +367,10 @@ class RedisJoin:
     ) -> list[int | tuple[bytes, bytes]]:
         results: list[int | bytes] = []
         deadline = now + ttl
-        head = [self.prefix, now, deadline, ttl + GRACE_S, max(self.dedupe_ttl_s, 1), side, other]
+        head = [
+            self.prefix, now, deadline, ttl + GRACE_S, max(self.dedupe_ttl_s, 1), side, other,
+            self._legacy_window,
+        ]  # fmt: skip
         async with self.client.pipeline(transaction=False) as pipe:
             for start in range(0, len(items), CHUNK):
                 argv: list[str | bytes | float | int] = list(head)
@@ -309,7 +428,10 @@ class RedisJoin:
         async with self.client.pipeline(transaction=False) as pipe:
             for side in ("p", "l"):
                 for shard in range(SHARDS):
-                    args = [self.prefix, side, shard, now, limit, max(self.dedupe_ttl_s, 1)]
+                    args = [
+                        self.prefix, side, shard, now, limit, max(self.dedupe_ttl_s, 1), "",
+                        self._legacy_window,
+                    ]  # fmt: skip
                     await self._sweep(keys=[], args=args, client=pipe)
             replies = await pipe.execute()
         predictions = [decode_prediction(b) for reply in replies[:SHARDS] for b in reply]

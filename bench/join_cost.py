@@ -1,0 +1,263 @@
+"""The Redis join alone: Redis CPU per event and events/s, before vs after, in the same run.
+
+Run: ``.venv/bin/python bench/join_cost.py [--events 100000] [--repeats 3] [--baseline-ref REF]``
+
+"Before" is ``streamproc/join.py`` as of ``--baseline-ref`` (``git show`` into a temporary
+module; the default is the last commit with the three-keys-per-id layout), "after" is the
+working tree's, run twice: "after, legacy window" on a fresh prefix, where it also reads the
+keys of the layout before (its first ``join.prediction_ttl_s`` plus an hour under a prefix),
+and "after" in the steady state past that window. All run the same workload against the same
+Redis, pass after pass interleaved, each pass under a fresh key prefix:
+
+* ``--events`` predictions with shuffled ids, sent in batches of ``--batch`` like one consumed
+  Kafka batch; ``--label-fraction`` of them get a label, of which ``--early-fraction`` reach
+  Redis before their prediction (the rest after it); 1% of the predictions come again from
+  another message (duplicates) and 0.5% as the same message again (redeliveries);
+* labels are sent in batches too, between prediction batches, in arrival order.
+
+For each pass it takes the Redis server's ``INFO cpu`` (``used_cpu_sys + used_cpu_user``) and
+``INFO commandstats`` (``evalsha`` microseconds) before and after, and the wall time of the
+whole pass (client and server). It prints the median of each, the after/before ratios, and
+checks that both implementations gave the same result counts (``pending``, ``joined``,
+``duplicate``, ``redelivered``) -- the run fails otherwise. Other clients of the same Redis
+add to ``INFO cpu``; the ``evalsha`` column and the spread across passes show how much.
+
+By default the script starts its own ``redis-server`` (the one on ``PATH``, no persistence) on a
+free port and stops it at the end, so that no other client of a shared Redis adds to its CPU
+figures; ``--redis-url`` (or ``STREAMPROC_REDIS_URL``) uses an existing server instead. Keys are
+named ``bench-join-*`` and removed after each pass. Nothing here asserts a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import redis
+import redis.asyncio as aioredis
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from streamproc import join as after_module  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Batch:
+    side: str  # "p" or "l"
+    items: list[tuple[str, str]]  # (prediction id, origin)
+
+
+@dataclass
+class Pass:
+    impl: str
+    events: int
+    wall_s: float
+    redis_cpu_s: float
+    evalsha_us: int
+    counts: dict[str, int]
+
+
+def load_before(ref: str) -> ModuleType:
+    """``streamproc/join.py`` as of ``ref``, imported under another name."""
+    source = subprocess.run(
+        ["git", "show", f"{ref}:streamproc/join.py"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    path = Path(tempfile.mkdtemp(prefix="join-before-")) / "join_before.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("join_before", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # msgspec resolves the Structs' annotations through it
+    spec.loader.exec_module(module)
+    return module
+
+
+def workload(
+    n: int, batch: int, label_fraction: float, early_fraction: float, seed: int
+) -> list[Batch]:
+    """Prediction and label batches in arrival order (see the module docstring)."""
+    rng = random.Random(seed)
+    ids = [f"pred-{i:07d}" for i in range(n)]
+    rng.shuffle(ids)
+    # (arrival position, side, id, origin); a label's position is its prediction's +- a delay
+    # longer than a batch, so "early" and "late" are decided by the workload, not by chance.
+    arrivals: list[tuple[float, str, str, str]] = []
+    for pos, pid in enumerate(ids):
+        arrivals.append((pos, "p", pid, f"0:{pos}:"))
+    for pos in rng.sample(range(n), int(n * 0.01)):
+        arrivals.append((pos + rng.uniform(1, 5 * batch), "p", ids[pos], f"1:{pos}:"))
+    for pos in rng.sample(range(n), int(n * 0.005)):
+        arrivals.append((pos + rng.uniform(1, 5 * batch), "p", ids[pos], f"0:{pos}:"))
+    for pos in rng.sample(range(n), int(n * label_fraction)):
+        delay = rng.uniform(2 * batch, 40 * batch)
+        sign = -1 if rng.random() < early_fraction else 1
+        arrivals.append((pos + sign * delay, "l", ids[pos], f"{pos % 3}:{pos}:"))
+    arrivals.sort(key=lambda a: a[0])
+    out: list[Batch] = []
+    pending: dict[str, list[tuple[str, str]]] = {"p": [], "l": []}
+    for _, side, pid, origin in arrivals:
+        pending[side].append((pid, origin))
+        if len(pending[side]) == batch:
+            out.append(Batch(side, pending[side]))
+            pending[side] = []
+    out += [Batch(side, items) for side, items in pending.items() if items]
+    return out
+
+
+@contextlib.contextmanager
+def private_redis() -> Iterator[str]:
+    """A throw-away ``redis-server`` on a free local port; yields its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        sys.exit("redis-server not on PATH; pass --redis-url")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        client = redis.Redis.from_url(url)
+        for _ in range(100):
+            with contextlib.suppress(redis.ConnectionError):
+                client.ping()
+                break
+            time.sleep(0.05)
+        client.close()
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def redis_cpu(client: redis.Redis) -> tuple[float, int]:
+    cpu = client.info("cpu")
+    stats = client.info("commandstats").get("cmdstat_evalsha", {})
+    return float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"]), int(stats.get("usec", 0))
+
+
+async def run_pass(
+    module: ModuleType, name: str, url: str, batches: list[Batch], steady: bool = False
+) -> Pass:
+    prefix = f"bench-join-{uuid.uuid4().hex[:8]}"
+    client = aioredis.Redis.from_url(url, decode_responses=False)
+    sync = redis.Redis.from_url(url)
+    join = module.RedisJoin(client, prefix)
+    pred = module.JoinRecord(
+        "model-a", "3", 1_700_000_000.0, 0.73, 0.91, None,
+        {"country": "DE", "plan": "pro"}, {"f1": 0.25, "f2": 17.0, "f3": "x"},
+    )  # fmt: skip
+    label = module.LabelRecord(1, 1_700_000_600.0, "model-a")
+    counts: Counter[str] = Counter()
+    events = sum(len(b.items) for b in batches)
+    await client.ping()
+    if steady:  # past the window in which the join also reads keys of the layout before
+        await client.set(f"{prefix}:layout", "2")
+    cpu0, us0 = redis_cpu(sync)
+    t0 = time.perf_counter()
+    for b in batches:
+        if b.side == "p":
+            results, _ = await join.add_predictions([(pid, o, pred) for pid, o in b.items])
+        else:
+            results, _ = await join.add_labels([(pid, o, label) for pid, o in b.items])
+        counts.update(results)
+    wall = time.perf_counter() - t0
+    cpu1, us1 = redis_cpu(sync)
+    ids = sorted({pid for b in batches for pid, _ in b.items})
+    keys = [f"{prefix}:{kind}:{pid}" for kind in "plji" for pid in ids]
+    keys += [f"{prefix}:due:{side}:{shard}" for side in "pl" for shard in range(module.SHARDS)]
+    keys += [f"{prefix}:layout", f"{prefix}:legacy"]
+    for start in range(0, len(keys), 10_000):
+        sync.unlink(*keys[start : start + 10_000])
+    await client.aclose()
+    sync.close()
+    return Pass(name, events, wall, cpu1 - cpu0, us1 - us0, dict(counts))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--events", type=int, default=100_000)
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--label-fraction", type=float, default=0.8)
+    ap.add_argument("--early-fraction", type=float, default=0.2)
+    ap.add_argument("--baseline-ref", default="c8add18", help="git ref of the 'before' join.py")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--redis-url", default=os.environ.get("STREAMPROC_REDIS_URL"))
+    args = ap.parse_args()
+    with contextlib.ExitStack() as stack:
+        url = args.redis_url or stack.enter_context(private_redis())
+        measure(args, url)
+
+
+def measure(args: argparse.Namespace, url: str) -> None:
+    """Run the passes against ``url`` and print the table."""
+    before = load_before(args.baseline_ref)
+    batches = workload(args.events, args.batch, args.label_fraction, args.early_fraction, args.seed)
+    passes: list[Pass] = []
+    for _ in range(args.repeats):
+        for name, module, steady in implementations(before):
+            p = asyncio.run(run_pass(module, name, url, batches, steady))
+            passes.append(p)
+            print(
+                f"{name:22} {p.events:,} events  {p.events / p.wall_s:>9,.0f} ev/s  "
+                f"Redis {p.redis_cpu_s / p.events * 1e6:5.2f} µs/event (cpu)  "
+                f"{p.evalsha_us / p.events:5.2f} µs/event (evalsha)  {p.counts}",
+                flush=True,
+            )
+    names = [name for name, _, _ in implementations(before)]
+    counts = {p.impl: p.counts for p in passes}
+    if any(counts[name] != counts["before"] for name in names):
+        sys.exit(f"result counts differ: {counts}")
+
+    def med(impl: str, f: Callable[[Pass], float]) -> float:
+        return statistics.median(f(p) for p in passes if p.impl == impl)
+
+    rows: dict[str, Callable[[Pass], float]] = {
+        "events/s": lambda p: p.events / p.wall_s,
+        "Redis CPU µs/event (INFO cpu)": lambda p: p.redis_cpu_s / p.events * 1e6,
+        "Redis µs/event in EVALSHA (commandstats)": lambda p: p.evalsha_us / p.events,
+    }
+    print(f"\n{len(batches)} batches, {passes[0].events:,} events, medians of {args.repeats}")
+    ratios = [f"{n} / before" for n in names[1:]]
+    print("| measure | " + " | ".join(names + ratios) + " |")
+    print("| --- |" + " ---: |" * (2 * len(names) - 1))
+    for label, f in rows.items():
+        values = [med(name, f) for name in names]
+        cells = [f"{v:,.2f}" for v in values] + [f"{v / values[0]:.2f}" for v in values[1:]]
+        print(f"| {label} | " + " | ".join(cells) + " |")
+
+
+def implementations(before: ModuleType) -> list[tuple[str, ModuleType, bool]]:
+    """What each pass runs: name, module, and whether the prefix starts in the steady state."""
+    return [
+        ("before", before, False),
+        ("after, legacy window", after_module, False),
+        ("after", after_module, True),
+    ]
+
+
+if __name__ == "__main__":
+    main()
