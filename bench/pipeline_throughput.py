@@ -96,7 +96,8 @@ class Pass:
     startup_s: float | None = None  # from starting the workers to the start of the timing
     load_before: float | None = None
     reread: int = 0  # events counted twice: read again after a rebalance (at least once)
-    timed_from: str = ""  # "every worker": from when all had counted events; "first worker"
+    # "every worker": from the group's stable assignment to all; "first worker": to the first
+    timed_from: str = ""
 
     def cpu_s_per_million(self, which: str) -> float | None:
         cpu = self.worker_cpu_s if which == "worker" else self.redis_cpu_s
@@ -122,6 +123,8 @@ class Row:
 
 @dataclass(frozen=True)
 class Produced:
+    """What one shape's topics hold."""
+
     predictions: int
     labels: int
 
