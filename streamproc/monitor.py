@@ -29,9 +29,10 @@ from __future__ import annotations
 import bisect
 import hashlib
 import math
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 import numpy as np
@@ -449,6 +450,190 @@ class Output:
     detections: list[tuple[str, str, str]] = field(default_factory=list)  # detector, seg, feat
 
 
+class _NumColumn(NamedTuple):
+    """One batch's values of a numeric field: float64 with NaN where there is no number."""
+
+    values: np.ndarray
+    finite: np.ndarray | None  # finite numbers; None: every value is one
+    number: np.ndarray | None  # numbers, finite or not (not bool); None: every value is one
+    null: np.ndarray | None  # None values; None: there are none
+
+
+def _num_column(raw: Sequence[Any]) -> _NumColumn:
+    n = len(raw)
+    kinds = set(map(type, raw))
+    number: np.ndarray | None
+    null: np.ndarray | None
+    if kinds <= {float, type(None)}:  # the usual case: numpy reads None as NaN
+        values = np.array(raw, dtype=np.float64)
+        number = null = None
+        if None in kinds:
+            null = np.fromiter((v is None for v in raw), bool, n)
+            number = ~null
+    else:
+        number = np.fromiter(map(_is_num, raw), bool, n)
+        null = np.fromiter((v is None for v in raw), bool, n)
+        ok = number.tolist()
+        values = np.array(
+            [float(v) if is_num else math.nan for v, is_num in zip(raw, ok, strict=True)],
+            dtype=np.float64,
+        )
+        number = None if number.all() else number
+        null = null if null.any() else None
+    finite = np.isfinite(values)
+    return _NumColumn(values, None if finite.all() else finite, number, null)
+
+
+def _counts(mask: np.ndarray, sizes: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """How many rows of each consecutive group (``sizes``, ending at ``ends``) ``mask`` holds."""
+    cs = np.concatenate(([0], mask.cumsum()))
+    return cs[ends] - cs[ends - sizes]
+
+
+@dataclass
+class _Group:
+    """The rows of a batch that go to one monitor's window and tick."""
+
+    seg: Segment
+    agg: WindowAgg
+    tstart: float
+    idx: np.ndarray  # row numbers in the batch, in arrival order
+
+
+class _Batch:
+    """A batch of observations as columns, each built once, on first use.
+
+    An observation feeds about three monitors (all traffic, its country, its device), each
+    split by window and tick; every such group indexes into these shared columns.
+    """
+
+    def __init__(self, obs: Sequence[Observation]) -> None:
+        self.obs = obs
+        self._features = [ob.features for ob in obs]
+        self._numeric: dict[str, _NumColumn] = {}
+        self._labels: dict[str, Sequence[str | None]] = {}
+        self._raws: dict[str, tuple[list[Any], bool]] = {}
+        self._cache: dict[Any, Any] = {}
+
+    def numeric(self, name: str) -> _NumColumn:
+        col = self._numeric.get(name)
+        if col is None:
+            col = self._numeric[name] = _num_column(self._raw(name))
+        return col
+
+    def labels(self, name: str) -> Sequence[str | None]:
+        """A categorical feature's labels (``None`` for null), row by row."""
+        labels = self._labels.get(name)
+        if labels is None:
+            raw = self._raw(name)
+            if set(map(type, raw)) <= {str, type(None)}:
+                labels = raw  # _label(s) == s
+            else:
+                labels = [None if v is None else _label(v) for v in raw]
+            self._labels[name] = labels
+        return labels
+
+    def _column(self, what: str, build: Any) -> Any:
+        col = self._cache.get(what)
+        if col is None:
+            col = self._cache[what] = build()
+        return col
+
+    def prediction_labels(self) -> list[str]:
+        return self._column("pl", lambda: [_label(ob.prediction) for ob in self.obs])  # type: ignore[no-any-return]
+
+    def predictions(self) -> _NumColumn:
+        return self._column("pn", lambda: _num_column([ob.prediction for ob in self.obs]))  # type: ignore[no-any-return]
+
+    def _optional(self, what: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """A float-or-None field: values (NaN for None) and where it is set (None: all rows)."""
+
+        def build() -> tuple[np.ndarray, np.ndarray | None]:
+            raw = [getattr(ob, what) for ob in self.obs]
+            values = np.array(raw, dtype=np.float64)
+            if None not in raw:
+                return values, None
+            return values, np.fromiter((v is not None for v in raw), bool, len(raw))
+
+        return self._column(what, build)  # type: ignore[no-any-return]
+
+    def confidence(self) -> tuple[np.ndarray, np.ndarray | None]:
+        return self._optional("confidence")
+
+    def latency(self) -> tuple[np.ndarray, np.ndarray | None]:
+        return self._optional("latency_ms")
+
+    def gather(
+        self, groups: list[_Group], gis: list[int]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The rows of groups ``gis`` end to end, each group's size and end in that array."""
+        key = ("g", *gis)
+        got = self._cache.get(key)
+        if got is None:
+            idx = np.concatenate([groups[gi].idx for gi in gis])
+            sizes = np.array([len(groups[gi].idx) for gi in gis], dtype=np.int64)
+            got = self._cache[key] = (idx, sizes, sizes.cumsum())
+        return got  # type: ignore[no-any-return]
+
+    def spans(self, idx: np.ndarray) -> list[tuple[str, int, int]]:
+        """``(partition, lowest offset, highest offset)`` of rows ``idx``, partitions in order of
+        first appearance."""
+        part, off = self._column(
+            "po",
+            lambda: (
+                np.array([ob.partition for ob in self.obs], dtype=np.int64),
+                np.array([ob.offset for ob in self.obs], dtype=np.int64),
+            ),
+        )
+        p, o = part[idx], off[idx]
+        if not p.size:
+            return []
+        if (p == p[0]).all():
+            return [(str(int(p[0])), int(o.min()), int(o.max()))]
+        order = p.argsort(kind="stable")
+        ps = p[order]
+        starts = np.flatnonzero(np.concatenate(([True], ps[1:] != ps[:-1])))
+        os_ = o[order]
+        lo = np.minimum.reduceat(os_, starts).tolist()
+        hi = np.maximum.reduceat(os_, starts).tolist()
+        parts = ps[starts].tolist()
+        first = order[starts]  # a stable sort keeps each partition's first row first
+        return [(str(parts[k]), lo[k], hi[k]) for k in first.argsort().tolist()]
+
+    def row_hash(self, i: int) -> int:
+        hashes = self._column("h", lambda: {})
+        h = hashes.get(i)
+        if h is None:
+            ob = self.obs[i]
+            h = hashes[i] = _row_hash(ob.partition, ob.offset, ob.index)
+        return h  # type: ignore[no-any-return]
+
+    def _raw(self, name: str) -> list[Any]:
+        """A feature's values row by row (``None`` where absent)."""
+        got = self._raws.get(name)
+        if got is None:
+            try:  # every row has it: the usual case, and the fastest way to read it
+                column = list(map(operator.itemgetter(name), self._features))
+                got = self._raws[name] = (column, True)
+            except KeyError:
+                got = self._raws[name] = ([f.get(name) for f in self._features], False)
+        return got[0]
+
+    def has_unknown(self, rows: list[int], known: Mapping[str, Any]) -> bool:
+        """Whether any of ``rows`` has a feature that is not a key of ``known``."""
+        verdicts: dict[int, bool] = self._column("unknown", dict)
+        none = verdicts.get(id(known))
+        if none is None:
+            # Rows with exactly len(known) features, all of them known ones, have no other.
+            lengths: set[int] = self._column("lengths", lambda: set(map(len, self._features)))
+            none = verdicts[id(known)] = lengths <= {len(known)} and all(
+                self._raw(name) is not None and self._raws[name][1] for name in known
+            )
+        if none:
+            return False
+        return any(not self._features[i].keys() <= known.keys() for i in rows)
+
+
 class ModelMonitor:
     """Every monitor of one model; see the module docstring.
 
@@ -563,80 +748,181 @@ class ModelMonitor:
     def observe(self, observations: Iterable[Observation]) -> None:
         """Fold accepted predictions in (duplicates from redelivery are skipped).
 
-        Events are grouped by (monitor, window, tick) first, so each sketch takes one
-        vectorised update per group instead of one call per value.
+        Events are grouped by (monitor, window, tick) first; the batch's columns are then built
+        once and every group takes index arrays into them, so each sketch gets vectorised
+        updates and an event's values are not rebuilt for each of its monitors.
         """
-        groups: dict[tuple[str, str, float, float], list[Observation]] = {}
+        groups: dict[tuple[str, str, float, float], list[int]] = {}
+        kept: list[Observation] = []
+        sources: dict[int, str] = {}
+        keys_cache: dict[tuple[tuple[str, str], ...], list[str]] = {}
+        window_s, window_start = self.cfg.window_s, self.clock.window_start
         for ob in observations:
-            source = f"p{ob.partition}"
+            source = sources.get(ob.partition)
+            if source is None:
+                source = sources[ob.partition] = f"p{ob.partition}"
             if not self._fresh(source, ob.offset, ob.index):
                 continue
             if not self.clock.admit(source, ob.event_time):
                 continue
-            wstart = math.floor(ob.event_time / self.cfg.window_s) * self.cfg.window_s
-            tstart = self.clock.window_start(ob.event_time)
-            for key in self.keys_of(ob.segments):
-                groups.setdefault((ob.model_version, key, wstart, tstart), []).append(ob)
-        for (version, key, wstart, tstart), obs in groups.items():
+            wstart = math.floor(ob.event_time / window_s) * window_s
+            tstart = window_start(ob.event_time)
+            # keys_of gives the same answer for the same segments once it has seen them.
+            seg_items = tuple(ob.segments.items())
+            keys = keys_cache.get(seg_items)
+            if keys is None:
+                keys = keys_cache[seg_items] = self.keys_of(ob.segments)
+            i = len(kept)
+            kept.append(ob)
+            for key in keys:
+                groups.setdefault((ob.model_version, key, wstart, tstart), []).append(i)
+        batch = _Batch(kept)
+        work = []
+        for (version, key, wstart, tstart), idx in groups.items():
             seg = self._segment(version, key)
-            self._add(seg, self._window(seg, wstart), tstart, obs)
+            work.append(_Group(seg, self._window(seg, wstart), tstart, np.asarray(idx)))
+        self._fold(batch, work)
 
     def _add(self, seg: Segment, agg: WindowAgg, tstart: float, obs: list[Observation]) -> None:
-        agg.count += len(obs)
-        tick_offsets = seg.tick_offsets.setdefault(tstart, {})
-        for offsets in (agg.offsets, tick_offsets):
-            for ob in obs:
-                span = offsets.get(str(ob.partition))
-                if span is None:
-                    offsets[str(ob.partition)] = [ob.offset, ob.offset]
-                else:
-                    span[0] = min(span[0], ob.offset)
-                    span[1] = max(span[1], ob.offset)
-        latencies = [ob.latency_ms for ob in obs if ob.latency_ms is not None]
-        if latencies:
-            agg.latency.update_many(np.asarray(latencies, dtype=float))
-        ref = seg.ref
-        if ref is None:
-            for ob in obs:
-                self._sample(agg, ob)
-            return
-        tick = seg.ticks.setdefault(tstart, {})
-        for name, fr in ref.features.items():
-            values = [ob.features.get(name) for ob in obs]
-            if isinstance(fr, NumRef):
-                nums = [v for v in values if _is_num(v)]
-                nulls = sum(1 for v in values if v is None)
-                if len(nums) + nulls < len(values):
-                    agg.mismatched[name] = (
-                        agg.mismatched.get(name, 0) + len(values) - len(nums) - nulls
-                    )
-                arr = np.asarray(nums, dtype=float)
-                agg.numeric[name].update_many(arr, nulls)
-                if arr.size and fr.std > 0:
-                    # Fixed-point (micro-sd) integer sums: exact in any order or grouping, so
-                    # the detector sees the same values however batches were cut.
-                    acc = tick.setdefault(name, [0, 0])
-                    acc[0] += int(np.rint((arr - fr.mean) / fr.std * Z_SCALE).sum())
-                    acc[1] += int(arr.size)
-            else:
-                labels = [_label(v) for v in values if v is not None]
-                agg.categorical[name].update_many(labels, len(values) - len(labels))
-        for ob in obs:
-            for name in ob.features.keys() - ref.features.keys():
-                agg.unknown[name] = agg.unknown.get(name, 0) + 1
-        if isinstance(agg.prediction, NumericSketch):
-            preds = [float(ob.prediction) for ob in obs if _is_num(ob.prediction)]
-            agg.prediction.update_many(np.asarray(preds, dtype=float))
-        elif agg.prediction is not None:
-            agg.prediction.update_many([_label(ob.prediction) for ob in obs])
-        if agg.score is not None:
-            conf = [ob.confidence for ob in obs if ob.confidence is not None]
-            if conf:
-                agg.score.update_many(np.asarray(conf, dtype=float))
+        self._fold(_Batch(obs), [_Group(seg, agg, tstart, np.arange(len(obs)))])
 
-    def _sample(self, agg: WindowAgg, ob: Observation) -> None:
+    def _fold(self, batch: _Batch, groups: list[_Group]) -> None:
+        """Fold each group's rows of ``batch`` into its monitor's window and tick.
+
+        The same, bit for bit, as folding each group's observations one group after another
+        (the order sketches and dicts see them in is kept): per-feature work for all groups is
+        vectorised first, then each group's small per-feature results are applied in order.
+        """
+        # Vectorised over all groups: numeric features (sketches, mismatches, tick sums), scores.
+        rank: dict[int, int] = {}
+        numeric: dict[str, list[int]] = {}
+        scored: list[int] = []
+        for gi, g in enumerate(groups):
+            ref = g.seg.ref
+            if ref is None:
+                continue
+            rank.setdefault(id(g.seg), len(rank))
+            for name, fr in ref.features.items():
+                if isinstance(fr, NumRef):
+                    numeric.setdefault(name, []).append(gi)
+            if g.agg.score is not None:
+                scored.append(gi)
+        results: dict[str, dict[int, tuple[int, int, int]]] = {}
+        for name, gis in numeric.items():
+            # Stable sort: a segment's groups are adjacent (one binning pass each), and a
+            # window's sketch still takes its ticks' slices in arrival order.
+            gis.sort(key=lambda gi: rank[id(groups[gi].seg)])
+            results[name] = self._fold_numeric(batch, groups, name, gis)
+        if scored:
+            idx, sizes, ends = batch.gather(groups, scored)
+            conf, has = batch.confidence()
+            if has is None:
+                x, counts = conf[idx], sizes
+            else:
+                x, counts = conf[idx][has[idx]], _counts(has[idx], sizes, ends)
+            score_sketches = [groups[gi].agg.score for gi in scored]
+            NumericSketch.update_groups(score_sketches, x, counts)  # type: ignore[arg-type]
+        # Per group, in order: counts, offsets, latency, categorical, dict entries.
+        obs = batch.obs
+        for gi, g in enumerate(groups):
+            seg, agg, tstart, idx = g.seg, g.agg, g.tstart, g.idx
+            agg.count += len(idx)
+            tick_offsets = seg.tick_offsets.setdefault(tstart, {})
+            spans = batch.spans(idx)
+            for offsets in (agg.offsets, tick_offsets):
+                for partition, lo, hi in spans:
+                    span = offsets.get(partition)
+                    if span is None:
+                        offsets[partition] = [lo, hi]
+                    else:
+                        span[0] = min(span[0], lo)
+                        span[1] = max(span[1], hi)
+            latency, has_latency = batch.latency()
+            lat = latency[idx] if has_latency is None else latency[idx][has_latency[idx]]
+            if lat.size:
+                agg.latency.update_many(lat)
+            ref = seg.ref
+            rows = idx.tolist()
+            if ref is None:
+                for i in rows:
+                    self._sample(agg, obs[i], batch.row_hash(i))
+                continue
+            tick = seg.ticks.setdefault(tstart, {})
+            for name, fr in ref.features.items():
+                if isinstance(fr, NumRef):
+                    mismatched, total, n = results[name][gi]
+                    if mismatched:
+                        agg.mismatched[name] = agg.mismatched.get(name, 0) + mismatched
+                    if n and fr.std > 0:
+                        acc = tick.setdefault(name, [0, 0])
+                        acc[0] += total
+                        acc[1] += n
+                else:
+                    labels = batch.labels(name)
+                    agg.categorical[name].update_many([labels[i] for i in rows])
+            if batch.has_unknown(rows, ref.features):
+                for i in rows:
+                    for name in obs[i].features.keys() - ref.features.keys():
+                        agg.unknown[name] = agg.unknown.get(name, 0) + 1
+            if isinstance(agg.prediction, NumericSketch):
+                col = batch.predictions()
+                preds = col.values[idx]
+                if col.number is not None:
+                    preds = preds[col.number[idx]]
+                agg.prediction.update_many(preds)
+            elif agg.prediction is not None:
+                labels = batch.prediction_labels()
+                agg.prediction.update_many([labels[i] for i in rows])
+
+    def _fold_numeric(
+        self, batch: _Batch, groups: list[_Group], name: str, gis: list[int]
+    ) -> dict[int, tuple[int, int, int]]:
+        """One numeric feature for the groups ``gis`` (a segment's groups adjacent): update
+        their sketches; return per group (mismatched values, tick sum, tick count)."""
+        col = batch.numeric(name)
+        idx, sizes, ends = batch.gather(groups, gis)
+        values = col.values[idx]
+        if col.finite is None:  # every value a finite number: nothing to filter
+            nums, n_nums, nulls = values, sizes, None
+            fin, n_fin = values, sizes
+            mismatched = [0] * len(gis)
+        else:
+            n_null = sizes * 0 if col.null is None else _counts(col.null[idx], sizes, ends)
+            if col.number is None:
+                nums, n_nums = values, sizes
+            else:
+                is_num = col.number[idx]
+                nums, n_nums = values[is_num], _counts(is_num, sizes, ends)
+            nulls = n_null.tolist()
+            mismatched = (sizes - n_nums - n_null).tolist()
+            is_fin = col.finite[idx]
+            fin, n_fin = values[is_fin], _counts(is_fin, sizes, ends)
+        sketches = [groups[gi].agg.numeric[name] for gi in gis]
+        NumericSketch.update_groups(sketches, nums, n_nums, nulls)
+        # Tick sums in fixed point (micro-sd integers): exact in any order or grouping, so the
+        # detector sees the same values however batches were cut. Non-finite values (counted
+        # as nulls by the sketch) stay out of them.
+        scale = np.zeros(len(gis))  # per group: the reference's (mean, sd) when sd > 0
+        centre = np.zeros(len(gis))
+        for k, gi in enumerate(gis):
+            fr = groups[gi].seg.ref.features[name]  # type: ignore[union-attr]
+            if fr.std > 0:  # type: ignore[union-attr]
+                centre[k], scale[k] = fr.mean, fr.std  # type: ignore[union-attr]
+        totals = [0] * len(gis)
+        if fin.size and scale.any():
+            ok = scale > 0
+            sd = np.where(ok, scale, 1.0).repeat(n_fin)
+            z = np.rint((fin - centre.repeat(n_fin)) / sd * Z_SCALE)
+            z[~ok.repeat(n_fin)] = 0.0
+            cs = np.concatenate(([0], z.astype(np.int64).cumsum()))
+            f_ends = n_fin.cumsum()
+            totals = (cs[f_ends] - cs[f_ends - n_fin]).tolist()
+        return dict(zip(gis, zip(mismatched, totals, n_fin.tolist(), strict=True), strict=True))
+
+    def _sample(self, agg: WindowAgg, ob: Observation, h: int | None = None) -> None:
         """Bottom-k sample by a hash of the event's position: the same whatever the order."""
-        h = _row_hash(ob.partition, ob.offset, ob.index)
+        if h is None:
+            h = _row_hash(ob.partition, ob.offset, ob.index)
         k = self.cfg.warmup_sample
         if len(agg.sample) >= k and h >= agg.sample[-1][0]:
             return
