@@ -540,7 +540,13 @@ class _Batch:
         return col
 
     def prediction_labels(self) -> list[str]:
-        return self._column("pl", lambda: [_label(ob.prediction) for ob in self.obs])  # type: ignore[no-any-return]
+        def build() -> list[str]:
+            raw = [ob.prediction for ob in self.obs]
+            if set(map(type, raw)) <= {str}:
+                return raw  # type: ignore[return-value]  # _label(s) == s
+            return [_label(v) for v in raw]
+
+        return self._column("pl", build)  # type: ignore[no-any-return]
 
     def predictions(self) -> _NumColumn:
         return self._column("pn", lambda: _num_column([ob.prediction for ob in self.obs]))  # type: ignore[no-any-return]
@@ -574,6 +580,32 @@ class _Batch:
             sizes = np.array([len(groups[gi].idx) for gi in gis], dtype=np.int64)
             got = self._cache[key] = (idx, sizes, sizes.cumsum())
         return got  # type: ignore[no-any-return]
+
+    def label_counts(
+        self, what: str, labels: Sequence[str | None], groups: list[_Group], gis: list[int]
+    ) -> dict[int, tuple[dict[str, int], int]]:
+        """Per group of ``gis``: its labels' counts in order of first appearance, and nulls."""
+
+        def factorize() -> tuple[np.ndarray, list[str | None]]:
+            index: dict[str | None, int] = {None: 0}
+            codes = [index.setdefault(v, len(index)) for v in labels]
+            return np.array(codes, dtype=np.int64), list(index)
+
+        codes, names = self._column(("codes", what), factorize)
+        idx, sizes, _ = self.gather(groups, gis)
+        k = len(names)
+        keys = np.arange(len(gis)).repeat(sizes) * k + codes[idx]
+        uniq, first, counts = np.unique(keys, return_index=True, return_counts=True)
+        order = first.argsort()  # groups are contiguous, in order: by group, then appearance
+        found: list[dict[str, int]] = [{} for _ in gis]
+        nulls = [0] * len(gis)
+        for key, n in zip(uniq[order].tolist(), counts[order].tolist(), strict=True):
+            g, code = divmod(key, k)
+            if code:
+                found[g][names[code]] = n  # type: ignore[index]
+            else:
+                nulls[g] = n
+        return {gi: (found[g], nulls[g]) for g, gi in enumerate(gis)}
 
     def spans(self, idx: np.ndarray) -> list[tuple[str, int, int]]:
         """``(partition, lowest offset, highest offset)`` of rows ``idx``, partitions in order of
@@ -807,12 +839,16 @@ class ModelMonitor:
                     numeric.setdefault(name, []).append(gi)
             if g.agg.score is not None:
                 scored.append(gi)
-        results: dict[str, dict[int, tuple[int, int, int]]] = {}
+        # Features fed to the same groups go through together: one pass for all of them.
+        together: dict[tuple[int, ...], list[str]] = {}
         for name, gis in numeric.items():
+            together.setdefault(tuple(gis), []).append(name)
+        results: dict[str, dict[int, tuple[int, int, int]]] = {}
+        for gis_key, names in together.items():
             # Stable sort: a segment's groups are adjacent (one binning pass each), and a
             # window's sketch still takes its ticks' slices in arrival order.
-            gis.sort(key=lambda gi: rank[id(groups[gi].seg)])
-            results[name] = self._fold_numeric(batch, groups, name, gis)
+            gis = sorted(gis_key, key=lambda gi: rank[id(groups[gi].seg)])
+            results.update(self._fold_numeric(batch, groups, names, gis))
         if scored:
             idx, sizes, ends = batch.gather(groups, scored)
             conf, has = batch.confidence()
@@ -822,6 +858,22 @@ class ModelMonitor:
                 x, counts = conf[idx][has[idx]], _counts(has[idx], sizes, ends)
             score_sketches = [groups[gi].agg.score for gi in scored]
             NumericSketch.update_groups(score_sketches, x, counts)  # type: ignore[arg-type]
+        categorical: dict[str, list[int]] = {}
+        predicted: list[int] = []
+        for gi, g in enumerate(groups):
+            if g.seg.ref is None:
+                continue
+            for name, fr in g.seg.ref.features.items():
+                if not isinstance(fr, NumRef):
+                    categorical.setdefault(name, []).append(gi)
+            if isinstance(g.agg.prediction, CategoricalSketch):
+                predicted.append(gi)
+        label_counts = {
+            name: batch.label_counts(name, batch.labels(name), groups, gis)
+            for name, gis in categorical.items()
+        }
+        if predicted:
+            predictions = batch.label_counts("", batch.prediction_labels(), groups, predicted)
         # Per group, in order: counts, offsets, latency, categorical, dict entries.
         obs = batch.obs
         for gi, g in enumerate(groups):
@@ -858,8 +910,7 @@ class ModelMonitor:
                         acc[0] += total
                         acc[1] += n
                 else:
-                    labels = batch.labels(name)
-                    agg.categorical[name].update_many([labels[i] for i in rows])
+                    agg.categorical[name].update_counts(*label_counts[name][gi])
             if batch.has_unknown(rows, ref.features):
                 for i in rows:
                     for name in obs[i].features.keys() - ref.features.keys():
@@ -871,53 +922,70 @@ class ModelMonitor:
                     preds = preds[col.number[idx]]
                 agg.prediction.update_many(preds)
             elif agg.prediction is not None:
-                labels = batch.prediction_labels()
-                agg.prediction.update_many([labels[i] for i in rows])
+                agg.prediction.update_counts(*predictions[gi])
 
     def _fold_numeric(
-        self, batch: _Batch, groups: list[_Group], name: str, gis: list[int]
-    ) -> dict[int, tuple[int, int, int]]:
-        """One numeric feature for the groups ``gis`` (a segment's groups adjacent): update
-        their sketches; return per group (mismatched values, tick sum, tick count)."""
-        col = batch.numeric(name)
-        idx, sizes, ends = batch.gather(groups, gis)
-        values = col.values[idx]
-        if col.finite is None:  # every value a finite number: nothing to filter
-            nums, n_nums, nulls = values, sizes, None
-            fin, n_fin = values, sizes
-            mismatched = [0] * len(gis)
+        self, batch: _Batch, groups: list[_Group], names: list[str], gis: list[int]
+    ) -> dict[str, dict[int, tuple[int, int, int]]]:
+        """Numeric features ``names`` for the groups ``gis`` (a segment's groups adjacent):
+        update their sketches; return per feature and group (mismatched values, tick sum,
+        tick count). Work items are (feature, group) pairs, feature-major."""
+        idx, sizes, _ = batch.gather(groups, gis)
+        cols = [batch.numeric(name) for name in names]
+        n_groups = len(gis)
+        values = np.stack([c.values for c in cols])[:, idx].ravel()
+        n_all = np.tile(sizes, len(names))
+        if all(c.finite is None for c in cols):  # every value a finite number: no filtering
+            nums, n_nums, nulls = values, n_all, None
+            fin, n_fin = values, n_all
+            mismatched = [0] * n_all.size
         else:
-            n_null = sizes * 0 if col.null is None else _counts(col.null[idx], sizes, ends)
-            if col.number is None:
-                nums, n_nums = values, sizes
-            else:
-                is_num = col.number[idx]
-                nums, n_nums = values[is_num], _counts(is_num, sizes, ends)
+            ends = n_all.cumsum()
+
+            def mask(part: str, absent: bool) -> np.ndarray:
+                """The columns' ``part`` masks over the work items (``absent`` where None)."""
+                fill = np.full(len(batch.obs), absent)
+                rows = [getattr(c, part) for c in cols]
+                return np.stack([fill if m is None else m for m in rows])[:, idx].ravel()
+
+            n_null = _counts(mask("null", False), n_all, ends)
+            is_num = mask("number", True)
+            nums, n_nums = values[is_num], _counts(is_num, n_all, ends)
             nulls = n_null.tolist()
-            mismatched = (sizes - n_nums - n_null).tolist()
-            is_fin = col.finite[idx]
-            fin, n_fin = values[is_fin], _counts(is_fin, sizes, ends)
-        sketches = [groups[gi].agg.numeric[name] for gi in gis]
+            mismatched = (n_all - n_nums - n_null).tolist()
+            is_fin = mask("finite", True)
+            fin, n_fin = values[is_fin], _counts(is_fin, n_all, ends)
+        sketches = [groups[gi].agg.numeric[name] for name in names for gi in gis]
         NumericSketch.update_groups(sketches, nums, n_nums, nulls)
         # Tick sums in fixed point (micro-sd integers): exact in any order or grouping, so the
         # detector sees the same values however batches were cut. Non-finite values (counted
         # as nulls by the sketch) stay out of them.
-        scale = np.zeros(len(gis))  # per group: the reference's (mean, sd) when sd > 0
-        centre = np.zeros(len(gis))
-        for k, gi in enumerate(gis):
-            fr = groups[gi].seg.ref.features[name]  # type: ignore[union-attr]
-            if fr.std > 0:  # type: ignore[union-attr]
-                centre[k], scale[k] = fr.mean, fr.std  # type: ignore[union-attr]
-        totals = [0] * len(gis)
+        scale = np.zeros(n_all.size)  # per work item: the reference's (mean, sd) when sd > 0
+        centre = np.zeros(n_all.size)
+        k = 0
+        for name in names:
+            for gi in gis:
+                fr = groups[gi].seg.ref.features[name]  # type: ignore[union-attr]
+                if fr.std > 0:  # type: ignore[union-attr]
+                    centre[k], scale[k] = fr.mean, fr.std  # type: ignore[union-attr]
+                k += 1
+        totals = [0] * n_all.size
         if fin.size and scale.any():
             ok = scale > 0
-            sd = np.where(ok, scale, 1.0).repeat(n_fin)
-            z = np.rint((fin - centre.repeat(n_fin)) / sd * Z_SCALE)
-            z[~ok.repeat(n_fin)] = 0.0
+            if ok.all():
+                z = np.rint((fin - centre.repeat(n_fin)) / scale.repeat(n_fin) * Z_SCALE)
+            else:
+                sd = np.where(ok, scale, 1.0).repeat(n_fin)
+                z = np.rint((fin - centre.repeat(n_fin)) / sd * Z_SCALE)
+                z[~ok.repeat(n_fin)] = 0.0
             cs = np.concatenate(([0], z.astype(np.int64).cumsum()))
             f_ends = n_fin.cumsum()
             totals = (cs[f_ends] - cs[f_ends - n_fin]).tolist()
-        return dict(zip(gis, zip(mismatched, totals, n_fin.tolist(), strict=True), strict=True))
+        per_item = list(zip(mismatched, totals, n_fin.tolist(), strict=True))
+        return {
+            name: dict(zip(gis, per_item[f * n_groups : (f + 1) * n_groups], strict=True))
+            for f, name in enumerate(names)
+        }
 
     def _sample(self, agg: WindowAgg, ob: Observation, h: int | None = None) -> None:
         """Bottom-k sample by a hash of the event's position: the same whatever the order."""

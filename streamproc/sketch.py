@@ -171,6 +171,28 @@ def _array_from(raw: bytes, dtype: str, what: str) -> NDArray[np.generic]:
     return np.frombuffer(raw, dtype=dtype).astype(dtype[1:], copy=True)
 
 
+def _group_sums(
+    x: NDArray[np.float64], counts: NDArray[np.int64], parts: list[tuple[int, int, int]]
+) -> NDArray[np.float64]:
+    """``[x[s:e].sum() for s, e, _ in parts]`` (consecutive groups of ``counts`` values), bit
+    for bit: numpy's pairwise summation depends on where each group starts and ends.
+
+    Each group becomes a row of a zero-padded matrix summed with ``where=`` its own cells:
+    numpy's masked reduction runs the same pairwise loop over each row's contiguous run of
+    cells (pinned by tests/property/test_sketch_groups.py). Where the padding would cost more
+    than the values themselves, it sums group by group.
+    """
+    k = len(parts)
+    width = int(counts.max()) if k else 0
+    if k * width > 4 * x.size + 4096:
+        total = np.add.reduce  # what ndarray.sum calls, minus its Python wrapper
+        return np.array([total(x[s:e]) for s, e, _ in parts], dtype=np.float64)
+    cells = np.arange(width) < counts[:, None]
+    padded = np.zeros((k, width))
+    padded[cells] = x
+    return np.add.reduce(padded, axis=1, where=cells)  # type: ignore[no-any-return]
+
+
 # -- binning ------------------------------------------------------------------------------------
 
 
@@ -524,12 +546,12 @@ class NumericSketch:
         starts = ends - cnt
         n_l, s_l, e_l = cnt.tolist(), starts.tolist(), ends.tolist()
         parts = list(zip(s_l, e_l, n_l, strict=True))
-        # Mean and M2 exactly as update_many computes them (numpy's pairwise sum over the
-        # group's own contiguous values): a segmented sum would round differently.
-        total = np.add.reduce  # what ndarray.sum and .mean call, minus their Python wrappers
-        means = [float(total(x[s:e])) / n if n else 0.0 for s, e, n in parts]
+        # Mean and M2 exactly as update_many computes them: numpy's pairwise sum over each
+        # group's own values (a segmented or running sum would round differently).
+        sums = _group_sums(x, cnt, parts)
+        means = (sums / np.maximum(cnt, 1)).tolist()
         sq = np.square(x - np.array(means).repeat(cnt))
-        m2s = [float(total(sq[s:e])) if n else 0.0 for s, e, n in parts]
+        m2s = _group_sums(sq, cnt, parts).tolist()
         lo: list[float] = []
         hi: list[float] = []
         if x.size:
@@ -556,26 +578,37 @@ class NumericSketch:
                     x[s_l[i] : e_l[j - 1]], side="left"
                 )
             i = j
-        owner = np.arange(k).repeat(cnt)
-        flat = np.bincount(bins + first_bin[owner], minlength=int(first_bin[-1])).tolist()
-        hists = [flat[first_bin[i] : first_bin[i + 1]] for i in range(k)]
-        ref_min = np.array([sk.ref_min for sk in sketches])
-        ref_max = np.array([sk.ref_max for sk in sketches])
-        below = np.bincount(owner[x < ref_min[owner]], minlength=k).tolist()
-        above = np.bincount(owner[x > ref_max[owner]], minlength=k).tolist()
+        bins += first_bin[:-1].repeat(cnt)
+        flat = np.bincount(bins, minlength=int(first_bin[-1])).tolist()
+        cuts = first_bin.tolist()
+        hists = [flat[cuts[i] : cuts[i + 1]] for i in range(k)]
+        # Out of the reference range: only groups whose min or max says so need counting.
+        below = [0] * k
+        above = [0] * k
         r = 0
-        for i, sk in enumerate(sketches):
-            sk._nulls += extra[i]
-            n = n_l[i]
+        for i, (s, e, n) in enumerate(parts):
             if n == 0:
                 continue
-            sk._combine_moments(n, means[i], m2s[i])
-            sk._min = min(sk._min, lo[r])
-            sk._max = max(sk._max, hi[r])
+            sk = sketches[i]
+            if lo[r] < sk.ref_min:
+                below[i] = int(np.count_nonzero(x[s:e] < sk.ref_min))
+            if hi[r] > sk.ref_max:
+                above[i] = int(np.count_nonzero(x[s:e] > sk.ref_max))
             r += 1
-            sk._hist = list(map(operator.add, sk._hist, hists[i]))
-            sk._below += below[i]
-            sk._above += above[i]
+        lows, highs = iter(lo), iter(hi)
+        add = operator.add
+        for sk, n, more_nulls, mean, m2, h, b, a in zip(
+            sketches, n_l, extra, means, m2s, hists, below, above, strict=True
+        ):
+            sk._nulls += more_nulls
+            if n == 0:
+                continue
+            sk._combine_moments(n, mean, m2)
+            sk._min = min(sk._min, next(lows))
+            sk._max = max(sk._max, next(highs))
+            sk._hist = list(map(add, sk._hist, h))
+            sk._below += b
+            sk._above += a
 
     def _combine_moments(self, n: int, mean: float, m2: float) -> None:
         # Chan, Golub & LeVeque (1979). An empty side is taken verbatim: zero is an exact identity.
@@ -855,6 +888,25 @@ class CategoricalSketch:
         if bad:
             raise TypeError(f"categorical values must be str, got {type(bad[0]).__name__}")
         self._absorb(batch)
+
+    def update_counts(self, counts: Mapping[str, int], nulls: int = 0) -> None:
+        """Add values already counted: the same as ``update_many`` of a batch holding each
+        category ``counts[c]`` times, categories first appearing in ``counts``' order.
+
+        Examples
+        --------
+        >>> s = CategoricalSketch()
+        >>> s.update_counts({"b": 2, "a": 1}, nulls=1)
+        >>> s.counts, s.nulls
+        ({'b': 2, 'a': 1}, 1)
+        """
+        if nulls < 0 or any(n < 1 for n in counts.values()):
+            raise ValueError("counts must be >= 1 and nulls >= 0")
+        bad = [k for k in counts if not isinstance(k, str)]
+        if bad:
+            raise TypeError(f"categorical values must be str, got {type(bad[0]).__name__}")
+        self._nulls += nulls
+        self._absorb(counts)
 
     def _absorb(self, counts: Mapping[str, int]) -> None:
         mine = self._counts
