@@ -281,3 +281,22 @@ def test_a_models_overrides_apply_when_its_monitor_is_built() -> None:
     assert other.cfg.window_s == CFG.window_s
     restored = monitor_from_bytes(monitor_to_bytes(m), cfg, references(spec))
     assert restored.cfg.window_s == 30.0
+
+
+def test_an_spm1_checkpoint_without_page_hinkley_or_calibration_state_still_restores() -> None:
+    s = WorkloadSpec(rate=50.0)
+    refs = references(s)
+    _, _, m = run(s, 6_000, refs=refs)
+    blob = monitor_to_bytes(m)
+    assert blob[:4] == b"SPM2"
+    state = msgspec.msgpack.decode(blob[4:])
+    # SPM1: a monitor had 10 fields and a segment 16 (no Page-Hinkley, no calibration counts).
+    state = state[:10]
+    state[6] = [seg[:16] for seg in state[6]]
+    old = b"SPM1" + msgspec.msgpack.encode(state)
+    restored = monitor_from_bytes(old, CFG, refs)
+    assert all(not seg.page_hinkley for seg in restored.segments.values())
+    assert {k: len(seg.adwin) for k, seg in restored.segments.items()} == {
+        k: len(seg.adwin) for k, seg in m.segments.items()
+    }
+    assert monitor_to_bytes(restored)[:4] == b"SPM2"

@@ -13,6 +13,7 @@ from streamproc.sketch import CalibrationSketch, NumericSketch, reference_edges
 from streamproc.stats import (
     DEFAULT_MIN_WINDOW_COUNT,
     CalibrationMap,
+    calibration_excess,
     cbpe_estimated_accuracy,
     cbpe_estimated_accuracy_from_counts,
     chi2_categorical,
@@ -305,3 +306,38 @@ def test_cbpe_from_binned_confidences_equals_cbpe_from_raw_ones() -> None:
     )
     with pytest.raises(ValueError, match="bins"):
         cbpe_estimated_accuracy_from_counts(cmap, [1, 2])
+
+
+def _calibrated_window(
+    rng: np.random.Generator, n: int, accuracy_shift: float = 0.0
+) -> CalibrationSketch:
+    conf = rng.uniform(0.5, 1.0, n)
+    sketch = CalibrationSketch(10)
+    sketch.update_many(conf, rng.random(n) < np.clip(conf - accuracy_shift, 0.0, 1.0))
+    return sketch
+
+
+def test_calibration_excess_stays_under_its_noise_bound_for_a_calibrated_model() -> None:
+    rng = np.random.default_rng(3)
+    ref = _calibrated_window(rng, 30_000)
+    ref_acc = np.nan_to_num(ref.accuracy, nan=0.5)
+    over = 0
+    for _ in range(2000):
+        w = _calibrated_window(rng, 1000)
+        r = calibration_excess(
+            w.count, w.sum_confidence, w.sum_correct, ref_acc, ref.count, alpha=1e-3
+        )
+        assert math.isclose(r.ece, w.expected_calibration_error(), abs_tol=1e-12)
+        over += r.excess > r.noise_bound
+    assert over <= 2  # the bound is at the 1e-3 level: 2 in 2,000 is already generous
+
+
+def test_calibration_excess_exceeds_its_noise_bound_when_accuracy_falls_behind_confidence() -> None:
+    rng = np.random.default_rng(4)
+    ref = _calibrated_window(rng, 30_000)
+    w = _calibrated_window(rng, 1000, accuracy_shift=0.15)
+    r = calibration_excess(
+        w.count, w.sum_confidence, w.sum_correct, ref.accuracy, ref.count, alpha=1e-4
+    )
+    assert r.excess > r.noise_bound and r.ece > 0.1
+    assert r.reference_ece < 0.03
