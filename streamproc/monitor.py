@@ -31,7 +31,7 @@ import hashlib
 import math
 import operator
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Protocol
 
 import msgspec
@@ -752,8 +752,15 @@ class ModelMonitor:
         seg = self.segments.get((version, key))
         if seg is None:
             seg = self.segments[(version, key)] = Segment(version, key)
-            seg.ref = self.references.get((version, key))
+            seg.ref = self._narrowed(self.references.get((version, key)))
         return seg
+
+    def _narrowed(self, ref: SegRef | None) -> SegRef | None:
+        """``ref`` with only the features ``monitoring.features`` names (all when unset)."""
+        watched = self.cfg.features
+        if ref is None or watched is None:
+            return ref
+        return replace(ref, features={k: v for k, v in ref.features.items() if k in watched})
 
     def _window(self, seg: Segment, start: float) -> WindowAgg:
         agg = seg.windows.get(start)
@@ -914,7 +921,8 @@ class ModelMonitor:
             if batch.has_unknown(rows, ref.features):
                 for i in rows:
                     for name in obs[i].features.keys() - ref.features.keys():
-                        agg.unknown[name] = agg.unknown.get(name, 0) + 1
+                        if self.cfg.features is None or name in self.cfg.features:
+                            agg.unknown[name] = agg.unknown.get(name, 0) + 1
             if isinstance(agg.prediction, NumericSketch):
                 col = batch.predictions()
                 preds = col.values[idx]
@@ -1255,7 +1263,8 @@ class ModelMonitor:
         for _, features, prediction, confidence in sorted(seg.warm_rows, key=lambda r: r[0]):
             builder.add(features, prediction=prediction, score=confidence)
         profile = builder.build(f"warm-up: first {seg.warm_windows} window(s)")
-        ref = segref_from_baseline(profile.segment(ALL), origin="warmup")
+        ref = self._narrowed(segref_from_baseline(profile.segment(ALL), origin="warmup"))
+        assert ref is not None
         ref.rate_per_s = seg.warm_count / (seg.warm_windows * self.cfg.window_s)
         seg.ref = ref
         seg.warm_rows = []

@@ -300,3 +300,14 @@ def test_an_spm1_checkpoint_without_page_hinkley_or_calibration_state_still_rest
         k: len(seg.adwin) for k, seg in m.segments.items()
     }
     assert monitor_to_bytes(restored)[:4] == b"SPM2"
+
+
+def test_configured_features_narrow_what_is_watched() -> None:
+    change = MeanShift("f03", 1.0, start=10_000, end=30_000, segment={"country": "DE"})
+    s = WorkloadSpec(rate=50.0, changes=(change,))
+    cfg = msgspec.structs.replace(CFG, features=["f01", "f02"])
+    alerts, _, m = run(s, 30_000, cfg)
+    assert firing(alerts) == [], [(a.kind, a.detector, a.feature) for a in firing(alerts)]
+    assert all(set(seg.ref.features) == {"f01", "f02"} for seg in m.segments.values() if seg.ref)
+    watched, _, _ = run(s, 30_000, msgspec.structs.replace(CFG, features=["f03"]))
+    assert {a.feature for a in firing(watched)} == {"f03"}
