@@ -7,7 +7,10 @@ the same code. One call handles one consumed batch, in this order:
    batch element becomes a ``deadletter.v1`` record with its original bytes and reason;
 2. record the valid events in the Redis join (atomic, pipelined); a different message repeating
    an id is dead-lettered as ``duplicate:prediction_id`` / ``duplicate:label``;
-3. hand accepted events and completed joins to the monitoring sink;
+3. hand accepted events and completed joins to the monitoring sink, including the joins a
+   redelivered message had completed before (the join rebuilds them), so that an outcome lost to
+   a Redis timeout retried by :func:`retry`, or to a crash before its produce, is emitted now
+   (outcomes are at-least-once: see :mod:`streamproc.join`);
 4. flush every produced record (dead letters, and whatever the sink produced) and wait for the
    broker's acknowledgement.
 
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
+import redis.asyncio as aioredis
 import redis.exceptions
 from confluent_kafka import KafkaError, Producer
 
@@ -41,7 +45,7 @@ from streamproc.contracts import (
     encode,
     event_time,
 )
-from streamproc.join import Joined, JoinRecord, LabelRecord, RedisJoin
+from streamproc.join import Joined, JoinRecord, LabelRecord, RedisJoin, ensure_layout
 from streamproc.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -162,6 +166,20 @@ async def retry(
         delay = min(delay * 2, 10.0)
 
 
+def check_join_layout(cfg: Config) -> None:
+    """Fail fast, before a worker consumes anything, if Redis holds join state of another key
+    layout under ``cfg.redis.key_prefix`` (:class:`streamproc.join.JoinLayoutError`)."""
+
+    async def check() -> None:
+        client = aioredis.Redis.from_url(cfg.redis.url, password=cfg.redis.password)
+        try:
+            await ensure_layout(client, cfg.redis.key_prefix)
+        finally:
+            await client.aclose()
+
+    asyncio.run(check())
+
+
 def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -237,9 +255,11 @@ class Ingestor:
         return keep
 
     def _joined(self, joined: Sequence[Joined]) -> None:
-        if joined:
-            self.metrics.join.labels(result="joined").inc(len(joined))
-            for j in joined:
+        # A join rebuilt for a redelivery was counted (as "redelivered") and timed already.
+        fresh = [j for j in joined if not j.again]
+        if fresh:
+            self.metrics.join.labels(result="joined").inc(len(fresh))
+            for j in fresh:
                 self.metrics.label_delay.observe(max(j.label_delay_s, 0.0))
 
     async def on_predictions(self, msgs: Sequence[RawMessage]) -> None:

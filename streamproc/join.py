@@ -10,10 +10,25 @@ A prediction and its label meet by ``prediction_id`` in either arrival order::
 Every transition runs inside one Lua script, so it is atomic: two workers, a redelivery after a
 crash, or a duplicate event can never join the same prediction twice. A prediction or label that
 arrives again while pending, or after its join, is reported as ``duplicate`` and changes nothing.
-After a join (or expiry) a small tombstone remains for ``dedupe_ttl_s`` to recognise late
+After a join (or expiry) a tombstone remains for ``dedupe_ttl_s`` to recognise late
 repeats. Each arrival carries its origin (partition, offset, batch index), so a redelivery of the
 very same message (after a crash, before its offset was committed) is ``redelivered`` and
 harmless, while a different message repeating an id is a ``duplicate``.
+
+**Outcomes are at-least-once.** The half that completed a join may be processed again with its
+own origin: the script ran but the client timed out and ``ingest.retry`` re-ran the batch, or the
+process died between the join in Redis and the outcome's produce to Kafka. So the tombstone keeps
+the other half's blob and which side completed the join, and that side's redelivery returns the
+:class:`Joined` record again (result ``redelivered``, the record in the joined list, marked
+``again``); the ingest emits it like a fresh join. Nothing is lost to a Redis timeout or a crash;
+an outcome is emitted twice only if the process dies after its produce was acknowledged and
+before the batch's offsets were committed. The other half's redelivery (it was only pending
+when first processed, so it emitted nothing) stays ``redelivered`` without a record: the
+outcome is the completing half's batch's to emit. The cost is the other half's blob kept in the
+tombstone for ``dedupe_ttl_s``, no more than the pending value it replaces: with a prediction
+of two segments and three features, ~100 bytes of value instead of ~17 (``MEMORY USAGE`` ~200
+instead of ~120 bytes per joined id, ``bench/join_cost.py``). A joined tombstone left by a
+worker of layout 2 before this (no blob) makes such a redelivery plain ``redelivered``.
 
 Keys (``P`` is the configured prefix)::
 
@@ -21,24 +36,21 @@ Keys (``P`` is the configured prefix)::
                           "p<origin>|<blob>"  pending prediction: a JoinRecord blob (versioned
                                               msgpack, never pickle)
                           "l<origin>|<blob>"  pending label: a LabelRecord blob
-                          "j<prediction origin>/<label origin>"  tombstone of a joined or
-                                              expired id (one side empty after an expiry)
+                          "j<prediction origin>/<label origin>|<side><blob>"  tombstone of a
+                                              join: the side that completed it ("p" or "l")
+                                              and the other side's blob
+                          "j<prediction origin>/<label origin>"  tombstone of an expiry (the
+                                              expired side's origin only, the other empty)
     P:due:p:<shard>     sorted set id -> deadline (Unix seconds) of pending predictions
     P:due:l:<shard>     the same for pending labels
-    P:layout            "2" once a worker with this layout has run under the prefix
-    P:legacy            present while state of the layout before may remain (see below)
+    P:layout            the key layout's version, ``LAYOUT``
 
-The layout before kept three keys per id (``P:p:<id>``, ``P:l:<id>``, ``P:j:<id>``, the same
-values without the leading letter). Whoever runs a script first under a prefix without
-``P:layout`` sets it, and ``P:legacy`` for as long as keys of the layout before could live (the
-longest TTL plus the grace period); while ``P:legacy`` lives the scripts also read the old keys
-(and delete one when it joins), so pending state and tombstones written before an upgrade keep
-joining, repeating and expiring as before. A new prefix can't be told from an upgraded one
-without scanning the keyspace, so it gets the same window: reading the old keys costs Redis
-about a third more CPU per event while it lasts (``bench/join_cost.py``). Where no key of the
-layout before can be left (a new deployment, or all of them gone), ``DEL P:legacy`` ends the
-window early. Workers of both layouts must not run at once, and a worker of the layout before
-can't read this one's state.
+:meth:`RedisJoin.setup` (run by the worker before it consumes, and by the first call of a
+:class:`RedisJoin`) checks ``P:layout``: it sets it under a prefix without one, unless keys of
+the layout before (``P:p:<id>``, ``P:l:<id>``, ``P:j:<id>``: three keys per id) are found, and
+fails with :class:`JoinLayoutError` when they are, or when ``P:layout`` names another version:
+the scripts read this layout only (streamproc is unreleased; reading both cost Redis about a
+third more CPU per event). The message says how to drain or delete the old keys.
 
 Deadlines are wall-clock (they bound how long Redis keeps state, not event time). Each key also
 carries a Redis TTL a grace period past its deadline, so state never outlives a lost sweeper.
@@ -48,6 +60,7 @@ routes by prefix), not Redis Cluster.
 
 from __future__ import annotations
 
+import shlex
 import time
 import zlib
 from collections.abc import Sequence
@@ -58,7 +71,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from streamproc.contracts import Scalar
-from streamproc.errors import StateEncodingError
+from streamproc.errors import StateEncodingError, StreamprocError
 
 JoinResult = Literal["pending", "joined", "duplicate", "redelivered", "late"]
 
@@ -67,6 +80,7 @@ _MAGIC_LABEL = b"SPL1"
 SHARDS = 16
 GRACE_S = 3600
 CHUNK = 500
+LAYOUT = b"2"
 
 
 class JoinRecord(msgspec.Struct, array_like=True, frozen=True):
@@ -125,9 +139,8 @@ class Joined:
 
     prediction: JoinRecord
     label: LabelRecord
-    origin: str = (
-        ""  # the arrival that completed the join: "p<partition>:<offset>:<index>" or "l..."
-    )
+    origin: str = ""  # the label's arrival: "l<partition>:<offset>:<index>"
+    again: bool = False  # rebuilt from the tombstone for a redelivery of the completing half
 
     @property
     def label_delay_s(self) -> float:
@@ -142,22 +155,12 @@ class Expired:
     labels: int  # labels whose prediction never came
 
 
-# Shared head of both scripts; ARGV[1] is the prefix, ARGV[8] how long state of the layout
-# before may live (see the module docstring). Sets ``legacy``.
-_LAYOUT = """
-local prefix = ARGV[1]
-if redis.call('EXISTS', prefix .. ':layout') == 0 then
-  redis.call('SET', prefix .. ':legacy', '1', 'EX', ARGV[8])
-  redis.call('SET', prefix .. ':layout', '2')
-end
-local legacy = redis.call('EXISTS', prefix .. ':legacy') == 1
-"""
-
-# ARGV: prefix, now, deadline, key ttl, dedupe ttl, own side, other side, legacy window, then
-# (id, shard, origin, blob) quadruples. Returns, per id: 0 = pending, 1 = duplicate (another
-# message carried the same id), 2 = redelivery (this very message again, e.g. after a restart),
-# 3 = late (the other half already expired), or the other side's "<origin>|<blob>" when this
-# arrival completed the join.
+# ARGV: prefix, now, deadline, key ttl, dedupe ttl, own side, other side, then (id, shard,
+# origin, blob) quadruples. Returns, per id: 0 = pending, 1 = duplicate (another message carried
+# the same id), 2 = redelivery (this very message again, e.g. after a restart), 3 = late (the
+# other half already expired), the other side's "<origin>|<blob>" when this arrival completed the
+# join, or {other side's origin, its blob} when this is a redelivery of the arrival that completed
+# it (the outcome is rebuilt from the tombstone: see "at-least-once" in the module docstring).
 #
 # Redis spends a script's time mostly on creating, deleting and looking up keys and sorted-set
 # members, less on the per-command overhead of redis.call (a perf profile puts dictFind and key
@@ -166,10 +169,8 @@ local legacy = redis.call('EXISTS', prefix .. ':legacy') == 1
 # every id's key with one MGET, keeps what it changes in a table (an id may come twice in one
 # call), and sends the sorted-set updates as one command per key at the end; one SET with its
 # TTL remains per event. bench/join_cost.py: ~0.7x the Redis CPU per event of three keys per id.
-# While ``legacy`` holds, the keys of the layout before are read too (nothing writes them).
-_ARRIVE = (
-    _LAYOUT
-    + """
+_ARRIVE = """
+local prefix = ARGV[1]
 local deadline = ARGV[3]
 local ttl, dedupe = ARGV[4], ARGV[5]
 local mine, other = ARGV[6], ARGV[7]
@@ -178,69 +179,57 @@ local STEP = 800
 -- One command over many items, in slices that stay within Lua's unpack limit.
 local function bulk(cmd, key, items)
   for i = 1, #items, STEP do
-    local last = math.min(i + STEP - 1, #items)
-    if key then
-      call(cmd, key, unpack(items, i, last))
-    else
-      call(cmd, unpack(items, i, last))
-    end
+    call(cmd, key, unpack(items, i, math.min(i + STEP - 1, #items)))
   end
 end
-local n = (#ARGV - 8) / 4
--- w keys per id: its state, then (legacy only) the old tombstone, own and other side.
-local w = 1
-if legacy then w = 4 end
+local n = (#ARGV - 7) / 4
 local keys, vals = {}, {}
 for k = 0, n - 1 do
-  local id = ARGV[9 + 4 * k]
-  keys[w * k + 1] = prefix .. ':i:' .. id
-  if legacy then
-    keys[w * k + 2] = prefix .. ':j:' .. id
-    keys[w * k + 3] = prefix .. ':' .. mine .. ':' .. id
-    keys[w * k + 4] = prefix .. ':' .. other .. ':' .. id
-  end
+  keys[k + 1] = prefix .. ':i:' .. ARGV[8 + 4 * k]
 end
 for i = 1, #keys, STEP do
   local got = call('MGET', unpack(keys, i, math.min(i + STEP - 1, #keys)))
   for j = 1, #got do vals[i + j - 1] = got[j] end
 end
--- state[id]: "p<origin>|<blob>", "l<origin>|<blob>", "j<prediction origin>/<label origin>"
--- or false; old[id]: the layout before's key still holding the other side's pending value.
-local state, old = {}, {}
-local adds, rems, dels = {}, {}, {}
+-- state[id]: "p<origin>|<blob>", "l<origin>|<blob>", "j<p origin>/<l origin>[|<side><blob>]"
+-- or false
+local state = {}
+local adds, rems = {}, {}
 local out = {}
 for k = 0, n - 1 do
-  local a = 9 + 4 * k
+  local a = 8 + 4 * k
   local id, shard, origin = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   local s = state[id]
-  if s == nil then
-    s = vals[w * k + 1]
-    if not s and legacy then
-      if vals[w * k + 2] then
-        s = 'j' .. vals[w * k + 2]
-      elseif vals[w * k + 3] then
-        s = mine .. vals[w * k + 3]
-      elseif vals[w * k + 4] then
-        s = other .. vals[w * k + 4]
-        old[id] = keys[w * k + 4]
-      end
-    end
-  end
+  if s == nil then s = vals[k + 1] end
   local tag = s and sub(s, 1, 1)
-  local seen = false
+  local seen, rest, again = false, false, false
   if tag == 'j' then
     local slash = find(s, '/', 2, true)
-    if mine == 'p' then
-      seen = sub(s, 2, slash - 1)
+    local bar = find(s, '|', slash + 1, true)
+    local p_origin, l_origin
+    if bar then
+      l_origin = sub(s, slash + 1, bar - 1)
+      rest = sub(s, bar + 1)
     else
-      seen = sub(s, slash + 1)
+      l_origin = sub(s, slash + 1)
     end
+    p_origin = sub(s, 2, slash - 1)
+    if mine == 'p' then seen = p_origin else seen = l_origin end
     if seen == '' then seen = 'late' end
+    if rest and sub(rest, 1, 1) == mine and seen == origin then
+      -- the completing half again: hand back the other half to rebuild the outcome
+      local theirs = l_origin
+      if mine == 'l' then theirs = p_origin end
+      out[k + 1] = {theirs, sub(rest, 2)}
+      again = true
+    end
   elseif tag == mine then
     local bar = find(s, '|', 2, true)
     if bar then seen = sub(s, 2, bar - 1) else seen = sub(s, 2) end
   end
-  if seen then
+  if again then
+    -- nothing changes
+  elseif seen then
     if seen == origin then
       out[k + 1] = 2
     elseif seen == 'late' then
@@ -251,25 +240,18 @@ for k = 0, n - 1 do
   elseif tag == other then
     local found = sub(s, 2)
     local bar = find(found, '|', 1, true)
-    local theirs = found
-    if bar then theirs = sub(found, 1, bar - 1) end
-    if mine == 'p' then
-      s = 'j' .. origin .. '/' .. theirs
-    else
-      s = 'j' .. theirs .. '/' .. origin
-    end
-    call('SET', keys[w * k + 1], s, 'EX', dedupe)
-    if old[id] then
-      dels[#dels + 1] = old[id]
-      old[id] = nil
-    end
+    local theirs = sub(found, 1, bar - 1)
+    local pair = theirs .. '/' .. origin
+    if mine == 'p' then pair = origin .. '/' .. theirs end
+    s = 'j' .. pair .. '|' .. mine .. sub(found, bar + 1)
+    call('SET', keys[k + 1], s, 'EX', dedupe)
     local r = rems[shard]
     if not r then r = {}; rems[shard] = r end
     r[#r + 1] = id
     out[k + 1] = found
   else
     s = mine .. origin .. '|' .. ARGV[a + 3]
-    call('SET', keys[w * k + 1], s, 'EX', ttl)
+    call('SET', keys[k + 1], s, 'EX', ttl)
     local z = adds[shard]
     if not z then z = {}; adds[shard] = z end
     z[#z + 1] = deadline
@@ -278,19 +260,16 @@ for k = 0, n - 1 do
   end
   state[id] = s
 end
-if #dels > 0 then bulk('DEL', nil, dels) end
 local due = prefix .. ':due:'
 for shard, ids in pairs(rems) do bulk('ZREM', due .. other .. ':' .. shard, ids) end
 for shard, scored in pairs(adds) do bulk('ZADD', due .. mine .. ':' .. shard, scored) end
 return out
 """
-)
 
-# ARGV: prefix, side, shard, now, limit, dedupe_ttl, (unused), legacy window. Pops due ids,
-# turns each one's pending value into a tombstone with one side empty, returns their blobs.
-_SWEEP = (
-    _LAYOUT
-    + """
+# ARGV: prefix, side, shard, now, limit, dedupe_ttl. Pops due ids, turns each one's pending
+# value into a tombstone with one side empty, returns their blobs.
+_SWEEP = """
+local prefix = ARGV[1]
 local side, shard = ARGV[2], ARGV[3]
 local now, limit, dedupe = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local find, sub, call = string.find, string.sub, redis.call
@@ -303,12 +282,8 @@ end
 for _, id in ipairs(ids) do
   local key = prefix .. ':i:' .. id
   local value = call('GET', key)
-  if value then
-    if sub(value, 1, 1) == side then value = sub(value, 2) else value = false end
-  elseif legacy then
-    value = call('GETDEL', prefix .. ':' .. side .. ':' .. id)
-  end
-  if value then
+  if value and sub(value, 1, 1) == side then
+    value = sub(value, 2)
     local bar = find(value, '|', 1, true)
     local origin = sub(value, 1, bar - 1)
     local both = origin .. '/'
@@ -319,7 +294,66 @@ for _, id in ipairs(ids) do
 end
 return out
 """
-)
+
+
+class JoinLayoutError(StreamprocError):
+    """Redis holds join state of another key layout than this version reads."""
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _delete_command(client: aioredis.Redis, prefix: str) -> str:
+    """The shell command that deletes every join key under ``prefix`` (no password in it)."""
+    kw = client.connection_pool.connection_kwargs
+    where = f"-h {kw.get('host', '127.0.0.1')} -p {kw.get('port', 6379)} -n {kw.get('db', 0)}"
+    patterns = " ".join(
+        shlex.quote(f"{_glob_escape(prefix)}:{tail}")
+        for tail in ("[plji]:*", "due:*", "layout", "legacy")
+    )
+    return (
+        f'for p in {patterns}; do redis-cli {where} --scan --pattern "$p" '
+        f"| xargs -r -d '\\n' -n 500 redis-cli {where} unlink; done"
+    )
+
+
+async def ensure_layout(client: aioredis.Redis, prefix: str) -> None:
+    """Mark ``prefix`` as holding this key layout, or fail if it holds another.
+
+    Under a prefix without ``P:layout`` it looks once for keys of the layout before (one SCAN
+    pass, stopping at the first hit) and sets ``P:layout`` if there are none.
+
+    Raises
+    ------
+    JoinLayoutError
+        ``P:layout`` names another version, or keys of the layout before exist; the message
+        says what was found and how to drain or delete it.
+    """
+    fix = (
+        "Either drain it with the streamproc version that wrote it (its worker, until no such "
+        "key is left: pending predictions live up to join.prediction_ttl_s, tombstones "
+        "join.dedupe_ttl_s), or delete the join state under the prefix, losing its pending "
+        "joins and tombstones (add -a/--tls as your Redis needs): "
+        + _delete_command(client, prefix)
+    )
+    marker = f"{prefix}:layout"
+    found = await client.get(marker)
+    if found is None:
+        async for key in client.scan_iter(match=f"{_glob_escape(prefix)}:[plj]:*", count=1000):
+            raise JoinLayoutError(
+                f"Redis holds join state of the previous key layout under prefix {prefix!r} "
+                f"(e.g. {key.decode(errors='replace')!r}: three keys per prediction id) and no "
+                f"{marker}; this version reads only layout {LAYOUT.decode()}. {fix}"
+            )
+        await client.set(marker, LAYOUT, nx=True)
+        found = await client.get(marker)
+    if found != LAYOUT:
+        version = (found or b"").decode(errors="replace")
+        raise JoinLayoutError(
+            f"{marker} says Redis holds join state of key layout {version!r} under prefix "
+            f"{prefix!r}; this version reads only layout {LAYOUT.decode()}. {fix}"
+        )
 
 
 _RESULT: dict[int, JoinResult] = {0: "pending", 1: "duplicate", 2: "redelivered", 3: "late"}
@@ -357,20 +391,24 @@ class RedisJoin:
         self.prediction_ttl_s = prediction_ttl_s
         self.label_ttl_s = label_ttl_s
         self.dedupe_ttl_s = dedupe_ttl_s
-        # How long keys of the layout before may outlive an upgrade: the longest TTL they had.
-        self._legacy_window = max(prediction_ttl_s, label_ttl_s, dedupe_ttl_s) + GRACE_S
+        self._ready = False
         self._arrive = client.register_script(_ARRIVE)
         self._sweep = client.register_script(_SWEEP)
 
+    async def setup(self) -> None:
+        """Check (once) that Redis holds this key layout under the prefix; see
+        :func:`ensure_layout`, which raises :class:`JoinLayoutError` otherwise."""
+        if not self._ready:
+            await ensure_layout(self.client, self.prefix)
+            self._ready = True
+
     async def _arrive_batch(
         self, side: str, other: str, ttl: int, items: Sequence[tuple[str, str, bytes]], now: float
-    ) -> list[int | tuple[bytes, bytes]]:
-        results: list[int | bytes] = []
+    ) -> list[int | tuple[bytes, bytes] | list[bytes]]:
+        await self.setup()
+        results: list[int | bytes | list[bytes]] = []
         deadline = now + ttl
-        head = [
-            self.prefix, now, deadline, ttl + GRACE_S, max(self.dedupe_ttl_s, 1), side, other,
-            self._legacy_window,
-        ]  # fmt: skip
+        head = [self.prefix, now, deadline, ttl + GRACE_S, max(self.dedupe_ttl_s, 1), side, other]
         async with self.client.pipeline(transaction=False) as pipe:
             for start in range(0, len(items), CHUNK):
                 argv: list[str | bytes | float | int] = list(head)
@@ -379,7 +417,8 @@ class RedisJoin:
                 await self._arrive(keys=[], args=argv, client=pipe)
             for chunk in await pipe.execute():
                 results.extend(chunk)
-        # A joined reply is the other side's stored "<origin>|<blob>": keep both parts.
+        # A joined reply is the other side's stored "<origin>|<blob>": keep both parts. A
+        # redelivery of the completing half gets [<origin>, <blob>] (a list) instead.
         return [tuple(r.split(b"|", 1)) if isinstance(r, bytes) else r for r in results]
 
     async def add_predictions(
@@ -389,7 +428,8 @@ class RedisJoin:
 
         ``items`` are ``(prediction_id, origin, record)``; the origin names the message
         (``"partition:offset:index"``) so that a redelivery of the same message is told apart
-        from a different message repeating the id.
+        from a different message repeating the id. A redelivery of the prediction that completed
+        a join is ``redelivered`` and its join comes again, marked ``again``.
         """
         now = time.time() if now is None else now
         blobs = [(pid, origin, encode_prediction(rec)) for pid, origin, rec in items]
@@ -397,41 +437,42 @@ class RedisJoin:
         results: list[JoinResult] = []
         joined: list[Joined] = []
         for (_, _, rec), r in zip(items, raw, strict=True):
-            if isinstance(r, tuple):
-                results.append("joined")
-                label_origin, blob = r
-                joined.append(Joined(rec, decode_label(blob), f"l{label_origin.decode()}"))
-            else:
+            if isinstance(r, int):
                 results.append(_RESULT[r])
+                continue
+            label_origin, blob = r
+            again = isinstance(r, list)
+            results.append("redelivered" if again else "joined")
+            joined.append(Joined(rec, decode_label(blob), f"l{label_origin.decode()}", again))
         return results, joined
 
     async def add_labels(
         self, items: Sequence[tuple[str, str, LabelRecord]], now: float | None = None
     ) -> tuple[list[JoinResult], list[Joined]]:
-        """Record labels; return each one's result and the joins they completed."""
+        """Record labels; return each one's result and the joins they completed (a redelivery
+        of the label that completed a join is ``redelivered``, its join comes again)."""
         now = time.time() if now is None else now
         blobs = [(pid, origin, encode_label(rec)) for pid, origin, rec in items]
         raw = await self._arrive_batch("l", "p", self.label_ttl_s, blobs, now)
         results: list[JoinResult] = []
         joined: list[Joined] = []
         for (_, origin, rec), r in zip(items, raw, strict=True):
-            if isinstance(r, tuple):
-                results.append("joined")
-                joined.append(Joined(decode_prediction(r[1]), rec, f"l{origin}"))
-            else:
+            if isinstance(r, int):
                 results.append(_RESULT[r])
+                continue
+            again = isinstance(r, list)
+            results.append("redelivered" if again else "joined")
+            joined.append(Joined(decode_prediction(r[1]), rec, f"l{origin}", again))
         return results, joined
 
     async def expire(self, now: float | None = None, limit: int = 1000) -> Expired:
         """Move everything past its deadline to EXPIRED; each id is reported by one caller only."""
         now = time.time() if now is None else now
+        await self.setup()
         async with self.client.pipeline(transaction=False) as pipe:
             for side in ("p", "l"):
                 for shard in range(SHARDS):
-                    args = [
-                        self.prefix, side, shard, now, limit, max(self.dedupe_ttl_s, 1), "",
-                        self._legacy_window,
-                    ]  # fmt: skip
+                    args = [self.prefix, side, shard, now, limit, max(self.dedupe_ttl_s, 1)]
                     await self._sweep(keys=[], args=args, client=pipe)
             replies = await pipe.execute()
         predictions = [decode_prediction(b) for reply in replies[:SHARDS] for b in reply]

@@ -30,7 +30,13 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from streamproc.config import Config, KafkaConfig, load_config
 from streamproc.errors import ConfigError
-from streamproc.ingest import Ingestor, MonitorSink, OutputProducer, RawMessage
+from streamproc.ingest import (
+    Ingestor,
+    MonitorSink,
+    OutputProducer,
+    RawMessage,
+    check_join_layout,
+)
 from streamproc.join import RedisJoin
 from streamproc.metrics import WorkerMetrics
 from streamproc.monitoring import (
@@ -228,6 +234,7 @@ def run(args: argparse.Namespace) -> int:
     """``streamproc worker``: run until SIGTERM/SIGINT."""
     cfg = load_config(args.config)
     use_event_loop(cfg.worker.event_loop)
+    check_join_layout(cfg)
     app = build_app(cfg)
     worker = faust.Worker(app, loglevel=args.loglevel, quiet=True)
     worker.execute_from_commandline()

@@ -2,17 +2,39 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import random
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 import redis
+import redis.asyncio as aioredis
+import redis.exceptions
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from prometheus_client import CollectorRegistry
 
 from streamproc import topics
 from streamproc.config import Config
-from tests.integration.workers import WorkerProcess, consume_all, produce
+from streamproc.ingest import Ingestor, OutputProducer, RawMessage
+from streamproc.join import Joined, JoinRecord, LabelRecord, RedisJoin
+from streamproc.metrics import WorkerMetrics
+from streamproc.monitor import decode_input
+from streamproc.monitoring import RoutingSink, ensure_observations_topic, observations_topic
+from tests.integration.workers import (
+    WorkerProcess,
+    config_env,
+    consume_all,
+    free_port,
+    produce,
+    sample_sum,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -42,6 +64,178 @@ def _batches(docs: list[dict], size: int) -> list[bytes]:
 def applied(config: Config) -> Config:
     topics.apply(config, topics.load_topics(config))
     return config
+
+
+def _outcome_origins(cfg: Config) -> Counter[tuple[str, int]]:
+    """How many times each label message's outcome is on the keyed observations topic, read up
+    to the topic's current end."""
+    consumer = Consumer({**cfg.kafka.librdkafka(), "group.id": f"check-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False})  # fmt: skip
+    topic = observations_topic(cfg)
+    seen: Counter[tuple[str, int]] = Counter()
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), 10)[1] for p in parts}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        left = {p for p, end in ends.items() if end > 0}
+        while left:
+            for msg in consumer.consume(1000, 5):
+                assert msg.error() is None, msg.error()
+                for oc in decode_input(msg.value()).outcomes:
+                    seen[(oc.source, oc.offset)] += 1
+                if msg.offset() + 1 >= ends[msg.partition()]:
+                    left.discard(msg.partition())
+    finally:
+        consumer.close()
+    return seen
+
+
+class _ScriptRanThenTimedOut(RedisJoin):
+    """The real join whose first call of each side runs in Redis and then loses its reply,
+    as when the client's socket times out after the script executed."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.lost: set[str] = set()
+
+    async def _lose_first(self, side: str) -> None:
+        if side not in self.lost:
+            self.lost.add(side)
+            raise redis.exceptions.TimeoutError("Timeout writing to socket")
+
+    async def add_predictions(
+        self, items: Sequence[tuple[str, str, JoinRecord]], now: float | None = None
+    ) -> tuple[list, list[Joined]]:
+        got = await super().add_predictions(items, now)
+        await self._lose_first("p")
+        return got
+
+    async def add_labels(
+        self, items: Sequence[tuple[str, str, LabelRecord]], now: float | None = None
+    ) -> tuple[list, list[Joined]]:
+        got = await super().add_labels(items, now)
+        await self._lose_first("l")
+        return got
+
+
+def _raw(cfg: Config, topic: str, expect: int) -> list[RawMessage]:
+    return [
+        RawMessage(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.timestamp()[1])
+        for m in consume_all(cfg, topic, expect)
+    ]
+
+
+async def _ingest(cfg: Config, join_type: type[RedisJoin], run: str) -> WorkerMetrics:
+    """One worker's ingestion (real Redis join, real Kafka producer, the worker's sink) over
+    everything on the predictions topic, then the labels topic, in one batch each."""
+    metrics = WorkerMetrics(CollectorRegistry())
+    client = aioredis.Redis.from_url(cfg.redis.url, password=cfg.redis.password)
+    output = OutputProducer(cfg)
+    join = join_type(client, cfg.redis.key_prefix, cfg.join.prediction_ttl_s,
+                     cfg.join.label_ttl_s, cfg.join.dedupe_ttl_s)  # fmt: skip
+    ingestor = Ingestor(cfg, join, output, metrics, RoutingSink(cfg, output))
+    try:
+        preds = _raw(cfg, cfg.topics.predictions, 200)
+        labels = _raw(cfg, cfg.topics.labels, 151)
+        if run in ("both", "predictions"):
+            await ingestor.on_predictions(preds)
+        if run in ("both", "labels"):
+            await ingestor.on_labels(labels)
+        elif run == "join only":  # died after the join in Redis, before anything was produced
+            items = [(json.loads(m.value)["prediction_id"], f"{m.partition}:{m.offset}:",
+                      LabelRecord(json.loads(m.value)["label"], 0.0)) for m in labels]  # fmt: skip
+            await join.add_labels(items)
+    finally:
+        await client.aclose()
+    return metrics
+
+
+def _produce_predictions_and_labels(cfg: Config) -> None:
+    ensure_observations_topic(cfg)
+    produce(cfg, cfg.topics.predictions, [json.dumps(_prediction(i)).encode() for i in range(200)])
+    # 150 labels join; one has no prediction and stays pending.
+    labels = [_label(i) for i in range(150)] + [{**_label(0), "prediction_id": "nobody"}]
+    produce(cfg, cfg.topics.labels, [json.dumps(d).encode() for d in labels])
+
+
+def _join_count(metrics: WorkerMetrics, result: str) -> float:
+    return sample_sum(metrics.render().decode(), "streamproc_join_total", result=result)
+
+
+def test_a_batch_retried_after_a_redis_timeout_emits_every_outcome_once(applied: Config) -> None:
+    """The script joined the labels in Redis, the reply was lost, ``ingest.retry`` ran the
+    batch again: every outcome must still reach the observations topic."""
+    _produce_predictions_and_labels(applied)
+    metrics = asyncio.run(_ingest(applied, _ScriptRanThenTimedOut, "both"))
+
+    outcomes = _outcome_origins(applied)
+    assert len(outcomes) == 150
+    assert set(outcomes.values()) == {1}  # the attempt that timed out emitted nothing
+    assert (
+        sample_sum(
+            metrics.render().decode(), "streamproc_infrastructure_errors_total", component="redis"
+        )
+        == 2
+    )
+    assert _join_count(metrics, "joined") == 0  # they joined in the lost attempt ...
+    assert _join_count(metrics, "redelivered") == 151 + 200  # ... and came back as redeliveries
+    assert _join_count(metrics, "duplicate") == 0
+
+
+def test_a_crash_between_the_join_and_the_produce_loses_no_outcome(applied: Config) -> None:
+    """A worker joined the labels in Redis and died before producing; the next one reads the
+    same batch again (its offsets were never committed) and must emit every outcome."""
+    _produce_predictions_and_labels(applied)
+    asyncio.run(_ingest(applied, RedisJoin, "predictions"))
+    asyncio.run(_ingest(applied, RedisJoin, "join only"))
+    assert _outcome_origins(applied) == Counter()
+
+    metrics = asyncio.run(_ingest(applied, RedisJoin, "labels"))
+    outcomes = _outcome_origins(applied)
+    assert len(outcomes) == 150 and set(outcomes.values()) == {1}
+    assert _join_count(metrics, "redelivered") == 151
+    # the first join under a fresh prefix marked its key layout
+    assert redis.Redis.from_url(applied.redis.url).get(f"{applied.redis.key_prefix}:layout") == b"2"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "said"),
+    [
+        (
+            "p:p42",
+            "0:7:|SPJ1",
+            "previous key layout under prefix '{prefix}' (e.g. '{prefix}:p:p42'",
+        ),
+        (
+            "j:p42",
+            "0:7:/0:9:",
+            "previous key layout under prefix '{prefix}' (e.g. '{prefix}:j:p42'",
+        ),
+        ("layout", "1", "{prefix}:layout says Redis holds join state of key layout '1'"),
+    ],
+)
+def test_a_worker_refuses_to_start_on_join_state_of_another_key_layout(
+    config: Config, key: str, value: str, said: str
+) -> None:
+    prefix = config.redis.key_prefix
+    client = redis.Redis.from_url(config.redis.url)
+    client.set(f"{prefix}:{key}", value, ex=600)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "streamproc", "worker"],
+            env=config_env(config, STREAMPROC_WORKER_WEB_PORT=str(free_port())),
+            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        left = client.get(f"{prefix}:layout")  # the worker must not have marked the prefix
+    finally:
+        client.delete(f"{prefix}:{key}")
+    assert left == (b"1" if key == "layout" else None)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert said.format(prefix=prefix) in done.stderr
+    # what to do: drain with the version that wrote it, or the exact command deleting it
+    assert "drain it with the streamproc version that wrote it" in done.stderr
+    assert f"for p in '{prefix}:[plji]:*' '{prefix}:due:*' {prefix}:layout" in done.stderr
+    assert "--scan --pattern" in done.stderr and "unlink" in done.stderr
 
 
 @pytest.mark.slow
@@ -181,7 +375,7 @@ def test_bad_inputs_land_in_deadletter_with_reason_and_bytes_while_good_traffic_
 
 
 @pytest.mark.slow
-def test_sigkill_mid_stream_then_restart_joins_every_labelled_prediction_exactly_once(
+def test_sigkill_mid_stream_then_restart_joins_once_and_emits_every_outcome(
     applied: Config, tmp_path: Path
 ) -> None:
     n = 30_000
@@ -215,15 +409,26 @@ def test_sigkill_mid_stream_then_restart_joins_every_labelled_prediction_exactly
     # One state key per id (see streamproc/join.py): "j" tombstone, "p"/"l" pending.
     states = client.mget(list(client.scan_iter(f"{prefix}:i:*", count=5000)))
     assert len(states) == n
-    tombstones = [v[1:] for v in states if v.startswith(b"j")]
+    tombstones = [v[1:].split(b"|", 1) for v in states if v.startswith(b"j")]
     assert len(tombstones) == len(labels)
-    # Each tombstone names both halves' origins: joined once, by exactly one arrival.
+    # Each tombstone names both halves' origins (joined once, by exactly one arrival), then the
+    # side that completed the join and the other half's blob.
     assert all(
-        v.count(b"/") == 1 and not v.startswith(b"/") and not v.endswith(b"/") for v in tombstones
+        len(v) == 2
+        and v[0].count(b"/") == 1
+        and not v[0].startswith(b"/")
+        and not v[0].endswith(b"/")
+        and v[1][:5] in (b"pSPL1", b"lSPJ1")
+        for v in tombstones
     )
     assert [v for v in states if v.startswith(b"l")] == []
     assert sum(v.startswith(b"p") for v in states) == n - len(labels)
     assert list(consume_all(applied, applied.topics.deadletter, 1, timeout=3)) == []
+    # Downstream, every label message's outcome was emitted at least once (twice only if the
+    # kill fell between an outcome's acknowledged produce and its batch's offset commit).
+    outcomes = _outcome_origins(applied)
+    assert len(outcomes) == len(labels)
+    assert all(source.startswith("l") for source, _ in outcomes)
 
 
 def test_compressed_producer_traffic_is_read(applied: Config, tmp_path: Path) -> None:
