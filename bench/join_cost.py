@@ -3,11 +3,12 @@
 Run: ``.venv/bin/python bench/join_cost.py [--events 100000] [--repeats 3] [--baseline-ref REF]``
 
 "Before" is ``streamproc/join.py`` as of ``--baseline-ref`` (``git show`` into a temporary
-module; the default is the last commit with the three-keys-per-id layout), "after" is the
-working tree's, run twice: "after, legacy window" on a fresh prefix, where it also reads the
-keys of the layout before (its first ``join.prediction_ttl_s`` plus an hour under a prefix),
-and "after" in the steady state past that window. All run the same workload against the same
-Redis, pass after pass interleaved, each pass under a fresh key prefix:
+module; the default is the last commit with the three-keys-per-id layout), "previous" the same
+as of ``--previous-ref`` (default af582a0, one key per id but reading the layout before too
+while its upgrade window lasted, which every prefix started in), and "after" is the working
+tree's, which reads its own layout only and keeps the other half's blob in a join's tombstone
+(to hand a join back to a redelivery of the half that completed it). All run the same workload
+against the same Redis, pass after pass interleaved, each pass under a fresh key prefix:
 
 * ``--events`` predictions with shuffled ids, sent in batches of ``--batch`` like one consumed
   Kafka batch; ``--label-fraction`` of them get a label, of which ``--early-fraction`` reach
@@ -18,9 +19,11 @@ Redis, pass after pass interleaved, each pass under a fresh key prefix:
 For each pass it takes the Redis server's ``INFO cpu`` (``used_cpu_sys + used_cpu_user``) and
 ``INFO commandstats`` (``evalsha`` microseconds) before and after, and the wall time of the
 whole pass (client and server). It prints the median of each, the after/before ratios, and
-checks that both implementations gave the same result counts (``pending``, ``joined``,
-``duplicate``, ``redelivered``) -- the run fails otherwise. Other clients of the same Redis
-add to ``INFO cpu``; the ``evalsha`` column and the spread across passes show how much.
+checks that all implementations gave the same result counts (``pending``, ``joined``,
+``duplicate``, ``redelivered``) -- the run fails otherwise. It also prints the size of a join's
+tombstone (mean value bytes and ``MEMORY USAGE`` over up to 500 joined ids). Other clients of
+the same Redis add to ``INFO cpu``; the ``evalsha`` column and the spread across passes show how
+much.
 
 By default the script starts its own ``redis-server`` (the one on ``PATH``, no persistence) on a
 free port and stops it at the end, so that no other client of a shared Redis adds to its CPU
@@ -73,10 +76,12 @@ class Pass:
     redis_cpu_s: float
     evalsha_us: int
     counts: dict[str, int]
+    tombstone_bytes: float  # mean length of a join's tombstone value
+    tombstone_memory: float  # mean MEMORY USAGE of its key (key, value and overheads)
 
 
-def load_before(ref: str) -> ModuleType:
-    """``streamproc/join.py`` as of ``ref``, imported under another name."""
+def load_before(ref: str, name: str) -> ModuleType:
+    """``streamproc/join.py`` as of ``ref``, imported as ``name``."""
     source = subprocess.run(
         ["git", "show", f"{ref}:streamproc/join.py"],
         cwd=ROOT,
@@ -84,9 +89,9 @@ def load_before(ref: str) -> ModuleType:
         capture_output=True,
         text=True,
     ).stdout
-    path = Path(tempfile.mkdtemp(prefix="join-before-")) / "join_before.py"
+    path = Path(tempfile.mkdtemp(prefix="join-before-")) / f"{name}.py"
     path.write_text(source)
-    spec = importlib.util.spec_from_file_location("join_before", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # msgspec resolves the Structs' annotations through it
@@ -158,9 +163,7 @@ def redis_cpu(client: redis.Redis) -> tuple[float, int]:
     return float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"]), int(stats.get("usec", 0))
 
 
-async def run_pass(
-    module: ModuleType, name: str, url: str, batches: list[Batch], steady: bool = False
-) -> Pass:
+async def run_pass(module: ModuleType, name: str, url: str, batches: list[Batch]) -> Pass:
     prefix = f"bench-join-{uuid.uuid4().hex[:8]}"
     client = aioredis.Redis.from_url(url, decode_responses=False)
     sync = redis.Redis.from_url(url)
@@ -171,10 +174,14 @@ async def run_pass(
     )  # fmt: skip
     label = module.LabelRecord(1, 1_700_000_600.0, "model-a")
     counts: Counter[str] = Counter()
+    joined: list[str] = []
     events = sum(len(b.items) for b in batches)
     await client.ping()
-    if steady:  # past the window in which the join also reads keys of the layout before
+    if hasattr(join, "setup"):
+        # A deployment checks its layout once at start; marked here so that a shared Redis
+        # given by --redis-url is not scanned.
         await client.set(f"{prefix}:layout", "2")
+        await join.setup()
     cpu0, us0 = redis_cpu(sync)
     t0 = time.perf_counter()
     for b in batches:
@@ -183,8 +190,13 @@ async def run_pass(
         else:
             results, _ = await join.add_labels([(pid, o, label) for pid, o in b.items])
         counts.update(results)
+        joined += [pid for (pid, _), r in zip(b.items, results, strict=True) if r == "joined"]
     wall = time.perf_counter() - t0
     cpu1, us1 = redis_cpu(sync)
+    sample = [f"{prefix}:{'j' if module.__name__ == 'join_before' else 'i'}:{pid}"
+              for pid in joined[:: max(1, len(joined) // 500)]]  # fmt: skip
+    size = statistics.mean(len(v) for v in sync.mget(sample)) if sample else 0.0
+    memory = statistics.mean(sync.memory_usage(k, samples=0) for k in sample) if sample else 0.0
     ids = sorted({pid for b in batches for pid, _ in b.items})
     keys = [f"{prefix}:{kind}:{pid}" for kind in "plji" for pid in ids]
     keys += [f"{prefix}:due:{side}:{shard}" for side in "pl" for shard in range(module.SHARDS)]
@@ -193,7 +205,7 @@ async def run_pass(
         sync.unlink(*keys[start : start + 10_000])
     await client.aclose()
     sync.close()
-    return Pass(name, events, wall, cpu1 - cpu0, us1 - us0, dict(counts))
+    return Pass(name, events, wall, cpu1 - cpu0, us1 - us0, dict(counts), size, memory)
 
 
 def main() -> None:
@@ -204,6 +216,7 @@ def main() -> None:
     ap.add_argument("--label-fraction", type=float, default=0.8)
     ap.add_argument("--early-fraction", type=float, default=0.2)
     ap.add_argument("--baseline-ref", default="c8add18", help="git ref of the 'before' join.py")
+    ap.add_argument("--previous-ref", default="af582a0", help="git ref of 'previous' join.py")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--redis-url", default=os.environ.get("STREAMPROC_REDIS_URL"))
     args = ap.parse_args()
@@ -214,20 +227,22 @@ def main() -> None:
 
 def measure(args: argparse.Namespace, url: str) -> None:
     """Run the passes against ``url`` and print the table."""
-    before = load_before(args.baseline_ref)
+    before = load_before(args.baseline_ref, "join_before")
+    previous = load_before(args.previous_ref, "join_previous")
     batches = workload(args.events, args.batch, args.label_fraction, args.early_fraction, args.seed)
     passes: list[Pass] = []
     for _ in range(args.repeats):
-        for name, module, steady in implementations(before):
-            p = asyncio.run(run_pass(module, name, url, batches, steady))
+        for name, module in implementations(before, previous):
+            p = asyncio.run(run_pass(module, name, url, batches))
             passes.append(p)
             print(
                 f"{name:22} {p.events:,} events  {p.events / p.wall_s:>9,.0f} ev/s  "
                 f"Redis {p.redis_cpu_s / p.events * 1e6:5.2f} µs/event (cpu)  "
-                f"{p.evalsha_us / p.events:5.2f} µs/event (evalsha)  {p.counts}",
+                f"{p.evalsha_us / p.events:5.2f} µs/event (evalsha)  tombstone "
+                f"{p.tombstone_bytes:.0f} B ({p.tombstone_memory:.0f} B used)  {p.counts}",
                 flush=True,
             )
-    names = [name for name, _, _ in implementations(before)]
+    names = [name for name, _ in implementations(before, previous)]
     counts = {p.impl: p.counts for p in passes}
     if any(counts[name] != counts["before"] for name in names):
         sys.exit(f"result counts differ: {counts}")
@@ -239,24 +254,26 @@ def measure(args: argparse.Namespace, url: str) -> None:
         "events/s": lambda p: p.events / p.wall_s,
         "Redis CPU µs/event (INFO cpu)": lambda p: p.redis_cpu_s / p.events * 1e6,
         "Redis µs/event in EVALSHA (commandstats)": lambda p: p.evalsha_us / p.events,
+        "tombstone value bytes": lambda p: p.tombstone_bytes,
+        "tombstone MEMORY USAGE bytes": lambda p: p.tombstone_memory,
     }
     print(f"\n{len(batches)} batches, {passes[0].events:,} events, medians of {args.repeats}")
-    ratios = [f"{n} / before" for n in names[1:]]
+    pairs = [(n, names[0]) for n in names[1:]] + [(names[-1], names[1])]
+    ratios = [f"{a} / {b}" for a, b in pairs]
     print("| measure | " + " | ".join(names + ratios) + " |")
-    print("| --- |" + " ---: |" * (2 * len(names) - 1))
+    print("| --- |" + " ---: |" * (len(names) + len(pairs)))
     for label, f in rows.items():
-        values = [med(name, f) for name in names]
-        cells = [f"{v:,.2f}" for v in values] + [f"{v / values[0]:.2f}" for v in values[1:]]
+        value = {name: med(name, f) for name in names}
+        cells = [f"{value[n]:,.2f}" for n in names]
+        cells += [f"{value[a] / value[b]:.2f}" if value[b] else "-" for a, b in pairs]
         print(f"| {label} | " + " | ".join(cells) + " |")
 
 
-def implementations(before: ModuleType) -> list[tuple[str, ModuleType, bool]]:
-    """What each pass runs: name, module, and whether the prefix starts in the steady state."""
-    return [
-        ("before", before, False),
-        ("after, legacy window", after_module, False),
-        ("after", after_module, True),
-    ]
+def implementations(before: ModuleType, previous: ModuleType) -> list[tuple[str, ModuleType]]:
+    """What each pass runs: name and module. "previous" starts each pass on a fresh prefix, so
+    inside the window in which it also read keys of the layout before, as every deployment of
+    it did for its first ``prediction_ttl_s`` plus an hour."""
+    return [("before", before), ("previous, legacy window", previous), ("after", after_module)]
 
 
 if __name__ == "__main__":
