@@ -75,8 +75,11 @@ class Observation(msgspec.Struct, array_like=True, frozen=True):
 class Outcome(msgspec.Struct, array_like=True, frozen=True):
     """A joined prediction and label, placed at its label's position (``source`` = "l<p>").
 
-    The join emits each outcome once; a re-read of the keyed topic after a restart is skipped
-    by the stage's applied offsets (:attr:`ModelMonitor.applied`), not here.
+    The join emits an outcome at least once: again after a Redis timeout or a crash before its
+    batch was produced, and twice only if the process dies between the produce's ack and the
+    offset commit (see :mod:`streamproc.join`); such a rare duplicate counts twice here. A
+    re-read of the keyed topic after a restart is skipped by the stage's applied offsets
+    (:attr:`ModelMonitor.applied`), not here.
     """
 
     source: str
