@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import ssl
 from collections.abc import Callable
@@ -235,10 +236,35 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     use_event_loop(cfg.worker.event_loop)
     check_join_layout(cfg)
+    tune_gc()
     app = build_app(cfg)
     worker = faust.Worker(app, loglevel=args.loglevel, quiet=True)
     worker.execute_from_commandline()
     return 0
+
+
+# Young collections every 20,000 container allocations instead of 700, and full ones 10x rarer.
+GC_THRESHOLDS = (20_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """Make the cyclic garbage collector run less often in the worker process.
+
+    Every consumed batch allocates many short-lived containers (decoded events, the keyed
+    topic's observations, their dicts) while the worker holds a large, long-lived heap (Faust,
+    the monitors' state): with CPython's default thresholds (700, 10, 10) the collector kept
+    re-scanning that heap and took about a fifth of the worker's CPU (measured with
+    bench/pipeline_throughput.py). Nothing in the worker relies on prompt collection of cycles;
+    reference counting still frees everything else at once.
+
+    Examples
+    --------
+    >>> old = gc.get_threshold()
+    >>> tune_gc(); gc.get_threshold() == GC_THRESHOLDS
+    True
+    >>> gc.set_threshold(*old)
+    """
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def use_event_loop(kind: str) -> None:
