@@ -23,9 +23,8 @@ SHAPES = {"single": "1 event/msg", "batch500": "500 events/msg"}
 PATHS = ("consume limit", "streamproc worker")
 
 
-def test_ingest_benchmark_reports_every_shape_and_path_and_leaves_nothing_behind(
-    config: Config, tmp_path: Path
-) -> None:
+def _bench_env(config: Config) -> dict[str, str]:
+    """This environment without our settings, pointed at the test's Kafka and Redis."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -33,6 +32,13 @@ def test_ingest_benchmark_reports_every_shape_and_path_and_leaves_nothing_behind
     }
     env["STREAMPROC_KAFKA_BOOTSTRAP"] = config.kafka.bootstrap
     env["STREAMPROC_REDIS_URL"] = config.redis.url
+    return env
+
+
+def test_ingest_benchmark_reports_every_shape_and_path_and_leaves_nothing_behind(
+    config: Config, tmp_path: Path
+) -> None:
+    env = _bench_env(config)
     proc = subprocess.run(
         [sys.executable, "bench/ingest_throughput.py", "--events", "2000", "--repeats", "1",
          "--shapes", ",".join(SHAPES), "--out", str(tmp_path)],
@@ -90,13 +96,7 @@ def _number(cell: str) -> float:
 def test_run_all_writes_every_table_with_real_numbers_and_leaves_nothing_behind(
     config: Config, tmp_path: Path
 ) -> None:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("STREAMPROC_") or k == "STREAMPROC_CACHE"
-    }
-    env["STREAMPROC_KAFKA_BOOTSTRAP"] = config.kafka.bootstrap
-    env["STREAMPROC_REDIS_URL"] = config.redis.url
+    env = _bench_env(config)
     results = tmp_path / "RESULTS.md"
     proc = subprocess.run(
         [sys.executable, "bench/run_all.py", "--tiny", "--out", str(tmp_path),
