@@ -348,6 +348,13 @@ def measure_workers(
             # One worker took everything before the other joined (tiny sizes): time from the
             # group's first stable assignment.
             first, timed_from = any_first, "first worker"
+        if first is not None and end is not None and count <= first[1]:
+            # The group was first seen stable (rebalances read as 0 members) only after
+            # everything was counted: nothing is left to time. Not a figure of 0 events/s.
+            return Pass(
+                None, None, 0, "untimed: every event was counted before the group was stable "
+                "with all workers; use a larger --size", n, load_before=load,
+            )  # fmt: skip
         if first is None or end is None:
             why = "exited" if not workers.alive() else "timeout"
             return Pass(
