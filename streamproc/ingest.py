@@ -255,11 +255,12 @@ class Ingestor:
         return keep
 
     def _joined(self, joined: Sequence[Joined]) -> None:
-        # A join rebuilt for a redelivery was counted (as "redelivered") and timed already.
-        fresh = [j for j in joined if not j.again]
-        if fresh:
-            self.metrics.join.labels(result="joined").inc(len(fresh))
-            for j in fresh:
+        # A join handed back to a redelivery (``again``: after a Redis timeout or a crash
+        # before its outcome was produced) is emitted by this process now, so it counts here
+        # as joined too; its arrival was counted as "redelivered" already.
+        if joined:
+            self.metrics.join.labels(result="joined").inc(len(joined))
+            for j in joined:
                 self.metrics.label_delay.observe(max(j.label_delay_s, 0.0))
 
     async def on_predictions(self, msgs: Sequence[RawMessage]) -> None:

@@ -80,6 +80,7 @@ _MAGIC_LABEL = b"SPL1"
 SHARDS = 16
 GRACE_S = 3600
 CHUNK = 500
+CHUNKS_PER_ROUND_TRIP = 20  # 10,000 events: tens of ms of Redis time per round trip
 LAYOUT = b"2"
 
 
@@ -409,14 +410,18 @@ class RedisJoin:
         results: list[int | bytes | list[bytes]] = []
         deadline = now + ttl
         head = [self.prefix, now, deadline, ttl + GRACE_S, max(self.dedupe_ttl_s, 1), side, other]
-        async with self.client.pipeline(transaction=False) as pipe:
-            for start in range(0, len(items), CHUNK):
-                argv: list[str | bytes | float | int] = list(head)
-                for pid, origin, blob in items[start : start + CHUNK]:
-                    argv += [pid, shard_of(pid), origin, blob]
-                await self._arrive(keys=[], args=argv, client=pipe)
-            for chunk in await pipe.execute():
-                results.extend(chunk)
+        # Bounded round trips: a consumed batch can hold 10^5 events, and one pipeline of
+        # them all could outlast the client's socket timeout while Redis works through it.
+        step = CHUNK * CHUNKS_PER_ROUND_TRIP
+        for first in range(0, len(items), step):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for start in range(first, min(first + step, len(items)), CHUNK):
+                    argv: list[str | bytes | float | int] = list(head)
+                    for pid, origin, blob in items[start : start + CHUNK]:
+                        argv += [pid, shard_of(pid), origin, blob]
+                    await self._arrive(keys=[], args=argv, client=pipe)
+                for chunk in await pipe.execute():
+                    results.extend(chunk)
         # A joined reply is the other side's stored "<origin>|<blob>": keep both parts. A
         # redelivery of the completing half gets [<origin>, <blob>] (a list) instead.
         return [tuple(r.split(b"|", 1)) if isinstance(r, bytes) else r for r in results]
