@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from streamproc.detectors import ADWINDetector
+from streamproc.judge.detectors import ADWINDetector
 
 PRE = 20_000
 POST = 20_000

@@ -64,8 +64,7 @@ import numpy as np
 
 from streamproc.config import MonitoringConfig
 from streamproc.contracts import Alert
-from streamproc.monitor import ModelMonitor, Observation, Outcome, SegRef, segref_from_baseline
-from streamproc.synthetic import (
+from streamproc.dev.synthetic import (
     AccuracyDrop,
     Change,
     MeanShift,
@@ -76,6 +75,7 @@ from streamproc.synthetic import (
     WorkloadSpec,
     reference_profile,
 )
+from streamproc.monitor import ModelMonitor, Observation, Outcome, SegRef, segref_from_baseline
 
 OUT = Path(__file__).resolve().parent / "out"
 PARTITIONS = 6

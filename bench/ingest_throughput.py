@@ -59,9 +59,9 @@ import redis
 from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
-from streamproc import topics
 from streamproc.config import Config, load_config
-from streamproc.stack import Stack, cache_dir
+from streamproc.dev.stack import Stack, cache_dir
+from streamproc.kafka import topics
 
 ROOT = Path(__file__).resolve().parent.parent
 POLL_S = 0.05

@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python bench/memory_per_monitor.py [--monitors 1000] [--events-per-model 20000]``
 
-A monitor is ``(model, version, segment)``. The synthetic model (``streamproc.synthetic``: 20
+A monitor is ``(model, version, segment)``. The synthetic model (``streamproc.dev.synthetic``: 20
 numeric + 3 categorical features, segment dimensions ``country`` x ``device`` = 4 x 3 values)
 has 1 + 4 + 3 = 8 monitors, so ``--monitors 1000`` runs 125 models, each with its own baseline
 (decoded from the stored bytes of the synthetic reference profile, as the worker loads it from
@@ -42,6 +42,7 @@ import orjson
 
 from streamproc.baseline import ReferenceProfile
 from streamproc.config import MonitoringConfig
+from streamproc.dev.synthetic import Workload, WorkloadSpec, reference_profile
 from streamproc.monitor import (
     ModelMonitor,
     Observation,
@@ -52,12 +53,11 @@ from streamproc.monitor import (
     monitor_to_bytes,
     segref_from_baseline,
 )
-from streamproc.synthetic import Workload, WorkloadSpec, reference_profile
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 6  # predictions and labels partitions in topology/topics.yaml
 CHUNK = 250  # observations per keyed-topic message (streamproc.monitoring.CHUNK)
-ADVANCE_EVERY = 5000  # events between two advance() calls (as streamproc.replay does)
+ADVANCE_EVERY = 5000  # events between two advance() calls (as streamproc.tools.replay does)
 
 
 def rss_bytes() -> int:

@@ -46,8 +46,8 @@ PARTITIONS = 6
 def _inputs(events: int, batch: int) -> tuple[list[bytes], Any, Any]:
     from streamproc.config import MonitoringConfig
     from streamproc.contracts import Prediction
+    from streamproc.dev.synthetic import Workload, WorkloadSpec, reference_profile
     from streamproc.monitor import MonitorInput, encode_input, observation_of, segref_from_baseline
-    from streamproc.synthetic import Workload, WorkloadSpec, reference_profile
 
     spec = WorkloadSpec()
     profile = reference_profile(spec, 30_000)

@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python bench/pipeline_throughput.py [--size 100000] [--repeats 3]``
 
-The workload is :mod:`streamproc.synthetic`'s standard one (20 numeric + 3 categorical
+The workload is :mod:`streamproc.dev.synthetic`'s standard one (20 numeric + 3 categorical
 features, segment dimensions country x device = 4 x 3, scores, a label for every prediction
 arriving with a lognormal delay, in label-time order, on its own topic), seeded, generated and
 produced as a stream (never held in memory), so ``--size`` can go from 100k to 5M events.
@@ -65,12 +65,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ingest_throughput as ib  # a sibling script, not a package
 
-from streamproc import topics
 from streamproc.baseline import BaselineStore
 from streamproc.config import Config
+from streamproc.dev.synthetic import Workload, WorkloadSpec, reference_profile
+from streamproc.kafka import topics
 from streamproc.monitor import monitor_from_bytes
 from streamproc.monitoring import observations_topic
-from streamproc.synthetic import Workload, WorkloadSpec, reference_profile
 
 ROOT = Path(__file__).resolve().parent.parent
 POLL_S = 0.05

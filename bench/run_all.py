@@ -117,7 +117,7 @@ def load_average() -> list[float] | None:
 
 def versions(redis_url: str | None) -> dict[str, Any]:
     """Python, Kafka, Redis, the libraries the figures depend on, and the git commit."""
-    from streamproc.stack import KAFKA_VERSION
+    from streamproc.dev.stack import KAFKA_VERSION
 
     def dist(name: str) -> str | None:
         try:
@@ -160,7 +160,7 @@ def redis_url_in_use() -> str | None:
     url = os.environ.get("STREAMPROC_REDIS_URL")
     if url:
         return url
-    from streamproc.stack import Stack
+    from streamproc.dev.stack import Stack
 
     return Stack().redis_url
 

@@ -20,7 +20,7 @@ def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def cmd_stack(args: argparse.Namespace) -> int:
-    from streamproc.stack import Stack
+    from streamproc.dev.stack import Stack
 
     stack = Stack(kafka_port=args.kafka_port, redis_port=args.redis_port)
     if args.action == "up":
@@ -38,7 +38,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
-    from streamproc import topics
+    from streamproc.kafka import topics
 
     cfg = _config(args)
     report = topics.apply(cfg, topics.load_topics(cfg, args.file), args.replication_factor)
@@ -84,7 +84,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from streamproc.stack import DEFAULT_KAFKA_PORT, DEFAULT_REDIS_PORT
+    from streamproc.dev.stack import DEFAULT_KAFKA_PORT, DEFAULT_REDIS_PORT
 
     parser = argparse.ArgumentParser(
         prog="streamproc", description="Kafka-native streaming drift detection for ML models."
@@ -121,12 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
 # Feature modules that add sub-commands through their own ``register_cli(subparsers)``, so this
 # file stays a thin dispatcher. Their heavy imports belong inside their handlers.
 COMMAND_MODULES: list[str] = [
-    "streamproc.smoke",
-    "streamproc.worker",
-    "streamproc.oncall",
+    "streamproc.dev.smoke",
+    "streamproc.worker.app",
+    "streamproc.tools.oncall",
     "streamproc.baseline",
-    "streamproc.demo",
-    "streamproc.replay",
+    "streamproc.dev.demo",
+    "streamproc.tools.replay",
 ]
 
 
@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "stack":
-        from streamproc.stack import Stack
+        from streamproc.dev.stack import Stack
 
         defaults = Stack()
         args.kafka_port = args.kafka_port or defaults.kafka_port

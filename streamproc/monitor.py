@@ -37,12 +37,12 @@ from typing import Any, NamedTuple, Protocol
 import msgspec
 import numpy as np
 
-from streamproc import stats
-from streamproc.alerts import AlertKey, AlertTracker, Kind, Severity, Verdict, iso
 from streamproc.config import MonitoringConfig, Tiers
 from streamproc.contracts import Alert, MetricsRecord, Prediction, Scalar, Window
-from streamproc.detectors import ADWINDetector, PageHinkleyDetector
 from streamproc.errors import StateEncodingError
+from streamproc.judge import stats
+from streamproc.judge.alerts import AlertKey, AlertTracker, Kind, Severity, Verdict, iso
+from streamproc.judge.detectors import ADWINDetector, PageHinkleyDetector
 from streamproc.sketch import (
     OTHER,
     CategoricalSketch,
@@ -77,7 +77,7 @@ class Outcome(msgspec.Struct, array_like=True, frozen=True):
 
     The join emits an outcome at least once: again after a Redis timeout or a crash before its
     batch was produced, and twice only if the process dies between the produce's ack and the
-    offset commit (see :mod:`streamproc.join`); such a rare duplicate counts twice here. A
+    offset commit (see :mod:`streamproc.ingest.join`); such a rare duplicate counts twice here. A
     re-read of the keyed topic after a restart is skipped by the stage's applied offsets
     (:attr:`ModelMonitor.applied`), not here.
     """

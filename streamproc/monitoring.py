@@ -36,9 +36,10 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from streamproc.config import Config
 from streamproc.contracts import encode
 from streamproc.errors import StateEncodingError
-from streamproc.ingest import MonitorSink, Observed, OutputProducer, retry
-from streamproc.join import Joined, JoinRecord
-from streamproc.metrics import WorkerMetrics
+from streamproc.ingest.ingestor import MonitorSink, Observed
+from streamproc.ingest.join import Joined, JoinRecord
+from streamproc.kafka.producer import OutputProducer
+from streamproc.kafka.retry import retry
 from streamproc.monitor import (
     ModelMonitor,
     MonitorInput,
@@ -54,6 +55,7 @@ from streamproc.monitor import (
     outcome_of,
     segref_from_baseline,
 )
+from streamproc.worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 ALERT_MEMORY_S = 30 * 24 * 3600

@@ -69,7 +69,7 @@ def endpoints() -> Iterator[Endpoints]:
         with _containers() as found:
             yield found
         return
-    from streamproc.stack import Stack
+    from streamproc.dev.stack import Stack
 
     stack = Stack()
     already = stack.started_by_us() or (stack.kafka.answers() and stack.redis.answers())

@@ -18,7 +18,6 @@ import redis.asyncio
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streamproc import topics
 from streamproc.baseline import (
     ALL,
     AsyncBaselineStore,
@@ -32,7 +31,8 @@ from streamproc.baseline import (
 )
 from streamproc.config import Config
 from streamproc.contracts import Prediction
-from streamproc.synthetic import Workload, WorkloadSpec
+from streamproc.dev.synthetic import Workload, WorkloadSpec
+from streamproc.kafka import topics
 from tests.integration.workers import config_env
 
 pytestmark = pytest.mark.integration

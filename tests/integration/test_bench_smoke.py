@@ -14,7 +14,7 @@ import redis
 from confluent_kafka.admin import AdminClient
 
 from streamproc.config import Config
-from streamproc.stack import cache_dir
+from streamproc.dev.stack import cache_dir
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -20,13 +20,14 @@ import redis.exceptions
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from streamproc import topics
 from streamproc.config import Config
-from streamproc.ingest import Ingestor, OutputProducer, RawMessage
-from streamproc.join import Joined, JoinRecord, LabelRecord, RedisJoin
-from streamproc.metrics import WorkerMetrics
+from streamproc.ingest.ingestor import Ingestor, RawMessage
+from streamproc.ingest.join import Joined, JoinRecord, LabelRecord, RedisJoin
+from streamproc.kafka import topics
+from streamproc.kafka.producer import OutputProducer
 from streamproc.monitor import decode_input
 from streamproc.monitoring import RoutingSink, ensure_observations_topic, observations_topic
+from streamproc.worker.metrics import WorkerMetrics
 from tests.integration.workers import (
     WorkerProcess,
     config_env,

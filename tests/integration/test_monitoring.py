@@ -12,10 +12,16 @@ import pytest
 import redis
 from confluent_kafka import Producer
 
-from streamproc import topics
 from streamproc.baseline import BaselineStore
 from streamproc.config import Config
-from streamproc.synthetic import AccuracyDrop, MeanShift, Workload, WorkloadSpec, reference_profile
+from streamproc.dev.synthetic import (
+    AccuracyDrop,
+    MeanShift,
+    Workload,
+    WorkloadSpec,
+    reference_profile,
+)
+from streamproc.kafka import topics
 from tests.integration.workers import WorkerProcess, consume_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

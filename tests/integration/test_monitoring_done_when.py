@@ -34,10 +34,9 @@ import pytest
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from streamproc import topics
 from streamproc.baseline import BaselineStore
 from streamproc.config import Config
-from streamproc.synthetic import (
+from streamproc.dev.synthetic import (
     AccuracyDrop,
     Change,
     Injection,
@@ -49,6 +48,7 @@ from streamproc.synthetic import (
     WorkloadSpec,
     reference_profile,
 )
+from streamproc.kafka import topics
 from tests.integration.workers import WorkerProcess, sample_sum
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

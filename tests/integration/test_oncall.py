@@ -12,9 +12,9 @@ import msgspec
 import pytest
 from confluent_kafka import Producer
 
-from streamproc import topics
 from streamproc.config import Config
 from streamproc.contracts import Alert, MetricsRecord, Source, Window, encode
+from streamproc.kafka import topics
 from tests.integration.workers import config_env, produce
 
 pytestmark = pytest.mark.integration

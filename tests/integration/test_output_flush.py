@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streamproc import topics
 from streamproc.config import Config
-from streamproc.ingest import KafkaDeliveryError, OutputProducer
+from streamproc.kafka import topics
+from streamproc.kafka.producer import KafkaDeliveryError, OutputProducer
 from tests.integration.workers import consume_all
 
 pytestmark = pytest.mark.integration

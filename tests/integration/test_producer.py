@@ -12,11 +12,11 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streamproc import topics
 from streamproc.config import Config
 from streamproc.contracts import Label, Prediction, decode_message
 from streamproc.errors import TopicError
-from streamproc.producer import PredictionLogger, default_partition
+from streamproc.kafka import topics
+from streamproc.sdk.producer import PredictionLogger, default_partition
 
 pytestmark = pytest.mark.integration
 

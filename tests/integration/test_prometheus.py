@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from streamproc import topics
 from streamproc.config import Config
-from streamproc.synthetic import WorkloadSpec, generate
+from streamproc.dev.synthetic import WorkloadSpec, generate
+from streamproc.kafka import topics
 from tests.integration.test_monitoring import MONITOR_ENV
 from tests.integration.workers import WorkerProcess, free_port, produce
 

@@ -13,9 +13,9 @@ import redis
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
-from streamproc import topics
 from streamproc.config import Config
-from streamproc.stack import Stack, _pid_alive, port_open
+from streamproc.dev.stack import Stack, _pid_alive, port_open
+from streamproc.kafka import topics
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ import msgspec
 import pytest
 
 from streamproc.config import Config
-from streamproc.worker import build_app
+from streamproc.worker.app import build_app
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamproc.join import SHARDS, JoinRecord, LabelRecord, RedisJoin
+from streamproc.ingest.join import SHARDS, JoinRecord, LabelRecord, RedisJoin
 from tests.conftest import Endpoints
 
 pytestmark = pytest.mark.integration

@@ -29,10 +29,10 @@ from streamproc.baseline import (
     segment_keys_of,
 )
 from streamproc.contracts import Prediction
+from streamproc.dev.synthetic import Workload, WorkloadSpec
 from streamproc.errors import StateEncodingError
+from streamproc.judge.stats import fit_calibration_map
 from streamproc.sketch import NumericSketch, pack_state, reference_edges
-from streamproc.stats import fit_calibration_map
-from streamproc.synthetic import Workload, WorkloadSpec
 
 WHEN = "2024-01-01T00:00:00Z"
 

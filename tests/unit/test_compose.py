@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from streamproc.config import WorkerConfig
-from streamproc.stack import DEFAULT_KAFKA_PORT, DEFAULT_REDIS_PORT, KAFKA_VERSION
+from streamproc.dev.stack import DEFAULT_KAFKA_PORT, DEFAULT_REDIS_PORT, KAFKA_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

@@ -15,7 +15,8 @@ import msgspec
 import numpy as np
 import pytest
 
-from streamproc.detectors import (
+from streamproc.errors import StateEncodingError
+from streamproc.judge.detectors import (
     MAGIC,
     ADWINDetector,
     DDMDetector,
@@ -26,7 +27,6 @@ from streamproc.detectors import (
     _encode_adwin_rust,
     detector_from_bytes,
 )
-from streamproc.errors import StateEncodingError
 
 
 def _shift_stream() -> list[float]:

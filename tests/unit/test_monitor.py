@@ -15,16 +15,7 @@ import pytest
 
 from streamproc.config import MonitoringConfig
 from streamproc.contracts import Alert
-from streamproc.monitor import (
-    ModelMonitor,
-    Observation,
-    Outcome,
-    SegRef,
-    monitor_from_bytes,
-    monitor_to_bytes,
-    segref_from_baseline,
-)
-from streamproc.synthetic import (
+from streamproc.dev.synthetic import (
     AccuracyDrop,
     MeanShift,
     NewCategory,
@@ -33,6 +24,15 @@ from streamproc.synthetic import (
     Workload,
     WorkloadSpec,
     reference_profile,
+)
+from streamproc.monitor import (
+    ModelMonitor,
+    Observation,
+    Outcome,
+    SegRef,
+    monitor_from_bytes,
+    monitor_to_bytes,
+    segref_from_baseline,
 )
 
 PARTITIONS = 6

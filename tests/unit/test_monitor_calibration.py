@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 from streamproc.config import MonitoringConfig
 from streamproc.contracts import Alert
+from streamproc.dev.synthetic import Workload, WorkloadSpec, reference_profile
 from streamproc.monitor import ModelMonitor, Observation, Outcome, SegRef, segref_from_baseline
-from streamproc.synthetic import Workload, WorkloadSpec, reference_profile
 
 PARTITIONS = 6
 CFG = MonitoringConfig(window_s=60.0, tick_s=2.0, lateness_s=5.0)

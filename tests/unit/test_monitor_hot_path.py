@@ -19,6 +19,13 @@ import numpy as np
 import pytest
 
 from streamproc.config import MonitoringConfig
+from streamproc.dev.synthetic import (
+    MeanShift,
+    NewCategory,
+    NullBurst,
+    Workload,
+    WorkloadSpec,
+)
 from streamproc.monitor import (
     Z_SCALE,
     ModelMonitor,
@@ -32,13 +39,6 @@ from streamproc.monitor import (
     monitor_to_bytes,
 )
 from streamproc.sketch import NumericSketch
-from streamproc.synthetic import (
-    MeanShift,
-    NewCategory,
-    NullBurst,
-    Workload,
-    WorkloadSpec,
-)
 from tests.unit.test_monitor import CFG, PARTITIONS, observations, references
 
 

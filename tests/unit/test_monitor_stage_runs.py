@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import msgspec
 
+from streamproc.dev.synthetic import MeanShift, Workload, WorkloadSpec
 from streamproc.monitor import ModelMonitor, MonitorInput, Outcome
 from streamproc.monitoring import FOLD_MAX, _Run
-from streamproc.synthetic import MeanShift, Workload, WorkloadSpec
 from tests.unit.test_monitor import CFG, PARTITIONS, observations, references
 
 SPEC = WorkloadSpec(rate=50.0, changes=(MeanShift("f03", 1.5, start=3_000, end=9_000),))

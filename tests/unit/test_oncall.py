@@ -10,10 +10,10 @@ from typing import Any
 import msgspec
 import pytest
 
-from streamproc import oncall
 from streamproc.cli import build_parser
 from streamproc.contracts import Alert, MetricsRecord, Source, Window, encode
-from streamproc.oncall import (
+from streamproc.tools import oncall
+from streamproc.tools.oncall import (
     StatusBoard,
     decode_record,
     format_alert,

@@ -24,7 +24,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from streamproc.config import Config, load_config
 from streamproc.contracts import Label, Prediction, decode_message
-from streamproc.producer import (
+from streamproc.sdk.producer import (
     InvalidEvent,
     PredictionLogger,
     ProducerError,
@@ -564,7 +564,7 @@ def test_without_a_callback_failures_are_logged(
 ) -> None:
     logger = make(batch_size=1)
     fake.fail_with = KafkaError(KafkaError._MSG_TIMED_OUT)
-    with caplog.at_level(logging.ERROR, logger="streamproc.producer"):
+    with caplog.at_level(logging.ERROR, logger="streamproc.sdk.producer"):
         _log(logger, "p1")
         logger.flush()
     assert logger.failed_events == 1
@@ -623,7 +623,7 @@ def test_a_raising_callback_is_logged_and_the_thread_keeps_sending(
         raise RuntimeError("callback bug")
 
     logger = make(batch_size=500, linger_ms=5, on_delivery=explode)
-    with caplog.at_level(logging.ERROR, logger="streamproc.producer"):
+    with caplog.at_level(logging.ERROR, logger="streamproc.sdk.producer"):
         _log(logger, "p1")
         assert _wait_until(lambda: logger.delivered_events == 1)
         _log(logger, "p2")

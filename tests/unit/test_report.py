@@ -5,10 +5,10 @@ from __future__ import annotations
 import base64
 import re
 
-from streamproc.alerts import iso
 from streamproc.config import MonitoringConfig
 from streamproc.contracts import Alert, MetricsRecord, Source, Window
-from streamproc.report import FeatureHistogram, analyse, render_report
+from streamproc.judge.alerts import iso
+from streamproc.tools.report import FeatureHistogram, analyse, render_report
 
 CFG = MonitoringConfig(window_s=60.0, tick_s=5.0)
 T0 = 1_704_067_200.0  # 2024-01-01T00:00:00Z

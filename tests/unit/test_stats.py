@@ -9,8 +9,7 @@ import pytest
 from scipy import stats as sst
 from scipy.spatial.distance import jensenshannon
 
-from streamproc.sketch import CalibrationSketch, NumericSketch, reference_edges
-from streamproc.stats import (
+from streamproc.judge.stats import (
     DEFAULT_MIN_WINDOW_COUNT,
     CalibrationMap,
     calibration_excess,
@@ -31,6 +30,7 @@ from streamproc.stats import (
     top1_rate,
     vanished_categories,
 )
+from streamproc.sketch import CalibrationSketch, NumericSketch, reference_edges
 
 # -- PSI ----------------------------------------------------------------------------------------
 

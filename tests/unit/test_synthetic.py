@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from streamproc.contracts import Label, Prediction, decode_message
-from streamproc.synthetic import (
+from streamproc.dev.synthetic import (
     AccuracyDrop,
     Change,
     MeanShift,

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamproc.metrics import WorkerMetrics
+from streamproc.worker.metrics import WorkerMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPOLOGY = ROOT / "topology"

@@ -11,7 +11,7 @@ import uvloop
 
 from streamproc.config import load_config
 from streamproc.errors import ConfigError
-from streamproc.worker import use_event_loop
+from streamproc.worker.app import use_event_loop
 
 
 @pytest.fixture(autouse=True)

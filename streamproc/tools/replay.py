@@ -8,7 +8,7 @@ monitors emitted to a directory:
 ``alerts.jsonl`` / ``metrics.jsonl``
     ``alert.v1`` / ``metrics.v1`` records, msgspec-encoded, one per line, in emission order.
 ``report.html``
-    One self-contained page (:mod:`streamproc.report`): prediction shift, features ranked by
+    One self-contained page (:mod:`streamproc.tools.report`): prediction shift, features ranked by
     PSI with histograms, the worst segments, and when each signal started.
 
 Isolation
@@ -60,7 +60,6 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import msgspec
 
-from streamproc import topics
 from streamproc.contracts import (
     Alert,
     Label,
@@ -72,6 +71,7 @@ from streamproc.contracts import (
     event_time,
 )
 from streamproc.errors import StreamprocError
+from streamproc.kafka import topics
 from streamproc.monitor import (
     ModelMonitor,
     NumRef,
@@ -84,7 +84,7 @@ from streamproc.monitor import (
     outcome_of,
     segref_from_baseline,
 )
-from streamproc.report import FeatureHistogram
+from streamproc.tools.report import FeatureHistogram
 
 if TYPE_CHECKING:
     from confluent_kafka import Consumer, Message
@@ -174,7 +174,7 @@ def apply_overrides(
     >>> apply_overrides(MonitoringConfig(), thresholds=["psi.warm=1"])  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    streamproc.replay.ReplayError: --threshold psi.warm=1: unknown key psi.warm ...
+    streamproc.tools.replay.ReplayError: --threshold psi.warm=1: unknown key psi.warm ...
     """
     from streamproc.config import MonitoringConfig
 
@@ -660,7 +660,7 @@ class _References:
 
 
 def _iso(t: float) -> str:
-    from streamproc.alerts import iso
+    from streamproc.judge.alerts import iso
 
     return iso(t)
 
@@ -1081,7 +1081,7 @@ def measure_raw(cfg: Config, topic: str, ranges: Ranges, timeout_s: float) -> tu
 
 def write_outputs(result: ReplayResult, out: Path) -> list[Path]:
     """Write ``alerts.jsonl``, ``metrics.jsonl`` and ``report.html`` into ``out``."""
-    from streamproc.report import render_report
+    from streamproc.tools.report import render_report
 
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -1114,7 +1114,7 @@ def check_publish_topic(cfg: Config, topic: str) -> None:
     >>> check_publish_topic(Config(), "alerts")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    streamproc.replay.ReplayError: --publish 'alerts' is the live alerts topic (topics.alerts); ...
+    streamproc.tools.replay.ReplayError: --publish 'alerts' is the live alerts topic (topics.alerts); ...
     """
     live = {
         cfg.topics.alerts: "alerts",
@@ -1293,7 +1293,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.set_defaults(func=run)
 
 
-def _main() -> None:  # pragma: no cover - python -m streamproc.replay
+def _main() -> None:  # pragma: no cover - python -m streamproc.tools.replay
     from streamproc.cli import main
 
     sys.exit(main(["replay", *sys.argv[1:]]))

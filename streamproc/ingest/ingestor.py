@@ -10,7 +10,7 @@ the same code. One call handles one consumed batch, in this order:
 3. hand accepted events and completed joins to the monitoring sink, including the joins a
    redelivered message had completed before (the join rebuilds them), so that an outcome lost to
    a Redis timeout retried by :func:`retry`, or to a crash before its produce, is emitted now
-   (outcomes are at-least-once: see :mod:`streamproc.join`);
+   (outcomes are at-least-once: see :mod:`streamproc.ingest.join`);
 4. flush every produced record (dead letters, and whatever the sink produced) and wait for the
    broker's acknowledgement.
 
@@ -25,14 +25,12 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
 import redis.asyncio as aioredis
-import redis.exceptions
-from confluent_kafka import KafkaError, Producer
 
 from streamproc.config import Config
 from streamproc.contracts import (
@@ -45,8 +43,10 @@ from streamproc.contracts import (
     encode,
     event_time,
 )
-from streamproc.join import Joined, JoinRecord, LabelRecord, RedisJoin, ensure_layout
-from streamproc.metrics import WorkerMetrics
+from streamproc.ingest.join import Joined, JoinRecord, LabelRecord, RedisJoin, ensure_layout
+from streamproc.kafka.producer import OutputProducer
+from streamproc.kafka.retry import retry
+from streamproc.worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -93,77 +93,6 @@ class NullSink:
 
     async def on_outcomes(self, joined: Sequence[Joined], expired: Sequence[JoinRecord]) -> None:
         return None
-
-
-class OutputProducer:
-    """A confluent-kafka producer whose ``flush`` raises if any record was not delivered."""
-
-    def __init__(self, cfg: Config) -> None:
-        self._producer = Producer(
-            {
-                **cfg.kafka.librdkafka(),
-                "linger.ms": 20,
-                "compression.type": "lz4",
-                "message.max.bytes": 8_388_608,
-                "enable.idempotence": True,
-            }
-        )
-        self._failed: list[KafkaError] = []
-
-    def _on_delivery(self, err: KafkaError | None, _msg: object) -> None:
-        if err is not None:
-            self._failed.append(err)
-
-    def produce(self, topic: str, value: bytes, key: bytes | None = None) -> None:
-        while True:
-            try:
-                self._producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery)
-                return
-            except BufferError:  # local queue full: let librdkafka drain it
-                self._producer.poll(0.1)
-
-    async def flush(self) -> None:
-        """Wait until every produced record is acknowledged; raise if any failed."""
-        if not self._failed and len(self._producer) == 0:
-            # Nothing queued, in flight or with an unserved delivery report: skip the thread hop.
-            return
-        loop = asyncio.get_running_loop()
-        remaining = await loop.run_in_executor(None, self._producer.flush, 30.0)
-        if remaining:
-            raise KafkaDeliveryError(f"{remaining} records still undelivered after 30 s")
-        if self._failed:
-            errors, self._failed = self._failed, []
-            raise KafkaDeliveryError(f"{len(errors)} records failed: {errors[0]}")
-
-
-class KafkaDeliveryError(RuntimeError):
-    pass
-
-
-_TRANSIENT = (
-    OSError,
-    TimeoutError,
-    KafkaDeliveryError,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    redis.exceptions.BusyLoadingError,
-    redis.exceptions.TryAgainError,
-)
-
-
-async def retry(
-    what: Callable[[], Awaitable[T]], component: str, metrics: WorkerMetrics, *, base: float = 0.2
-) -> T:
-    """Run ``what`` until it succeeds, backing off up to 10 s; infrastructure, not data, fails."""
-    delay = base
-    while True:
-        try:
-            return await what()
-        except _TRANSIENT as exc:
-            metrics.infra_errors.labels(component=component).inc()
-            log.warning("%s unavailable (%s); retrying in %.1fs", component, exc, delay)
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 10.0)
 
 
 def check_join_layout(cfg: Config) -> None:

@@ -68,8 +68,8 @@ def partitions_of(
 
 def default_topics_file() -> Path:
     """``topology/topics.yaml`` of the source tree, else the copy shipped in the package."""
-    repo = Path(__file__).resolve().parent.parent / "topology" / "topics.yaml"
-    return repo if repo.exists() else Path(__file__).resolve().parent / "data" / "topics.yaml"
+    repo = Path(__file__).resolve().parents[2] / "topology" / "topics.yaml"
+    return repo if repo.exists() else Path(__file__).resolve().parents[1] / "data" / "topics.yaml"
 
 
 def load_topics(cfg: Config, path: str | Path | None = None) -> list[TopicSpec]:

@@ -73,8 +73,8 @@ import msgspec
 import numpy as np
 from numpy.typing import NDArray
 
-from streamproc import topics
 from streamproc.errors import StateEncodingError, StreamprocError
+from streamproc.kafka import topics
 from streamproc.sketch import (
     OTHER,
     CalibrationSketch,
@@ -91,7 +91,7 @@ if TYPE_CHECKING:
 
     from streamproc.config import Config
     from streamproc.contracts import Prediction
-    from streamproc.stats import CalibrationMap
+    from streamproc.judge.stats import CalibrationMap
 
 __all__ = [
     "ALL",
@@ -316,7 +316,7 @@ class CalibrationReference(msgspec.Struct, frozen=True, kw_only=True):
 
     def to_map(self) -> CalibrationMap:
         """The :class:`~streamproc.stats.CalibrationMap` for CBPE."""
-        from streamproc.stats import CalibrationMap
+        from streamproc.judge.stats import CalibrationMap
 
         return CalibrationMap(
             edges=np.asarray(self.edges, dtype=np.float64),
@@ -1098,7 +1098,7 @@ def _infer_positive_class(predicted: _Factor, score: NDArray[np.float64]) -> str
 def _calibration(
     confidence: NDArray[np.float64], correct: NDArray[np.float64], bins: int
 ) -> CalibrationReference:
-    from streamproc.stats import CalibrationMap
+    from streamproc.judge.stats import CalibrationMap
 
     sketch = CalibrationSketch(bins)
     sketch.update_many(confidence, correct > 0.5)

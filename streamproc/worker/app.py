@@ -30,16 +30,11 @@ import redis.asyncio as aioredis
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from streamproc.config import Config, KafkaConfig, load_config
+from streamproc.dev.stack import cache_dir
 from streamproc.errors import ConfigError
-from streamproc.ingest import (
-    Ingestor,
-    MonitorSink,
-    OutputProducer,
-    RawMessage,
-    check_join_layout,
-)
-from streamproc.join import RedisJoin
-from streamproc.metrics import WorkerMetrics
+from streamproc.ingest.ingestor import Ingestor, MonitorSink, RawMessage, check_join_layout
+from streamproc.ingest.join import RedisJoin
+from streamproc.kafka.producer import OutputProducer
 from streamproc.monitoring import (
     MonitorStage,
     RoutingSink,
@@ -47,7 +42,7 @@ from streamproc.monitoring import (
     observations_topic,
     partition_count,
 )
-from streamproc.stack import cache_dir
+from streamproc.worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ EXPECTED = {
 
 
 def _spec():  # type: ignore[no-untyped-def]
-    from streamproc.synthetic import AccuracyDrop, MeanShift, NewCategory, WorkloadSpec
+    from streamproc.dev.synthetic import AccuracyDrop, MeanShift, NewCategory, WorkloadSpec
 
     return WorkloadSpec(
         rate=50.0,
@@ -79,7 +79,7 @@ def _progress(done: int, total: int, started: float, what: str) -> None:
 def _produce(cfg: Config, spec: object) -> None:
     from confluent_kafka import Producer
 
-    from streamproc.synthetic import Workload
+    from streamproc.dev.synthetic import Workload
 
     work = Workload(spec, N_EVENTS, seed=7)  # type: ignore[arg-type]
     producer = Producer({**cfg.kafka.librdkafka(), "linger.ms": 20})
@@ -106,7 +106,7 @@ def _baseline(cfg: Config, spec: object) -> None:
     import redis
 
     from streamproc.baseline import BaselineStore
-    from streamproc.synthetic import reference_profile
+    from streamproc.dev.synthetic import reference_profile
 
     profile = reference_profile(spec, 30_000, source="demo reference (30,000 rows)")  # type: ignore[arg-type]
     client = redis.Redis.from_url(cfg.redis.url, password=cfg.redis.password)
@@ -157,8 +157,8 @@ def _cleanup(cfg: Config) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from streamproc import topics
-    from streamproc.oncall import format_alert, use_colour
+    from streamproc.kafka import topics
+    from streamproc.tools.oncall import format_alert, use_colour
 
     base = load_config(args.config)
     run_id = uuid.uuid4().hex[:6]

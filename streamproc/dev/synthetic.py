@@ -1160,9 +1160,9 @@ def write_reference(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m streamproc.synthetic``: time generation, optionally write a reference."""
+    """``python -m streamproc.dev.synthetic``: time generation, optionally write a reference."""
     parser = argparse.ArgumentParser(
-        prog="python -m streamproc.synthetic", description=main.__doc__
+        prog="python -m streamproc.dev.synthetic", description=main.__doc__
     )
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=0)

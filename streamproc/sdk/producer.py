@@ -26,7 +26,7 @@ b'{"prediction_id":"p1","label":true}'
 >>> encode_event(Prediction, {**event, "confidence": 1.2})  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-streamproc.producer.InvalidEvent: prediction 'p1': confidence: ... [schema:confidence:out_of_range]
+streamproc.sdk.producer.InvalidEvent: prediction 'p1': confidence: ... [schema:confidence:out_of_range]
 """
 
 from __future__ import annotations
@@ -303,7 +303,7 @@ def encode_event(
     >>> encode_event(Label, {"prediction_id": "p1", "label": float("nan")})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    streamproc.producer.InvalidEvent: label 'p1': label: nan is not ... [non_finite_number]
+    streamproc.sdk.producer.InvalidEvent: label 'p1': label: nan is not ... [non_finite_number]
     """
     name = _KIND[kind]
     try:

@@ -1,0 +1,1 @@
+"""Per source partition: fold accepted events into mergeable per-tick partials."""

@@ -1,0 +1,1 @@
+"""The local stack, the demo and the synthetic workload."""

@@ -1,0 +1,1 @@
+"""Per model: merge partials into windows, compare with the reference, detect, alert."""

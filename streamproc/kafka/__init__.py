@@ -1,0 +1,1 @@
+"""Kafka plumbing: the output producer, retries, topics and the one range reader."""

@@ -1,0 +1,1 @@
+"""The commit orders: what is persisted, published and acknowledged, in which order."""

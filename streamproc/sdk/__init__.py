@@ -1,0 +1,1 @@
+"""What model servers and label pipelines import to produce events."""

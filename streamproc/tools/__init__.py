@@ -1,0 +1,1 @@
+"""Operators' tools: replay, its report, and on-call (``alerts tail``, ``status``)."""

@@ -1,0 +1,1 @@
+"""The Faust worker: agents, timers and ``/metrics``; wiring only."""
