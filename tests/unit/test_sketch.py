@@ -15,10 +15,10 @@ from streamproc.sketch import (
     CategoricalSketch,
     NumericSketch,
     QuantileSketch,
-    _category_key,
     calibration_edges,
     reference_edges,
 )
+from streamproc.sketch.categorical import _category_key
 
 # -- NumericSketch ------------------------------------------------------------------------------
 
