@@ -124,7 +124,7 @@ COMMAND_MODULES: list[str] = [
     "streamproc.dev.smoke",
     "streamproc.worker.app",
     "streamproc.tools.oncall",
-    "streamproc.baseline",
+    "streamproc.baseline.cli",
     "streamproc.dev.demo",
     "streamproc.tools.replay",
 ]

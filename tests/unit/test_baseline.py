@@ -18,8 +18,6 @@ from streamproc.baseline import (
     NumericReference,
     ProfileBuilder,
     ReferenceProfile,
-    _read_csv_arrow,
-    _read_csv_python,
     category_value,
     describe,
     outputs_of,
@@ -28,6 +26,7 @@ from streamproc.baseline import (
     segment_key,
     segment_keys_of,
 )
+from streamproc.baseline.files import _read_csv_arrow, _read_csv_python
 from streamproc.contracts import Prediction
 from streamproc.dev.synthetic import Workload, WorkloadSpec
 from streamproc.errors import StateEncodingError

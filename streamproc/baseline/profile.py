@@ -1,0 +1,410 @@
+"""The reference profile: the Structs a baseline is made of, its segment keys and its bytes.
+
+A :class:`ReferenceProfile` holds one :class:`SegmentReference` per segment key (``"all"``,
+``"dim=value"``), each with a :class:`NumericReference` or :class:`CategoricalReference` per
+feature and the outputs' references. This module also owns the one stringification of
+categories (:func:`category_value`), the segment-key text (:func:`segment_key`,
+:func:`segment_keys_of`) and the outputs of a ``prediction.v1`` event (:func:`outputs_of`),
+which reference and live data share.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Final
+
+import msgspec
+import numpy as np
+
+from streamproc.errors import StateEncodingError, StreamprocError
+from streamproc.sketch import OTHER, CategoricalSketch, NumericSketch, pack_state, unpack_state
+
+if TYPE_CHECKING:
+    from streamproc.contracts import Prediction
+    from streamproc.judge.stats import CalibrationMap
+
+__all__ = [
+    "ALL",
+    "DEFAULT_BINS",
+    "DEFAULT_MAX_CATEGORIES",
+    "DEFAULT_MAX_SEGMENT_VALUES",
+    "MAGIC",
+    "BaselineError",
+    "CalibrationReference",
+    "CategoricalReference",
+    "ColumnReference",
+    "NumericReference",
+    "ReferenceProfile",
+    "SegmentReference",
+    "category_value",
+    "outputs_of",
+    "segment_key",
+    "segment_keys_of",
+]
+
+MAGIC: Final = b"SPR1"
+"""Magic and format version of a stored :class:`ReferenceProfile`."""
+
+ALL: Final = "all"
+"""The segment key of all traffic."""
+
+DEFAULT_BINS: Final = 10
+DEFAULT_MAX_CATEGORIES: Final = 1000
+DEFAULT_MAX_SEGMENT_VALUES: Final = 20
+
+
+class BaselineError(StreamprocError):
+    """A baseline could not be built, stored or read; the message says what and where."""
+
+
+# -- segment keys and values --------------------------------------------------------------------
+
+
+def segment_key(dim: str | None, value: str | None) -> str:
+    """The key of a segment: ``"all"`` without a dimension, else ``"dim=value"``.
+
+    Parameters
+    ----------
+    dim
+        A segment dimension, or ``None`` for all traffic.
+    value
+        The dimension's value (``None`` only together with ``dim=None``).
+
+    Raises
+    ------
+    ValueError
+        A dimension without a value, or a value without a dimension.
+
+    Examples
+    --------
+    >>> segment_key(None, None), segment_key("country", "DE")
+    ('all', 'country=DE')
+    """
+    if dim is None:
+        if value is not None:
+            raise ValueError(f"segment value {value!r} without a dimension")
+        return ALL
+    if value is None:
+        raise ValueError(f"segment dimension {dim!r} needs a value")
+    return f"{dim}={value}"
+
+
+def segment_keys_of(
+    segments: Mapping[str, str], allowed: Mapping[str, set[str]] | None = None
+) -> list[str]:
+    """The segment keys an event belongs to: ``"all"``, then one per dimension (sorted).
+
+    Parameters
+    ----------
+    segments
+        The event's segments, dimension -> value.
+    allowed
+        Per dimension, the values that have a segment of their own (e.g.
+        :meth:`ReferenceProfile.segment_values`). With it, only these dimensions count and a
+        value outside the set maps to ``"dim=__other__"``; without it every dimension and value
+        of the event counts.
+
+    Examples
+    --------
+    >>> segment_keys_of({"device": "ios", "country": "DE"})
+    ['all', 'country=DE', 'device=ios']
+    >>> segment_keys_of({"country": "XX", "plan": "pro"}, {"country": {"DE", "FR"}})
+    ['all', 'country=__other__']
+    """
+    keys = [ALL]
+    if allowed is None:
+        for dim in sorted(segments):
+            value = segments[dim]
+            if value is not None:
+                keys.append(f"{dim}={value}")
+        return keys
+    for dim in sorted(allowed):
+        value = segments.get(dim)
+        if value is not None:
+            keys.append(f"{dim}={value if value in allowed[dim] else OTHER}")
+    return keys
+
+
+def category_value(value: object) -> str | None:
+    """A value as a category: the one stringification reference and live data share.
+
+    Strings stay as they are; booleans become their JSON literals ``"true"``/``"false"``;
+    integral numbers lose their ``.0`` (JSON ``1`` and ``1.0`` decode alike in the event
+    contract); NaN, infinities and ``None`` are nulls. (A CSV column holding only
+    ``true``/``false`` cells, in any case, is read as booleans.)
+
+    Examples
+    --------
+    >>> [category_value(v) for v in ("DE", True, 3, 3.0, 0.5, float("nan"), None)]
+    ['DE', 'true', '3', '3', '0.5', None, None]
+    """
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool | np.bool_):
+        return "true" if value else "false"
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        f = float(value)
+        if not math.isfinite(f):
+            return None
+        if f.is_integer() and abs(f) < 2**53:
+            return str(int(f))
+        return repr(f)
+    return str(value)
+
+
+# -- the profile --------------------------------------------------------------------------------
+
+
+class NumericReference(msgspec.Struct, frozen=True, kw_only=True, tag="numeric"):
+    """A numeric column's reference: quantile bins and moments.
+
+    ``probs`` has ``len(edges) + 1`` entries, the shares of the non-null values in the
+    open-ended, right-closed bins of a :class:`~streamproc.sketch.NumericSketch` with these
+    edges. With no non-null value, ``edges`` and ``probs`` are empty and the moments ``None``;
+    ``std`` (sample, ``ddof=1``) is ``None`` under two values.
+    """
+
+    count: int
+    nulls: int
+    edges: list[float]
+    probs: list[float]
+    mean: float | None
+    std: float | None
+    min: float | None
+    max: float | None
+
+    @property
+    def null_rate(self) -> float:
+        """Share of nulls among all rows (0 for an empty reference)."""
+        total = self.count + self.nulls
+        return self.nulls / total if total else 0.0
+
+    def sketch(self) -> NumericSketch:
+        """An empty window sketch binned like the reference, counting values outside its range.
+
+        Raises
+        ------
+        ValueError
+            The reference holds no value (it has no bins).
+        """
+        if not self.count:
+            raise ValueError("an empty numeric reference has no bins")
+        return NumericSketch(
+            self.edges,
+            ref_min=-math.inf if self.min is None else self.min,
+            ref_max=math.inf if self.max is None else self.max,
+        )
+
+
+class CategoricalReference(msgspec.Struct, frozen=True, kw_only=True, tag="categorical"):
+    """A categorical column's reference: category -> share among the non-null values.
+
+    Categories are ordered by descending share; ``"__other__"`` holds the values beyond the
+    builder's ``max_categories`` (see :class:`~streamproc.sketch.CategoricalSketch`).
+    """
+
+    count: int
+    nulls: int
+    probs: dict[str, float]
+
+    @property
+    def null_rate(self) -> float:
+        """Share of nulls among all rows (0 for an empty reference)."""
+        total = self.count + self.nulls
+        return self.nulls / total if total else 0.0
+
+    def sketch(self, max_categories: int = DEFAULT_MAX_CATEGORIES) -> CategoricalSketch:
+        """An empty window sketch with the given cap (use the profile's ``max_categories``)."""
+        return CategoricalSketch(max_categories)
+
+
+ColumnReference = NumericReference | CategoricalReference
+
+
+class CalibrationReference(msgspec.Struct, frozen=True, kw_only=True):
+    """The data of a :class:`~streamproc.stats.CalibrationMap`: accuracy per confidence bin."""
+
+    edges: list[float]
+    accuracy: list[float]
+    counts: list[int]
+
+    @property
+    def bins(self) -> int:
+        """Number of confidence bins."""
+        return len(self.accuracy)
+
+    def to_map(self) -> CalibrationMap:
+        """The :class:`~streamproc.stats.CalibrationMap` for CBPE."""
+        from streamproc.judge.stats import CalibrationMap
+
+        return CalibrationMap(
+            edges=np.asarray(self.edges, dtype=np.float64),
+            accuracy=np.asarray(self.accuracy, dtype=np.float64),
+            counts=np.asarray(self.counts, dtype=np.int64),
+        )
+
+
+class SegmentReference(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything a segment's monitors compare with.
+
+    Attributes
+    ----------
+    count
+        Reference rows in the segment.
+    rate_per_s
+        Rows per second of event time, when the source had timestamps.
+    features
+        Per feature, its numeric or categorical reference.
+    prediction, score, label
+        Output distributions (``None`` when the source had none).
+    accuracy
+        Share of labelled predictions equal to their label (classification).
+    mae
+        Mean absolute error of labelled predictions (numeric predictions and labels).
+    calibration
+        Accuracy per confidence bin on labelled rows, for CBPE.
+    top1_rate
+        Share of the most frequent predicted class (classification).
+    """
+
+    count: int
+    rate_per_s: float | None = None
+    features: dict[str, ColumnReference] = {}
+    prediction: ColumnReference | None = None
+    score: NumericReference | None = None
+    label: ColumnReference | None = None
+    accuracy: float | None = None
+    mae: float | None = None
+    calibration: CalibrationReference | None = None
+    top1_rate: float | None = None
+
+
+class ReferenceProfile(msgspec.Struct, frozen=True, kw_only=True):
+    """One model version's reference, per segment, with a versioned byte form.
+
+    Attributes
+    ----------
+    model_id, model_version
+        The model the reference describes.
+    created_at
+        When it was built (ISO 8601, UTC).
+    source
+        Where the rows came from (a file path or a topic range).
+    bins
+        Quantile bins asked for per numeric column (ties give fewer) and calibration bins.
+    segment_dims
+        The segment dimensions, in the order given.
+    segments
+        Segment key -> :class:`SegmentReference`; ``"all"`` is always there.
+    positive_class
+        The class whose probability ``score`` is (binary classifiers), or ``None`` when
+        ``score`` is the confidence of the predicted class.
+    max_categories, max_segment_values
+        The caps used; window sketches should use the same ``max_categories``.
+    """
+
+    model_id: str
+    model_version: str
+    created_at: str
+    source: str
+    bins: int
+    segment_dims: list[str]
+    segments: dict[str, SegmentReference]
+    positive_class: str | None = None
+    max_categories: int = DEFAULT_MAX_CATEGORIES
+    max_segment_values: int = DEFAULT_MAX_SEGMENT_VALUES
+
+    @property
+    def rows(self) -> int:
+        """Reference rows (of the ``"all"`` segment)."""
+        seg = self.segments.get(ALL)
+        return seg.count if seg else 0
+
+    def segment(self, key: str) -> SegmentReference | None:
+        """The reference of segment ``key`` (``"all"``, ``"country=DE"``), if there is one."""
+        return self.segments.get(key)
+
+    def segment_values(self) -> dict[str, set[str]]:
+        """Per dimension, the values that have a segment of their own (not ``__other__``)."""
+        out: dict[str, set[str]] = {dim: set() for dim in self.segment_dims}
+        for key in self.segments:
+            dim, sep, value = key.partition("=")
+            if sep and dim in out and value != OTHER:
+                out[dim].add(value)
+        return out
+
+    def segment_keys(self, segments: Mapping[str, str]) -> list[str]:
+        """The keys of the segments an event with ``segments`` feeds (see
+        :func:`segment_keys_of`); a key may lack a reference (a new value when the reference
+        had no ``__other__`` segment)."""
+        return segment_keys_of(segments, self.segment_values())
+
+    def to_bytes(self) -> bytes:
+        """The versioned stored form: ``b"SPR1"`` + msgpack."""
+        return pack_state(MAGIC, self)
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> ReferenceProfile:
+        """Read a profile written by :meth:`to_bytes`.
+
+        Raises
+        ------
+        StateEncodingError
+            Another magic or version, or a payload that is not a consistent profile.
+        """
+        profile = unpack_state(blob, MAGIC, cls, "ReferenceProfile")
+        _check_profile(profile)
+        return profile
+
+
+def _check_profile(profile: ReferenceProfile) -> None:
+    def bad(why: str) -> StateEncodingError:
+        return StateEncodingError(f"corrupt ReferenceProfile blob: {why}")
+
+    if ALL not in profile.segments:
+        raise bad("no 'all' segment")
+    for key, seg in profile.segments.items():
+        columns = [*seg.features.values(), seg.prediction, seg.score, seg.label]
+        for ref in columns:
+            if isinstance(ref, NumericReference):
+                want = len(ref.edges) + 1 if ref.count else 0
+                increasing = all(np.diff(ref.edges) > 0)
+                if len(ref.probs) != want or not increasing:
+                    raise bad(f"segment {key!r}: bins do not match edges")
+            if ref is not None and (ref.count < 0 or ref.nulls < 0):
+                raise bad(f"segment {key!r}: negative counts")
+        cal = seg.calibration
+        if cal is not None and not len(cal.edges) + 1 == len(cal.accuracy) == len(cal.counts):
+            raise bad(f"segment {key!r}: calibration bins do not match")
+
+
+def outputs_of(
+    event: Prediction, positive_class: str | None = None
+) -> tuple[float | str | bool, float | None, float | None]:
+    """``(prediction, score, confidence)`` of a ``prediction.v1`` event.
+
+    ``confidence`` is the probability of the predicted class (``scores[prediction]``, else the
+    largest score, else the event's ``confidence``). ``score`` is ``scores[positive_class]``
+    when the event scores that class, otherwise the confidence: the rule a
+    :class:`ReferenceProfile` states with its ``positive_class``.
+
+    Examples
+    --------
+    >>> from streamproc.contracts import Prediction
+    >>> e = Prediction(prediction_id="p", model_id="m", model_version="1", prediction="no",
+    ...                scores={"yes": 0.3, "no": 0.7})
+    >>> outputs_of(e, "yes"), outputs_of(e)
+    (('no', 0.3, 0.7), ('no', 0.7, 0.7))
+    """
+    scores = event.scores
+    if scores:
+        key = category_value(event.prediction)
+        confidence = scores[key] if key in scores else max(scores.values())
+        if positive_class is not None and positive_class in scores:
+            return event.prediction, scores[positive_class], confidence
+        return event.prediction, confidence, confidence
+    return event.prediction, event.confidence, event.confidence
