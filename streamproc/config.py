@@ -184,7 +184,12 @@ class MonitoringConfig(_Section):
     page_hinkley_delta: PositiveFloat = 1.0
     page_hinkley_min_instances: PositiveInt = 30
     page_hinkley_alpha: Probability = 0.9999
-    observations_partitions: PositiveInt = 6
+    # Partitions of the internal model-keyed topic `<app_id>-partials` (created when missing):
+    # the most workers that can share the judging of different models.
+    partials_partitions: PositiveInt = 6
+    # How often a running worker re-reads the stored baselines (and at once when the baseline
+    # store's version counter moves): a new, replaced or deleted baseline is picked up within it.
+    baseline_refresh_s: PositiveFloat = 60.0
     # Per-model overrides: {model_id: {any key above: value}}, applied to that model's monitors
     # (see for_model). Checked at start: an unknown key or a bad value names the model.
     models: dict[str, dict[str, Any]] = {}
@@ -214,6 +219,11 @@ class MonitoringConfig(_Section):
         base = msgspec.to_builtins(self)
         base.pop("models")
         for key, value in over.items():
+            if key in SHARED_SETTINGS:
+                raise ConfigError(
+                    f"{where}.{key}: {key} cannot be set per model: every model of a source "
+                    f"partition shares its ticks and watermark; set monitoring.{key} instead"
+                )
             if key not in known:
                 raise ConfigError(
                     f"{where}.{key}: unknown monitoring setting for model {model_id!r}; "
@@ -229,6 +239,13 @@ class MonitoringConfig(_Section):
             msg, _, at = str(exc).partition(" - at `$.")
             key = at.rstrip("`")
             raise ConfigError(f"{where}.{key or '?'} (model {model_id!r}): {msg}") from None
+
+
+# Settings every model shares: the aggregation stage folds all models of a source partition
+# with one clock (see streamproc.aggregate.clock).
+SHARED_SETTINGS = frozenset(
+    {"tick_s", "lateness_s", "idle_timeout_s", "partials_partitions", "baseline_refresh_s"}
+)
 
 
 class Config(_Section):

@@ -83,7 +83,13 @@ class Alert(msgspec.Struct, kw_only=True, frozen=True):
     status: Literal["firing", "resolved"]
     severity: Literal["info", "warning", "critical"]
     kind: Literal[
-        "feature_drift", "prediction_drift", "label_drift", "performance", "data_quality", "volume"
+        "feature_drift",
+        "prediction_drift",
+        "label_drift",
+        "performance",
+        "data_quality",
+        "volume",
+        "monitor_error",
     ]
     model_id: str
     model_version: str

@@ -142,10 +142,10 @@ def _cleanup(cfg: Config) -> None:
     import redis
     from confluent_kafka.admin import AdminClient
 
-    from streamproc.monitoring import observations_topic
+    from streamproc.publish.sources import partials_topic
 
     roles = ("predictions", "labels", "alerts", "metrics", "deadletter")
-    names = [getattr(cfg.topics, r) for r in roles] + [observations_topic(cfg)]
+    names = [getattr(cfg.topics, r) for r in roles] + [partials_topic(cfg)]
     with contextlib.suppress(Exception):
         for fut in AdminClient(cfg.kafka.librdkafka()).delete_topics(names).values():
             fut.result(10)

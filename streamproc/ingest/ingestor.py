@@ -7,12 +7,13 @@ the same code. One call handles one consumed batch, in this order:
    batch element becomes a ``deadletter.v1`` record with its original bytes and reason;
 2. record the valid events in the Redis join (atomic, pipelined); a different message repeating
    an id is dead-lettered as ``duplicate:prediction_id`` / ``duplicate:label``;
-3. hand accepted events and completed joins to the monitoring sink, including the joins a
+3. hand accepted events and completed joins to the aggregation sink, including the joins a
    redelivered message had completed before (the join rebuilds them), so that an outcome lost to
-   a Redis timeout retried by :func:`retry`, or to a crash before its produce, is emitted now
-   (outcomes are at-least-once: see :mod:`streamproc.ingest.join`);
-4. flush every produced record (dead letters, and whatever the sink produced) and wait for the
-   broker's acknowledgement.
+   a Redis timeout retried by :func:`retry`, or to a crash before its produce, is folded now;
+   the sink skips what its own checkpoint says it folded already, so nothing counts twice;
+4. flush every produced record (dead letters, and the partials the sink completed) and wait for
+   the broker's acknowledgement;
+5. let the sink persist its state (:meth:`MonitorSink.commit`).
 
 Only when the call returns may the caller acknowledge (commit) the batch's offsets. Redis or
 Kafka failures are retried with backoff inside the call instead of raising, because a batch that
@@ -43,7 +44,14 @@ from streamproc.contracts import (
     encode,
     event_time,
 )
-from streamproc.ingest.join import Joined, JoinRecord, LabelRecord, RedisJoin, ensure_layout
+from streamproc.ingest.join import (
+    Expired,
+    Joined,
+    JoinRecord,
+    JoinResult,
+    LabelRecord,
+    ensure_layout,
+)
 from streamproc.kafka.producer import OutputProducer
 from streamproc.kafka.retry import retry
 from streamproc.worker.metrics import WorkerMetrics
@@ -76,22 +84,45 @@ class Observed:
 
 
 class MonitorSink(Protocol):
-    """The monitoring stage, as ingestion sees it."""
+    """The aggregation stage, as ingestion sees it.
 
-    async def on_predictions(self, observed: Sequence[Observed]) -> None: ...
+    ``on_batch`` gets each consumed batch's accepted predictions (none for a labels batch) and
+    the joins the batch completed; ``commit`` runs once the batch's output is acknowledged by
+    Kafka, before its offsets may be committed (the sink persists its own state there).
+    """
 
-    async def on_outcomes(
-        self, joined: Sequence[Joined], expired: Sequence[JoinRecord]
+    async def on_batch(
+        self, role: str, observed: Sequence[Observed], joined: Sequence[Joined]
     ) -> None: ...
+
+    async def commit(self) -> None: ...
+
+
+class Join(Protocol):
+    """:class:`~streamproc.ingest.join.RedisJoin`, or the in-memory one of a replay."""
+
+    async def add_predictions(
+        self, items: Sequence[tuple[str, str, JoinRecord]], now: float | None = None
+    ) -> tuple[list[JoinResult], list[Joined]]: ...
+
+    async def add_labels(
+        self, items: Sequence[tuple[str, str, LabelRecord]], now: float | None = None
+    ) -> tuple[list[JoinResult], list[Joined]]: ...
+
+    async def expire(self, now: float | None = None, limit: int = 1000) -> Expired: ...
+
+    async def pending(self) -> tuple[int, int]: ...
 
 
 class NullSink:
     """A sink that drops everything (ingestion alone, or tests of the join)."""
 
-    async def on_predictions(self, observed: Sequence[Observed]) -> None:
+    async def on_batch(
+        self, role: str, observed: Sequence[Observed], joined: Sequence[Joined]
+    ) -> None:
         return None
 
-    async def on_outcomes(self, joined: Sequence[Joined], expired: Sequence[JoinRecord]) -> None:
+    async def commit(self) -> None:
         return None
 
 
@@ -123,7 +154,7 @@ class Ingestor:
     def __init__(
         self,
         cfg: Config,
-        join: RedisJoin,
+        join: Join,
         output: OutputProducer,
         metrics: WorkerMetrics,
         sink: MonitorSink | None = None,
@@ -220,9 +251,9 @@ class Ingestor:
             )
             for i in keep
         ]
-        await self.sink.on_predictions(observed)
-        await self.sink.on_outcomes(joined, [])
+        await self.sink.on_batch("predictions", observed, joined)
         await retry(self.output.flush, "kafka", self.metrics)
+        await self.sink.commit()
         self.metrics.batch_seconds.labels(topic="predictions").observe(
             time.perf_counter() - started
         )
@@ -239,8 +270,9 @@ class Ingestor:
         results, joined = await retry(lambda: self.join.add_labels(items), "redis", self.metrics)
         self._count_results(accepted, results, "labels", "label")
         self._joined(joined)
-        await self.sink.on_outcomes(joined, [])
+        await self.sink.on_batch("labels", [], joined)
         await retry(self.output.flush, "kafka", self.metrics)
+        await self.sink.commit()
         self.metrics.batch_seconds.labels(topic="labels").observe(time.perf_counter() - started)
 
     async def sweep(self, now: float | None = None) -> None:
@@ -254,6 +286,3 @@ class Ingestor:
         pending_p, pending_l = await retry(self.join.pending, "redis", self.metrics)
         self.metrics.pending.labels(side="prediction").set(pending_p)
         self.metrics.pending.labels(side="label").set(pending_l)
-        if expired.predictions:
-            await self.sink.on_outcomes([], expired.predictions)
-            await retry(self.output.flush, "kafka", self.metrics)

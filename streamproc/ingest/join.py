@@ -142,6 +142,7 @@ class Joined:
     label: LabelRecord
     origin: str = ""  # the label's arrival: "l<partition>:<offset>:<index>"
     again: bool = False  # rebuilt from the tombstone for a redelivery of the completing half
+    completed_by: str = ""  # the completing arrival's "<partition>:<offset>:<index>"
 
     @property
     def label_delay_s(self) -> float:
@@ -441,14 +442,15 @@ class RedisJoin:
         raw = await self._arrive_batch("p", "l", self.prediction_ttl_s, blobs, now)
         results: list[JoinResult] = []
         joined: list[Joined] = []
-        for (_, _, rec), r in zip(items, raw, strict=True):
+        for (_, origin, rec), r in zip(items, raw, strict=True):
             if isinstance(r, int):
                 results.append(_RESULT[r])
                 continue
             label_origin, blob = r
             again = isinstance(r, list)
             results.append("redelivered" if again else "joined")
-            joined.append(Joined(rec, decode_label(blob), f"l{label_origin.decode()}", again))
+            label = decode_label(blob)
+            joined.append(Joined(rec, label, f"l{label_origin.decode()}", again, origin))
         return results, joined
 
     async def add_labels(
@@ -467,7 +469,7 @@ class RedisJoin:
                 continue
             again = isinstance(r, list)
             results.append("redelivered" if again else "joined")
-            joined.append(Joined(decode_prediction(r[1]), rec, f"l{origin}", again))
+            joined.append(Joined(decode_prediction(r[1]), rec, f"l{origin}", again, origin))
         return results, joined
 
     async def expire(self, now: float | None = None, limit: int = 1000) -> Expired:

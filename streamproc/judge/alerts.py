@@ -17,6 +17,7 @@ sees the same data publishes the same ids, and a consumer can drop repeats.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -28,7 +29,13 @@ from streamproc.errors import StateEncodingError
 
 Severity = Literal["info", "warning", "critical"]
 Kind = Literal[
-    "feature_drift", "prediction_drift", "label_drift", "performance", "data_quality", "volume"
+    "feature_drift",
+    "prediction_drift",
+    "label_drift",
+    "performance",
+    "data_quality",
+    "volume",
+    "monitor_error",
 ]
 _RANK = {None: 0, "info": 1, "warning": 2, "critical": 3}
 _MAGIC = b"SPA1"
@@ -143,6 +150,27 @@ class AlertTracker:
             episode.severity = verdict.severity  # type: ignore[assignment]
             return [self._alert(key, episode, "firing", verdict, topic, emitted_at)]
         return []
+
+    def resolve_where(
+        self, match: Callable[[AlertKey], bool], verdict: Verdict, topic: str, emitted_at: str
+    ) -> list[Alert]:
+        """Resolve every firing episode whose key ``match`` es, at once: its monitor is gone
+        (a model version retired), so no verdict will ever clear it.
+
+        >>> t = AlertTracker()
+        >>> k = AlertKey("m", "1", (), "x", "psi", "feature_drift")
+        >>> _ = t.observe(k, Verdict("warning", False, 0.2, 0.1, (0.0, 60.0)), "t", "e")
+        >>> gone = Verdict(None, True, 0.0, 0.1, (60.0, 120.0), {"reason": "retired"})
+        >>> [a.status for a in t.resolve_where(lambda k: k.model_version == "1", gone, "t", "e")]
+        ['resolved']
+        """
+        out = []
+        for text in sorted(self._episodes):
+            key = self._keys.get(text)
+            if key is not None and match(key):
+                episode = self._episodes.pop(text)
+                out.append(self._alert(key, episode, "resolved", verdict, topic, emitted_at))
+        return out
 
     def _alert(
         self,

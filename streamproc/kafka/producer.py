@@ -28,10 +28,16 @@ class OutputProducer:
         if err is not None:
             self._failed.append(err)
 
-    def produce(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+    def produce(
+        self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None
+    ) -> None:
+        """Queue one record (to ``partition`` when given, else by the key's hash)."""
+        extra = {} if partition is None else {"partition": partition}
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery)
+                self._producer.produce(
+                    topic, value=value, key=key, on_delivery=self._on_delivery, **extra
+                )
                 return
             except BufferError:  # local queue full: let librdkafka drain it
                 self._producer.poll(0.1)

@@ -66,6 +66,16 @@ def partitions_of(
     return sorted(found.partitions)
 
 
+def partition_count(cfg: Config, topic: str) -> int:
+    """How many partitions ``topic`` has (1 when it cannot be read: a worker still starts, and
+    its stages expect one source of that topic)."""
+    from confluent_kafka.admin import AdminClient
+
+    meta = AdminClient(cfg.kafka.librdkafka()).list_topics(topic, timeout=30)
+    t = meta.topics.get(topic)
+    return len(t.partitions) if t is not None and t.partitions else 1
+
+
 def default_topics_file() -> Path:
     """``topology/topics.yaml`` of the source tree, else the copy shipped in the package."""
     repo = Path(__file__).resolve().parents[2] / "topology" / "topics.yaml"

@@ -26,7 +26,7 @@ b'{"prediction_id":"p1","label":true}'
 >>> encode_event(Prediction, {**event, "confidence": 1.2})  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-streamproc.sdk.producer.InvalidEvent: prediction 'p1': confidence: ... [schema:confidence:out_of_range]
+streamproc.sdk.producer.InvalidEvent: prediction 'p1': confidence: ... [schema:...:out_of_range]
 """
 
 from __future__ import annotations

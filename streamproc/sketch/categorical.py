@@ -240,18 +240,23 @@ class CategoricalSketch:
         ValueError
             The sketches have different caps.
         """
-        if not isinstance(other, CategoricalSketch):
-            raise TypeError(f"cannot merge CategoricalSketch with {type(other).__name__}")
-        if other.max_categories != self.max_categories:
-            raise ValueError("cannot merge CategoricalSketches with different max_categories")
         out = self.copy()
-        out._absorb(other._counts)
-        out._other += other._other
-        out._nulls += other._nulls
+        out += other
         return out
 
     def __add__(self, other: CategoricalSketch) -> CategoricalSketch:
         return self.merge(other)
+
+    def __iadd__(self, other: CategoricalSketch) -> CategoricalSketch:
+        """Merge ``other`` into this sketch in place (``a += b``); ``other`` is unchanged."""
+        if not isinstance(other, CategoricalSketch):
+            raise TypeError(f"cannot merge CategoricalSketch with {type(other).__name__}")
+        if other.max_categories != self.max_categories:
+            raise ValueError("cannot merge CategoricalSketches with different max_categories")
+        self._absorb(other._counts)
+        self._other += other._other
+        self._nulls += other._nulls
+        return self
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, CategoricalSketch):

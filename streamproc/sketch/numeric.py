@@ -80,6 +80,23 @@ def reference_edges(values: ArrayLike, bins: int = 10) -> NDArray[np.float64]:
     return np.unique(np.quantile(x, np.arange(1, bins) / bins, method="inverted_cdf"))
 
 
+_EDGES: dict[bytes, tuple[NDArray[np.float64], list[float]]] = {}
+_EDGES_CAP = 4096
+
+
+def _interned_edges(raw: bytes) -> tuple[NDArray[np.float64], list[float]]:
+    """Checked edges (read-only array and list) for their stored bytes, shared by every sketch
+    decoded with them: partials carry the same few edge sets over and over."""
+    got = _EDGES.get(raw)
+    if got is None:
+        e = _check_edges(array_from(raw, "<f8", "NumericSketch"))
+        got = (e, e.tolist())
+        if len(_EDGES) >= _EDGES_CAP:
+            _EDGES.clear()
+        _EDGES[raw] = got
+    return got
+
+
 def _check_edges(edges: ArrayLike) -> NDArray[np.float64]:
     e = np.array(edges, dtype=np.float64, copy=True)
     if e.ndim != 1:
@@ -461,7 +478,14 @@ class NumericSketch:
     # monoid
     def zero(self) -> NumericSketch:
         """An empty sketch with the same edges and reference range (the identity of ``+``)."""
-        return NumericSketch(self._edges, self.ref_min, self.ref_max)
+        out = object.__new__(NumericSketch)
+        out._edges, out._edge_list = self._edges, self._edge_list  # read-only, shared
+        out.ref_min, out.ref_max = self.ref_min, self.ref_max
+        out._count = out._nulls = out._below = out._above = 0
+        out._min, out._max = math.inf, -math.inf
+        out._mean = out._m2 = 0.0
+        out._hist = [0] * (len(self._edge_list) + 1)
+        return out
 
     def copy(self) -> NumericSketch:
         """An independent copy."""
@@ -486,25 +510,37 @@ class NumericSketch:
         TypeError
             ``other`` is not a NumericSketch.
         """
-        if not isinstance(other, NumericSketch):
-            raise TypeError(f"cannot merge NumericSketch with {type(other).__name__}")
-        if not np.array_equal(self._edges, other._edges):
-            raise ValueError("cannot merge NumericSketches with different edges")
-        if (self.ref_min, self.ref_max) != (other.ref_min, other.ref_max):
-            raise ValueError("cannot merge NumericSketches with different reference ranges")
         out = self.copy()
-        out._nulls += other._nulls
-        if other._count:
-            out._combine_moments(other._count, other._mean, other._m2)
-            out._min = min(out._min, other._min)
-            out._max = max(out._max, other._max)
-            out._hist = add_lists(out._hist, other._hist)
-            out._below += other._below
-            out._above += other._above
+        out += other
         return out
 
     def __add__(self, other: NumericSketch) -> NumericSketch:
         return self.merge(other)
+
+    def __iadd__(self, other: NumericSketch) -> NumericSketch:
+        """Merge ``other`` into this sketch in place (``a += b``); ``other`` is unchanged.
+
+        >>> a, b = NumericSketch([1.0]), NumericSketch([1.0])
+        >>> a.update(0.5); b.update(2.0)
+        >>> a += b
+        >>> a.hist.tolist(), a.count
+        ([1, 1], 2)
+        """
+        if not isinstance(other, NumericSketch):
+            raise TypeError(f"cannot merge NumericSketch with {type(other).__name__}")
+        if self._edge_list is not other._edge_list and self._edge_list != other._edge_list:
+            raise ValueError("cannot merge NumericSketches with different edges")
+        if (self.ref_min, self.ref_max) != (other.ref_min, other.ref_max):
+            raise ValueError("cannot merge NumericSketches with different reference ranges")
+        self._nulls += other._nulls
+        if other._count:
+            self._combine_moments(other._count, other._mean, other._m2)
+            self._min = min(self._min, other._min)
+            self._max = max(self._max, other._max)
+            self._hist = add_lists(self._hist, other._hist)
+            self._below += other._below
+            self._above += other._above
+        return self
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, NumericSketch):
@@ -550,20 +586,22 @@ class NumericSketch:
             Wrong magic or version, or a payload that is not a consistent numeric sketch.
         """
         st = unpack_state(blob, cls.MAGIC, _NumericState, "NumericSketch")
-        edges = array_from(st.edges, "<f8", "NumericSketch")
-        hist = array_from(st.hist, "<i8", "NumericSketch")
-        if hist.size != edges.size + 1:
-            raise StateEncodingError(
-                f"corrupt NumericSketch blob: {hist.size} bins for {edges.size} edges"
-            )
-        if st.count < 0 or st.nulls < 0 or int(hist.sum()) != st.count or (hist < 0).any():
-            raise StateEncodingError("corrupt NumericSketch blob: counts do not add up")
         try:
-            out = cls(edges, st.ref_min, st.ref_max)
+            edges, edge_list = _interned_edges(st.edges)
         except ValueError as exc:
             raise StateEncodingError(f"corrupt NumericSketch blob: {exc}") from exc
+        hist = array_from(st.hist, "<i8", "NumericSketch").tolist()
+        if len(hist) != len(edge_list) + 1:
+            raise StateEncodingError(
+                f"corrupt NumericSketch blob: {len(hist)} bins for {len(edge_list)} edges"
+            )
+        if st.count < 0 or st.nulls < 0 or sum(hist) != st.count or min(hist) < 0:
+            raise StateEncodingError("corrupt NumericSketch blob: counts do not add up")
+        out = object.__new__(cls)
+        out._edges, out._edge_list = edges, edge_list
+        out.ref_min, out.ref_max = float(st.ref_min), float(st.ref_max)
         out._count, out._nulls = st.count, st.nulls
         out._min, out._max, out._mean, out._m2 = st.min, st.max, st.mean, st.m2
-        out._hist = hist.tolist()
+        out._hist = hist
         out._below, out._above = st.below, st.above
         return out

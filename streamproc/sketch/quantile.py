@@ -232,20 +232,25 @@ class QuantileSketch:
         ValueError
             The sketches have a different ``relative_accuracy`` or ``min_value``.
         """
+        out = self.copy()
+        out += other
+        return out
+
+    def __iadd__(self, other: QuantileSketch) -> QuantileSketch:
+        """Merge ``other`` into this sketch in place (``a += b``); ``other`` is unchanged."""
         if not isinstance(other, QuantileSketch):
             raise TypeError(f"cannot merge QuantileSketch with {type(other).__name__}")
         if (self.relative_accuracy, self.min_value) != (other.relative_accuracy, other.min_value):
             raise ValueError("cannot merge QuantileSketches with different accuracy settings")
-        out = self.copy()
-        for mine, theirs in ((out._pos, other._pos), (out._neg, other._neg)):
+        for mine, theirs in ((self._pos, other._pos), (self._neg, other._neg)):
             for k, n in theirs.items():
                 mine[k] = mine.get(k, 0) + n
-        out._zero += other._zero
-        out._nulls += other._nulls
-        out._sum += other._sum
-        out._min = min(out._min, other._min)
-        out._max = max(out._max, other._max)
-        return out
+        self._zero += other._zero
+        self._nulls += other._nulls
+        self._sum += other._sum
+        self._min = min(self._min, other._min)
+        self._max = max(self._max, other._max)
+        return self
 
     def __add__(self, other: QuantileSketch) -> QuantileSketch:
         return self.merge(other)

@@ -1,18 +1,22 @@
-"""The Faust worker: agents on the predictions and labels topics, ``/metrics`` on its web port.
+"""The Faust worker: the wiring of the stages onto agents, timers and ``/metrics``.
 
-Faust delivers raw bytes (its own per-record codecs are slow); the agents buffer records with
-``stream.take_events`` and hand each batch to :class:`streamproc.ingest.Ingestor`, which
-decodes with msgspec, joins through Redis and flushes its output. ``take_events`` acknowledges
-a batch's events only after the loop body returns, and Faust commits only acknowledged offsets:
-so offsets are committed after the Redis writes and produced records of their batch are done.
+Agents (one per topic, each over the partitions the group gives this worker):
 
-Commit order for one batch (see ``Ingestor``):
+- ``predictions`` and ``labels``: :class:`~streamproc.ingest.ingestor.Ingestor` decodes,
+  dead-letters and joins each batch, then :class:`~streamproc.publish.sources.SourceStage`
+  folds it into per-tick partials and sends the complete ones on;
+- ``partials``: :class:`~streamproc.publish.judging.JudgeStage` merges the partials of the models
+  on its partitions, judges windows and publishes alerts and metrics.
 
-1. Redis join writes (atomic Lua, pipelined);
-2. monitoring sink updates;
-3. dead letters and sink output flushed and acknowledged by Kafka;
-4. the batch's events acknowledged; Faust's commit loop commits them
-   (every ``broker_commit_interval`` or ``broker_commit_every`` records).
+The commit order of each is :mod:`streamproc.publish.commit`. Timers: the join's sweep, quiet
+sources (so windows close when traffic stops), retrying quarantined models, and each stage's
+progress into Redis for ``streamproc status``.
+
+A worker never stays up with a dead stage: an unexpected exception in an agent (not a data
+error, which is dead-lettered, nor Redis or Kafka being away, which is retried) is logged with
+its traceback and ends the process at once, before the batch's offsets can be committed, so the
+batch is read again by the restarted process or another worker. Faust's own agent crashes end
+the worker too (``CrashingSupervisor``).
 """
 
 from __future__ import annotations
@@ -21,30 +25,34 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import ssl
-from collections.abc import Callable
+import time
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
+import mode
 import redis.asyncio as aioredis
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from streamproc.config import Config, KafkaConfig, load_config
 from streamproc.dev.stack import cache_dir
 from streamproc.errors import ConfigError
-from streamproc.ingest.ingestor import Ingestor, MonitorSink, RawMessage, check_join_layout
+from streamproc.ingest.ingestor import Ingestor, RawMessage, check_join_layout
 from streamproc.ingest.join import RedisJoin
 from streamproc.kafka.producer import OutputProducer
-from streamproc.monitoring import (
-    MonitorStage,
-    RoutingSink,
-    ensure_observations_topic,
-    observations_topic,
-    partition_count,
-)
+from streamproc.kafka.topics import partition_count
+from streamproc.publish.judging import JudgeStage
+from streamproc.publish.keys import Keys
+from streamproc.publish.sources import SourceStage, ensure_partials_topic, partials_topic
 from streamproc.worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
+FATAL_EXIT = 70
+HEARTBEAT_TTL_S = 120
 
 
 def broker_credentials(kafka: KafkaConfig) -> faust.auth.Credentials | None:
@@ -79,18 +87,37 @@ def _raw(event: Any) -> RawMessage:
     )
 
 
-class WorkerRuntime:
-    """What the agents share: built lazily inside the event loop, on the first batch."""
+def fatal(stage: str, exc: BaseException) -> None:
+    """End the process now: a stage hit a bug, and its batch must not be acknowledged."""
+    log.critical(
+        "stage %s failed; the worker exits so the batch is read again after a restart:\n%s",
+        stage, "".join(traceback.format_exception(exc)),
+    )  # fmt: skip
+    logging.shutdown()
+    os._exit(FATAL_EXIT)
 
-    def __init__(
-        self, cfg: Config, metrics: WorkerMetrics, sink_factory: SinkFactory | None
-    ) -> None:
+
+class WorkerRuntime:
+    """What the agents share: built lazily inside the event loop, on the first use."""
+
+    def __init__(self, cfg: Config, metrics: WorkerMetrics) -> None:
         self.cfg = cfg
         self.metrics = metrics
-        self.sink_factory = sink_factory
-        self._ingestor: Ingestor | None = None
-        self._stage: MonitorStage | None = None
+        self.worker_id = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.partitions = ensure_partials_topic(cfg)
+        self.prediction_partitions = partition_count(cfg, cfg.topics.predictions)
+        self.label_partitions = partition_count(cfg, cfg.topics.labels)
+        self._client: aioredis.Redis | None = None
         self._output: OutputProducer | None = None
+        self._sources: SourceStage | None = None
+        self._ingestor: Ingestor | None = None
+        self._judges: JudgeStage | None = None
+
+    @property
+    def client(self) -> aioredis.Redis:
+        if self._client is None:
+            self._client = redis_client(self.cfg)
+        return self._client
 
     @property
     def output(self) -> OutputProducer:
@@ -99,53 +126,40 @@ class WorkerRuntime:
         return self._output
 
     @property
+    def sources(self) -> SourceStage:
+        if self._sources is None:
+            self._sources = SourceStage(
+                self.cfg, self.client, self.output, self.metrics, self.partitions
+            )
+        return self._sources
+
+    @property
     def ingestor(self) -> Ingestor:
         if self._ingestor is None:
             cfg = self.cfg
             join = RedisJoin(
-                redis_client(cfg),
-                cfg.redis.key_prefix,
-                cfg.join.prediction_ttl_s,
-                cfg.join.label_ttl_s,
-                cfg.join.dedupe_ttl_s,
-            )
-            factory = self.sink_factory or routing_sink
-            sink = factory(cfg, self.output, self.metrics)
-            self._ingestor = Ingestor(cfg, join, self.output, self.metrics, sink)
+                self.client, cfg.redis.key_prefix, cfg.join.prediction_ttl_s,
+                cfg.join.label_ttl_s, cfg.join.dedupe_ttl_s,
+            )  # fmt: skip
+            self._ingestor = Ingestor(cfg, join, self.output, self.metrics, self.sources)
         return self._ingestor
 
     @property
-    def stage(self) -> MonitorStage:
-        if self._stage is None:
-            cfg = self.cfg
-            self._stage = MonitorStage(
-                cfg,
-                redis_client(cfg),
-                self.output,
-                self.metrics,
-                partition_count(cfg, cfg.topics.predictions),
-                partition_count(cfg, cfg.topics.labels),
-            )
-        return self._stage
+    def judges(self) -> JudgeStage:
+        if self._judges is None:
+            self._judges = JudgeStage(
+                self.cfg, self.client, self.output, self.metrics, self.prediction_partitions,
+                self.label_partitions, self.partitions,
+            )  # fmt: skip
+        return self._judges
 
 
-def routing_sink(cfg: Config, output: OutputProducer, _metrics: WorkerMetrics) -> MonitorSink:
-    return RoutingSink(cfg, output)
-
-
-SinkFactory = Callable[[Config, OutputProducer, WorkerMetrics], MonitorSink]
-
-
-def build_app(
-    cfg: Config,
-    metrics: WorkerMetrics | None = None,
-    sink_factory: SinkFactory | None = None,
-) -> faust.App:
+def build_app(cfg: Config, metrics: WorkerMetrics | None = None) -> faust.App:
     """The Faust application for ``cfg``; ``streamproc worker`` runs it."""
     metrics = metrics or WorkerMetrics()
     datadir = cache_dir() / "faust" / cfg.worker.app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)
-    runtime = WorkerRuntime(cfg, metrics, sink_factory)
+    runtime = WorkerRuntime(cfg, metrics)
     app = faust.App(
         cfg.worker.app_id,
         broker=[f"kafka://{b.strip()}" for b in cfg.kafka.bootstrap.split(",")],
@@ -170,51 +184,104 @@ def build_app(
         topic_disable_leader=True,
         store="memory://",
         datadir=str(datadir),
+        # An agent that crashes takes the worker down: never a live process with a dead stage.
+        agent_supervisor=mode.CrashingSupervisor,
     )
     app.streamproc_runtime = runtime  # type: ignore[attr-defined]
     predictions = app.topic(cfg.topics.predictions, key_type=bytes, value_type=bytes)
     labels = app.topic(cfg.topics.labels, key_type=bytes, value_type=bytes)
-    ensure_observations_topic(cfg)
-    observations = app.topic(observations_topic(cfg), key_type=bytes, value_type=bytes)
+    partials = app.topic(partials_topic(cfg), key_type=bytes, value_type=bytes)
     size, within = cfg.worker.batch_size, cfg.worker.batch_within_s
+    last_offset: dict[Any, int] = {}
+    roles = {cfg.topics.predictions: "predictions", cfg.topics.labels: "labels",
+             partials_topic(cfg): "judge"}  # fmt: skip
 
-    def track_lag(events: Any, role: str) -> None:
-        last: dict[Any, int] = {}
+    def track(events: Any, stage: str) -> None:
         for e in events:
-            last[e.message.tp] = e.message.offset
-        for tp, offset in last.items():
+            last_offset[e.message.tp] = e.message.offset
+        metrics.stage_progress.labels(stage=stage).set(time.time())
+        seen = {e.message.tp for e in events}
+        for tp in seen:
             high = app.consumer.highwater(tp)
-            if high is not None:
-                metrics.consumer_lag.labels(topic=role, partition=str(tp.partition)).set(
-                    max(high - offset - 1, 0)
+            if high is not None and stage != "judge":
+                metrics.consumer_lag.labels(topic=stage, partition=str(tp.partition)).set(
+                    max(high - last_offset[tp] - 1, 0)
                 )
+
+    async def guarded(stage: str, work: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            await work()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            fatal(stage, exc)
 
     @app.agent(predictions, name="predictions")
     async def ingest_predictions(stream: faust.StreamT) -> None:
         async for events in stream.take_events(size, within=within):
-            await runtime.ingestor.on_predictions([_raw(e) for e in events])
-            track_lag(events, "predictions")
+            batch = [_raw(e) for e in events]
+            await guarded("predictions", lambda b=batch: runtime.ingestor.on_predictions(b))
+            track(events, "predictions")
 
     @app.agent(labels, name="labels")
     async def ingest_labels(stream: faust.StreamT) -> None:
         async for events in stream.take_events(size, within=within):
-            await runtime.ingestor.on_labels([_raw(e) for e in events])
-            track_lag(events, "labels")
+            batch = [_raw(e) for e in events]
+            await guarded("labels", lambda b=batch: runtime.ingestor.on_labels(b))
+            track(events, "labels")
 
-    @app.agent(observations, name="monitors")
-    async def run_monitors(stream: faust.StreamT) -> None:
+    @app.agent(partials, name="judge")
+    async def judge(stream: faust.StreamT) -> None:
         async for events in stream.take_events(size, within=within):
-            await runtime.stage.on_inputs(
-                [(e.message.partition, e.message.offset, e.message.value) for e in events]
-            )
+            batch = [(e.message.partition, e.message.offset, e.message.value) for e in events]
+            await guarded("judge", lambda b=batch: runtime.judges.on_messages(b))
+            track(events, "judge")
+
+    def assigned(role: str) -> dict[Any, bool]:
+        """This worker's partitions of a topic role, each with 'nothing left to read'."""
+        out = {}
+        for tp in app.consumer.assignment():
+            if roles.get(tp.topic) != role:
+                continue
+            high = app.consumer.highwater(tp)
+            done = last_offset.get(tp, -1)
+            out[tp] = high is None or done + 1 >= high
+        return out
 
     @app.timer(interval=cfg.join.sweep_interval_s)
     async def sweep() -> None:
-        await runtime.ingestor.sweep()
+        await guarded("sweep", runtime.ingestor.sweep)
 
     @app.timer(interval=min(5.0, cfg.monitoring.idle_timeout_s / 4))
-    async def retire_idle_sources() -> None:
-        await runtime.stage.tick()
+    async def quiet_sources() -> None:
+        quiet = {}
+        for role, prefix in (("predictions", "p"), ("labels", "l")):
+            for tp, caught_up in assigned(role).items():
+                quiet[f"{prefix}{tp.partition}"] = caught_up
+        await guarded("idle", lambda: runtime.sources.report_idle(quiet))
+
+    @app.timer(interval=max(5.0, cfg.monitoring.baseline_refresh_s))
+    async def quarantine() -> None:
+        await guarded("judge", runtime.judges.retry_quarantined)
+
+    @app.timer(interval=10.0)
+    async def heartbeat() -> None:
+        await guarded("heartbeat", lambda: write_heartbeat(runtime, assigned, metrics))
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(_sender: Any, revoked: Any, **_kw: Any) -> None:
+        by_role: dict[str, list[int]] = {}
+        for tp in revoked:
+            role = roles.get(tp.topic)
+            if role is not None:
+                by_role.setdefault(role, []).append(tp.partition)
+        if runtime._sources is not None:
+            runtime.sources.revoke(
+                [f"p{p}" for p in by_role.get("predictions", [])]
+                + [f"l{p}" for p in by_role.get("labels", [])]
+            )
+        if runtime._judges is not None:
+            runtime.judges.revoke(by_role.get("judge", []))
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
@@ -224,6 +291,31 @@ def build_app(
         )  # fmt: skip
 
     return app
+
+
+async def write_heartbeat(
+    runtime: WorkerRuntime, assigned: Callable[[str], dict[Any, bool]], metrics: WorkerMetrics
+) -> None:
+    """Each stage's last progress and whether input waits for it, for ``streamproc status``
+    (and the pending-input gauge the stall rule reads)."""
+    fields: dict[str, str] = {"at": f"{time.time():.3f}"}
+    for stage in ("predictions", "labels", "judge"):
+        parts = assigned(stage)
+        waiting = sum(1 for caught_up in parts.values() if not caught_up)
+        metrics.stage_pending.labels(stage=stage).set(waiting)
+        last = metrics.stage_progress.labels(stage=stage)._value.get()
+        fields[f"{stage}.last_progress"] = f"{last:.3f}"
+        fields[f"{stage}.partitions"] = str(len(parts))
+        fields[f"{stage}.waiting"] = str(waiting)
+    if runtime._judges is not None:
+        quarantined = {m: why for p in runtime.judges.parts.values()
+                       for m, why in p.quarantined.items()}  # fmt: skip
+        fields["quarantined"] = "; ".join(f"{m}: {w}" for m, w in sorted(quarantined.items()))
+    key = Keys(runtime.cfg.redis.key_prefix).worker(runtime.worker_id)
+    async with runtime.client.pipeline(transaction=True) as pipe:
+        pipe.hset(key, mapping=fields)
+        pipe.expire(key, HEARTBEAT_TTL_S)
+        await pipe.execute()
 
 
 def run(args: argparse.Namespace) -> int:

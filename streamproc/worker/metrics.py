@@ -110,6 +110,40 @@ class WorkerMetrics:
             "streamproc_monitors", "Monitors (model x version x segment) held by this worker",
             registry=r,
         )  # fmt: skip
+        self.aggregated = Counter(
+            "streamproc_aggregated_events",
+            "Events (predictions and joined outcomes) this process folded into partials",
+            ["model"], registry=r,
+        )  # fmt: skip
+        self.partials = Counter(
+            "streamproc_partials",
+            "Partial messages: sent by aggregation; received, late or duplicate at the judge",
+            ["result"], registry=r,
+        )  # fmt: skip
+        self.baseline_reloads = Counter(
+            "streamproc_baseline_reloads",
+            "Baselines (new, changed or deleted) a running worker picked up",
+            ["model"], registry=r,
+        )  # fmt: skip
+        self.monitor_errors = Counter(
+            "streamproc_monitor_errors",
+            "Exceptions while judging a model; the model is quarantined, its input kept",
+            ["model"], registry=r,
+        )  # fmt: skip
+        self.quarantined = Gauge(
+            "streamproc_models_quarantined", "Models whose judging stopped on an error",
+            registry=r,
+        )  # fmt: skip
+        self.stage_progress = Gauge(
+            "streamproc_stage_last_progress_seconds",
+            "Unix time a stage last finished a batch (predictions, labels, judge)",
+            ["stage"], registry=r,
+        )  # fmt: skip
+        self.stage_pending = Gauge(
+            "streamproc_stage_input_pending",
+            "Messages waiting for a stage in the partitions this worker owns",
+            ["stage"], registry=r,
+        )  # fmt: skip
 
     def render(self) -> bytes:
         """The exposition text for ``/metrics``."""

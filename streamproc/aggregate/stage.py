@@ -1,0 +1,93 @@
+"""The aggregation stage of one process: the sources it owns, fed batch by batch.
+
+The ingest stage hands each consumed batch over (:meth:`AggregateStage.on_batch`) once it has
+decoded, dead-lettered and joined it: the accepted predictions of a predictions partition, and
+the joins that batch completed, on either topic. The stage folds them into each source's
+:class:`~streamproc.aggregate.source.SourceAggregator` and collects the partials of the ticks
+that became complete, to be sent on (:meth:`AggregateStage.take`). No I/O happens here: the
+worker (:mod:`streamproc.publish`) and the in-process pipeline
+(:mod:`streamproc.tools.inprocess`) do it, each in their own way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from typing import Literal
+
+from streamproc.aggregate.source import Accepted, Completed, ReferenceLookup, SourceAggregator
+from streamproc.aggregate.wire import PartialsMessage, ProgressMessage
+from streamproc.config import MonitoringConfig
+from streamproc.ingest.ingestor import Observed
+from streamproc.ingest.join import Joined
+
+log = logging.getLogger(__name__)
+Role = Literal["predictions", "labels"]
+
+
+def position(origin: str) -> tuple[int, int, int]:
+    """``(partition, offset, index)`` of an origin ``"<partition>:<offset>:<index>"``.
+
+    >>> position("3:120:"), position("l3:120:7")
+    ((3, 120, -1), (3, 120, 7))
+    """
+    partition, offset, index = origin.lstrip("lp").split(":")
+    return int(partition), int(offset), int(index) if index else -1
+
+
+class AggregateStage:
+    """The :class:`SourceAggregator` s of the sources this process owns."""
+
+    def __init__(self, cfg: MonitoringConfig, refs: ReferenceLookup) -> None:
+        self.cfg = cfg
+        self.refs = refs
+        self.sources: dict[str, SourceAggregator] = {}
+        self.folded: Counter[str] = Counter()  # events folded per model, for metrics
+        self._outbox: list[PartialsMessage] = []
+        self._moved: set[str] = set()
+
+    def source(self, name: str) -> SourceAggregator:
+        agg = self.sources.get(name)
+        if agg is None:
+            agg = self.sources[name] = SourceAggregator(name, self.cfg, self.refs)
+        return agg
+
+    def on_batch(self, role: Role, observed: Sequence[Observed], joined: Sequence[Joined]) -> None:
+        """Fold one consumed batch: predictions by their partition, outcomes by the position
+        of the message that completed them."""
+        prefix = "p" if role == "predictions" else "l"
+        preds: dict[str, list[Accepted]] = {}
+        outs: dict[str, list[Completed]] = {}
+        through: dict[str, int] = {}
+        for ob in observed:
+            src = f"{prefix}{ob.partition}"
+            preds.setdefault(src, []).append(Accepted(ob.event, ob.event_time, ob.offset, ob.index))
+            through[src] = max(through.get(src, -1), ob.offset)
+        for j in joined:
+            partition, offset, index = position(j.completed_by)
+            src = f"{prefix}{partition}"
+            outs.setdefault(src, []).append(Completed(j, offset, index))
+            through[src] = max(through.get(src, -1), offset)
+        for src in sorted(through):
+            agg = self.source(src)
+            before = agg.clock.flushed_until
+            # A redelivered join comes back in its batch order; sort outcomes into offset order.
+            ocs = sorted(outs.get(src, []), key=lambda c: (c.offset, c.index))
+            self.folded.update(agg.fold(preds.get(src, []), ocs, through[src]))
+            if agg.clock.flushed_until > before:
+                self._moved.add(src)
+            self._outbox += agg.complete()
+
+    def take(self) -> tuple[list[PartialsMessage], list[ProgressMessage]]:
+        """The partials completed since the last call, and the progress of the sources whose
+        watermark moved (to be sent after the partials)."""
+        partials, self._outbox = self._outbox, []
+        progress = [self.sources[s].progress() for s in sorted(self._moved)]
+        self._moved = set()
+        return partials, progress
+
+    def drop(self, name: str) -> None:
+        """Forget a source (its partition was revoked): its next owner restores it."""
+        self.sources.pop(name, None)
+        self._moved.discard(name)

@@ -1,0 +1,225 @@
+"""A model judge's state as versioned bytes: ``b"SPM3"`` + msgpack, never pickle.
+
+What is stored: the reference timeline (fingerprints only: references themselves live in Redis
+by fingerprint), the partials of ticks not closed yet, every open window, detectors, warm-up
+samples, which segment values have monitors, and the alert tracker. Settings that shape the
+state (window, tick, lateness) are stored with it.
+
+:func:`restore` never raises on a checkpoint it cannot use: one of another format (``SPM1`` and
+``SPM2`` were the single-process engine's), another code version, or other window settings is
+discarded and the reason returned, so the caller logs it and the model starts afresh from the
+partials still to come, instead of a worker that crashes on start.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Final
+
+import msgspec
+
+from streamproc.aggregate.partials import (
+    OutcomeState,
+    TickState,
+    decode_outcome,
+    decode_tick,
+    encode_outcome,
+    encode_tick,
+)
+from streamproc.baseline.reference import ReferenceCache
+from streamproc.config import MonitoringConfig
+from streamproc.errors import StateEncodingError
+from streamproc.judge.alerts import AlertTracker
+from streamproc.judge.detectors import ADWINDetector, PageHinkleyDetector
+from streamproc.judge.engine import (
+    DetectorPair,
+    ModelJudge,
+    OutcomeSegment,
+    Segment,
+    WindowState,
+)
+from streamproc.judge.timeline import ReferenceTimeline, TimelineState
+
+MAGIC: Final = b"SPM3"
+_NEVER = -math.inf
+
+
+class _WindowStored(msgspec.Struct, array_like=True):
+    common: TickState
+    by_fp: list[tuple[str | None, TickState]]
+
+
+class _SegmentStored(msgspec.Struct, array_like=True):
+    version: str
+    key: str
+    created_at: float
+    windows: dict[float, _WindowStored]
+    detectors: dict[str, tuple[str, bytes, bytes]]
+    detections: dict[str, dict[str, list[float]]]
+    warm_windows: int
+    warm_count: int
+    warm_rows: list[list[Any]]
+    past_counts: list[int]
+    quiet_windows: int
+
+
+class _OutcomeStored(msgspec.Struct, array_like=True):
+    version: str
+    key: str
+    windows: dict[float, OutcomeState]
+    error_fp: str | None
+    error_adwin: bytes
+    error_detections: list[float]
+
+
+class _Settings(msgspec.Struct, array_like=True, frozen=True):
+    window_s: float
+    tick_s: float
+    lateness_s: float
+
+
+class _JudgeStored(msgspec.Struct, array_like=True):
+    model_id: str
+    settings: _Settings
+    timeline: TimelineState
+    pending: dict[float, dict[str, list[tuple[str, str, TickState]]]]
+    pending_outcomes: dict[float, dict[str, list[tuple[str, str, OutcomeState]]]]
+    closed_until: float
+    outcome_closed_until: float
+    window_cursor: float
+    empty_run: int
+    known_values: dict[str, dict[str, float]]
+    segments: list[_SegmentStored]
+    outcome_segments: list[_OutcomeStored]
+    tracker: bytes
+    late_partials: int
+    duplicate_partials: int
+
+
+_ENC = msgspec.msgpack.Encoder()
+_DEC = msgspec.msgpack.Decoder(_JudgeStored)
+
+
+def _settings(cfg: MonitoringConfig) -> _Settings:
+    return _Settings(cfg.window_s, cfg.tick_s, cfg.lateness_s)
+
+
+def to_bytes(j: ModelJudge) -> bytes:
+    """The checkpoint of ``j``."""
+    segments = [
+        _SegmentStored(
+            s.version,
+            s.key,
+            s.created_at,
+            {
+                w: _WindowStored(
+                    encode_tick(win.common), [(fp, encode_tick(p)) for fp, p in win.by_fp.items()]
+                )
+                for w, win in s.windows.items()
+            },
+            {
+                f: (d.fp, d.adwin.to_bytes(), d.page_hinkley.to_bytes())
+                for f, d in s.detectors.items()
+            },
+            s.detections,
+            s.warm_windows,
+            s.warm_count,
+            s.warm_rows,
+            s.past_counts,
+            s.quiet_windows,
+        )
+        for s in j.segments.values()
+    ]
+    outcomes = [
+        _OutcomeStored(
+            v,
+            k,
+            {w: encode_outcome(o) for w, o in seg.windows.items()},
+            seg.error_fp,
+            seg.error_adwin.to_bytes() if seg.error_adwin is not None else b"",
+            seg.error_detections,
+        )
+        for (v, k), seg in j.outcome_segments.items()
+    ]
+    stored = _JudgeStored(
+        j.model_id,
+        _settings(j.cfg),
+        j.timeline.state(),
+        j.pending,
+        j.pending_outcomes,
+        j.closed_until,
+        j.outcome_closed_until,
+        j.window_cursor,
+        j.empty_run,
+        j.known_values,
+        segments,
+        outcomes,
+        j.tracker.to_bytes(),
+        j.late_partials,
+        j.duplicate_partials,
+    )
+    return MAGIC + _ENC.encode(stored)
+
+
+def restore(
+    blob: bytes, model_id: str, cfg: MonitoringConfig, topic: str, refs: ReferenceCache
+) -> tuple[ModelJudge, str | None]:
+    """The judge stored in ``blob``, or a fresh one and why the checkpoint was discarded."""
+    fresh = ModelJudge(model_id, cfg, topic, refs)
+    if blob[:4] != MAGIC:
+        return fresh, f"model {model_id}: checkpoint of another format ({blob[:4]!r}) discarded"
+    try:
+        s = _DEC.decode(blob[4:])
+        if s.model_id != model_id:
+            raise StateEncodingError(f"it is model {s.model_id!r}'s")
+        if s.settings != _settings(fresh.cfg):
+            raise StateEncodingError(
+                f"written with window_s={s.settings.window_s:g}, tick_s={s.settings.tick_s:g}, "
+                f"lateness_s={s.settings.lateness_s:g}"
+            )
+        j = _restore(s, fresh)
+    except (StateEncodingError, msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+        return ModelJudge(model_id, cfg, topic, refs), (
+            f"model {model_id}: checkpoint discarded ({exc})"
+        )
+    return j, None
+
+
+def _restore(s: _JudgeStored, j: ModelJudge) -> ModelJudge:
+    j.timeline = ReferenceTimeline.restore(s.timeline)
+    j.pending = {t: {src: list(items) for src, items in c.items()} for t, c in s.pending.items()}
+    j.pending_outcomes = {
+        t: {src: list(items) for src, items in c.items()} for t, c in s.pending_outcomes.items()
+    }
+    j.closed_until = s.closed_until
+    j.outcome_closed_until = s.outcome_closed_until
+    j.window_cursor = s.window_cursor
+    j.empty_run = s.empty_run
+    j.known_values = {dim: dict(v) for dim, v in s.known_values.items()}
+    for ss in s.segments:
+        seg = Segment(ss.version, ss.key, ss.created_at)
+        for w, ws in ss.windows.items():
+            win = WindowState(decode_tick(ws.common))
+            win.by_fp = {fp: decode_tick(st) for fp, st in ws.by_fp}
+            seg.windows[w] = win
+        seg.detectors = {
+            f: DetectorPair(fp, ADWINDetector.from_bytes(a), PageHinkleyDetector.from_bytes(p))
+            for f, (fp, a, p) in ss.detectors.items()
+        }
+        seg.detections = {d: {f: list(ts) for f, ts in m.items()} for d, m in ss.detections.items()}
+        seg.warm_windows, seg.warm_count = ss.warm_windows, ss.warm_count
+        seg.warm_rows = [list(r) for r in ss.warm_rows]
+        seg.past_counts = list(ss.past_counts)
+        seg.quiet_windows = ss.quiet_windows
+        j.segments[(ss.version, ss.key)] = seg
+    for so in s.outcome_segments:
+        oseg = OutcomeSegment(
+            {w: decode_outcome(o) for w, o in so.windows.items()},
+            so.error_fp,
+            ADWINDetector.from_bytes(so.error_adwin) if so.error_adwin else None,
+            list(so.error_detections),
+        )
+        j.outcome_segments[(so.version, so.key)] = oseg
+    j.tracker = AlertTracker.from_bytes(s.tracker)
+    j.late_partials, j.duplicate_partials = s.late_partials, s.duplicate_partials
+    return j

@@ -1,0 +1,807 @@
+"""The judge of one model: merge partials into windows, compare, detect, alert.
+
+A :class:`ModelJudge` receives the complete ticks of every source
+(:class:`~streamproc.aggregate.wire.PartialsMessage`) and, when the sources' progress allows
+(:class:`~streamproc.judge.progress.Bounds`), closes ticks and windows in event-time order:
+
+- a **tick** closes once every source has passed it: its partials are merged (sources in a
+  fixed order), raw segment values are mapped to monitors, every numeric feature's
+  standardised tick mean feeds that monitor's ADWIN and Page-Hinkley detectors, and the tick is
+  added to its window;
+- a **window** closes once its last tick has: it is judged against its reference (see
+  :mod:`streamproc.judge.timeline`) by :mod:`streamproc.judge.checks`, verdicts go through the
+  :class:`~streamproc.judge.alerts.AlertTracker`, and one ``metrics.v1`` record per monitor
+  is emitted. A monitor without a reference yet warms up on its first windows' samples.
+
+Outcomes (joined labels, by label time) close the same way on their own boundary, never past
+the predictions': accuracy, calibration and label drift per window, ADWIN on the error stream
+per tick.
+
+Everything a closing reads is either the partials, merged in a fixed order, or state indexed by
+event time (the reference timeline, when each segment value got its monitor), so the output is
+the same however the sources' messages interleaved, however far each call could close, on one
+worker, two, or a replay.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import msgspec
+
+from streamproc.aggregate.fold import fold_rows, prepare
+from streamproc.aggregate.partials import (
+    Z_SCALE,
+    OutcomePartial,
+    OutcomeState,
+    TickPartial,
+    TickState,
+    decode_outcome,
+    decode_tick,
+)
+from streamproc.aggregate.wire import PartialsMessage
+from streamproc.baseline.reference import Reference, ReferenceCache
+from streamproc.config import MonitoringConfig
+from streamproc.contracts import Alert, MetricsRecord, Window
+from streamproc.judge import checks
+from streamproc.judge.alerts import AlertKey, AlertTracker, Kind, Severity, Verdict, iso
+from streamproc.judge.detectors import ADWINDetector, PageHinkleyDetector
+from streamproc.judge.progress import Bounds
+from streamproc.judge.timeline import ReferenceTimeline
+from streamproc.sketch import OTHER
+
+log = logging.getLogger(__name__)
+
+ALL: Final = "all"
+EMPTY_WINDOWS_CAP: Final = 12
+"""Empty windows judged in a row for a model that went silent; after that the judge skips
+ahead to its next data (volume alerts keep firing, nothing else could change)."""
+
+
+def segment_of(key: str) -> dict[str, str]:
+    """The ``segment`` of a ``metrics.v1`` record or alert for a monitor key.
+
+    >>> segment_of("all"), segment_of("country=DE")
+    ({}, {'country': 'DE'})
+    """
+    if key == ALL:
+        return {}
+    dim, _, value = key.partition("=")
+    return {dim: value}
+
+
+@dataclass
+class Output:
+    """What one :meth:`ModelJudge.advance` emitted."""
+
+    alerts: list[Alert] = field(default_factory=list)
+    metrics: list[MetricsRecord] = field(default_factory=list)
+    detections: list[tuple[str, str, str]] = field(default_factory=list)  # detector, seg, feat
+    references: list[tuple[str, str, Reference]] = field(default_factory=list)  # warm-ups
+    windows_closed: int = 0
+
+    def extend(self, other: Output) -> None:
+        self.alerts += other.alerts
+        self.metrics += other.metrics
+        self.detections += other.detections
+        self.references += other.references
+        self.windows_closed += other.windows_closed
+
+
+@dataclass
+class WindowState:
+    """A monitor's open window: the ticks closed into it so far."""
+
+    common: TickPartial = field(default_factory=TickPartial)  # every event: counts, offsets
+    by_fp: dict[str | None, TickPartial] = field(default_factory=dict)  # None: samples
+
+    def add(self, common: TickPartial, by_fp: dict[str | None, TickPartial], k: int) -> None:
+        self.common.merge_common(common)
+        for fp, p in by_fp.items():
+            have = self.by_fp.get(fp)
+            if have is None:
+                self.by_fp[fp] = p
+            else:
+                have.absorb(p, k)
+
+
+@dataclass
+class DetectorPair:
+    """ADWIN and Page-Hinkley on one feature's standardised tick means, for one reference."""
+
+    fp: str
+    adwin: ADWINDetector
+    page_hinkley: PageHinkleyDetector
+
+
+@dataclass
+class Segment:
+    """One prediction monitor: (model version, segment key)."""
+
+    version: str
+    key: str
+    created_at: float
+    windows: dict[float, WindowState] = field(default_factory=dict)
+    detectors: dict[str, DetectorPair] = field(default_factory=dict)
+    detections: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # det -> f -> t
+    warm_windows: int = 0
+    warm_count: int = 0
+    warm_rows: list[list[Any]] = field(default_factory=list)
+    past_counts: list[int] = field(default_factory=list)
+    quiet_windows: int = 0  # consecutive windows without an event while another version had
+
+
+@dataclass
+class OutcomeSegment:
+    """One outcome monitor: its open label windows and its error-stream detector."""
+
+    windows: dict[float, OutcomePartial] = field(default_factory=dict)
+    error_fp: str | None = None
+    error_adwin: ADWINDetector | None = None
+    error_detections: list[float] = field(default_factory=list)
+
+
+Hook = Callable[[str, str, float, Reference, TickPartial], None]
+
+
+class ModelJudge:
+    """Every monitor of one model; see the module docstring.
+
+    Parameters
+    ----------
+    model_id
+        The model judged.
+    cfg
+        The ``monitoring`` settings; ``monitoring.models[model_id]`` is applied here.
+    topic
+        The predictions topic, named in alerts' ``source`` so they can be replayed.
+    refs
+        References by fingerprint; the caller loads every one :meth:`needed_fps` names before
+        :meth:`advance` (warm-up references built here are put in it).
+    """
+
+    def __init__(
+        self, model_id: str, cfg: MonitoringConfig, topic: str, refs: ReferenceCache
+    ) -> None:
+        cfg = cfg.for_model(model_id)
+        if abs(cfg.window_s / cfg.tick_s - round(cfg.window_s / cfg.tick_s)) > 1e-9:
+            raise ValueError("monitoring.window_s must be a multiple of monitoring.tick_s")
+        self.model_id = model_id
+        self.cfg = cfg
+        self.topic = topic
+        self.refs = refs
+        self.timeline = ReferenceTimeline()
+        self.pending: dict[float, dict[str, list[tuple[str, str, TickState]]]] = {}
+        self.pending_outcomes: dict[float, dict[str, list[tuple[str, str, OutcomeState]]]] = {}
+        self.closed_until = -math.inf
+        self.outcome_closed_until = -math.inf
+        self.window_cursor = -math.inf  # start of the next prediction window to close
+        self.segments: dict[tuple[str, str], Segment] = {}
+        self.outcome_segments: dict[tuple[str, str], OutcomeSegment] = {}
+        self.known_values: dict[str, dict[str, float]] = {}  # dim -> value -> admitted at
+        self.tracker = AlertTracker(cfg.clear_windows)
+        self.late_partials = 0
+        self.duplicate_partials = 0
+        self.empty_run = 0
+        self.on_window: Hook | None = None
+
+    # -- intake ----------------------------------------------------------------------------------
+
+    def add(self, msg: PartialsMessage) -> None:
+        """Take one source's complete ticks; late or repeated ones are counted and dropped.
+
+        A tick of a source arrives once, complete (the aggregation stage never sends a tick
+        twice but after a crash, and then the same). Only its first copy counts.
+        """
+        tick_s = self.cfg.tick_s
+        for entry in msg.ticks:
+            t = entry.start
+            for items, pending, closed in (
+                (entry.predictions, self.pending, self.closed_until),
+                (entry.outcomes, self.pending_outcomes, self.outcome_closed_until),
+            ):
+                if not items:
+                    continue
+                if t + tick_s <= closed:
+                    self.late_partials += 1
+                    continue
+                cell = pending.setdefault(t, {})  # type: ignore[attr-defined]
+                if msg.source in cell:
+                    self.duplicate_partials += 1
+                    continue
+                cell[msg.source] = list(items)
+
+    def needed_fps(self) -> set[str]:
+        """Every reference fingerprint the next :meth:`advance` may need."""
+        fps = self.timeline.fps()
+        for cell in self.pending.values():
+            for items in cell.values():
+                fps.update(s.fp for _, _, s in items if s.fp is not None)
+        for seg in self.segments.values():
+            for win in seg.windows.values():
+                fps.update(fp for fp in win.by_fp if fp is not None)
+            fps.update(d.fp for d in seg.detectors.values())
+        fps.update(o.error_fp for o in self.outcome_segments.values() if o.error_fp)
+        return fps
+
+    # -- references ------------------------------------------------------------------------------
+
+    def set_baseline(
+        self,
+        version: str,
+        created_at: str | None,
+        refs: dict[str, Reference],
+        dims: list[str],
+    ) -> bool:
+        """Apply a (new, changed or deleted: ``created_at=None``) baseline of ``version`` to
+        every window not closed yet. ``refs`` must be narrowed to ``monitoring.features``."""
+        for ref in refs.values():
+            self.refs.put(ref)
+        start = self.window_cursor if self.window_cursor > -math.inf else -math.inf
+        return self.timeline.set_baseline(
+            version, start, created_at, {k: r.fp for k, r in refs.items()}, dims
+        )
+
+    def _ref(self, fp: str | None) -> Reference | None:
+        ref = self.refs.get(fp)
+        if ref is None and fp is not None:
+            log.warning(
+                "model %s: reference %s is not known; judging without it", self.model_id, fp
+            )
+        return ref
+
+    # -- segments --------------------------------------------------------------------------------
+
+    def _monitored(self, version: str, raw: str, t: float, admit: bool) -> str:
+        """The monitor key of a raw segment key at event time ``t``.
+
+        Dimensions the baseline is segmented by keep the baseline's values (others are
+        ``__other__``); other dimensions get a monitor for each of the first
+        ``max_segment_values`` values seen, in closing order. ``admit=False`` (outcomes) only
+        reads what predictions admitted by ``t``.
+        """
+        if raw == ALL:
+            return raw
+        dim, _, value = raw.partition("=")
+        fixed = self.timeline.fixed_values(version, t)
+        if dim in fixed:
+            return raw if value in fixed[dim] else f"{dim}={OTHER}"
+        if value == OTHER:
+            return raw
+        known = self.known_values.setdefault(dim, {})
+        at = known.get(value)
+        cap = self.cfg.max_segment_values
+        if admit:
+            if at is not None:
+                return raw
+            if len(known) >= cap:
+                return f"{dim}={OTHER}"
+            known[value] = t
+            return raw
+        if at is not None and at <= t:
+            return raw
+        if sum(1 for a in known.values() if a <= t) >= cap:
+            return f"{dim}={OTHER}"
+        return raw
+
+    def _segment(self, version: str, key: str, t: float) -> Segment:
+        seg = self.segments.get((version, key))
+        if seg is None:
+            seg = self.segments[(version, key)] = Segment(version, key, t)
+        return seg
+
+    def _n_segments(self, version: str, t: float | None = None) -> int:
+        """Monitors of a model version (the Bonferroni split): the baseline's segments, or
+        those seen so far (by ``t``, when given)."""
+        entry = (
+            self.timeline.latest(version) if t is None else self.timeline.baseline_at(version, t)
+        )
+        in_baseline = len(entry.refs) if entry is not None else 0
+        seen = sum(
+            1
+            for (v, _), s in self.segments.items()
+            if v == version and (t is None or s.created_at <= t)
+        )
+        return max(in_baseline, seen, 1)
+
+    # -- closing ---------------------------------------------------------------------------------
+
+    def advance(self, bounds: Bounds, emitted_at: str, final: bool = False) -> Output:
+        """Close every tick and window ``bounds`` allow (``final``: everything with data)."""
+        cfg = self.cfg
+        out = Output()
+        b_p, complete_p = self._bound(bounds.predictions, bounds.silent_predictions, final)
+        b_o, _ = self._bound(bounds.outcomes, bounds.silent_outcomes, final)
+        b_o = min(b_o, b_p)
+        tick_s, window_s = cfg.tick_s, cfg.window_s
+        items: list[tuple[float, int, float]] = []
+        items += [(t + tick_s, 0, t) for t in self.pending if t + tick_s <= b_p]
+        items += [(t + tick_s, 2, t) for t in self.pending_outcomes if t + tick_s <= b_o]
+        for w in self._windows_to_close(items, b_p, final):
+            items.append((w + window_s, 1, w))
+        o_windows = {
+            w for o in self.outcome_segments.values() for w in o.windows if w + window_s <= b_o
+        }
+        o_windows |= {self._window_start(t) for _, kind, t in items if kind == 2}
+        items += [(w + window_s, 3, w) for w in o_windows if w + window_s <= b_o]
+        for end, kind, start in sorted(items):
+            if kind == 0:
+                self._close_tick(start, emitted_at, out)
+            elif kind == 1:
+                self._close_window(start, emitted_at, out, end <= complete_p)
+                out.windows_closed += 1
+            elif kind == 2:
+                self._close_outcome_tick(start, emitted_at, out)
+            else:
+                self._close_outcome_window(start, emitted_at, out)
+        if b_p > self.closed_until and b_p < math.inf:
+            self.closed_until = b_p
+        if b_o > self.outcome_closed_until and b_o < math.inf:
+            self.outcome_closed_until = b_o
+        if final:
+            ends = [end for end, kind, _ in items if kind in (0, 1)]
+            self.closed_until = max([self.closed_until, *ends])
+            o_ends = [end for end, kind, _ in items if kind in (2, 3)]
+            self.outcome_closed_until = max([self.outcome_closed_until, *o_ends])
+        return out
+
+    def _window_start(self, t: float) -> float:
+        return float(math.floor(t / self.cfg.window_s) * self.cfg.window_s)
+
+    def _bound(
+        self, bound: float, silent: tuple[float, float] | None, final: bool
+    ) -> tuple[float, float]:
+        """The boundary to close to, and up to where closed windows are complete (their
+        volume means something: not cut short by the end of a replay)."""
+        if final:
+            return math.inf, bound
+        if silent is None:
+            return bound, bound
+        newest, quiet = silent
+        # Silent for idle_timeout_s: close the window holding the last events, then one more
+        # window for every window_s of silence.
+        window_s, tick_s = self.cfg.window_s, self.cfg.tick_s
+        held = self._window_start(newest) + window_s
+        grown = math.floor((newest + quiet - self.cfg.idle_timeout_s) / tick_s) * tick_s
+        b = max(bound, held, grown)
+        return b, b
+
+    def _windows_to_close(
+        self, items: list[tuple[float, int, float]], b_p: float, final: bool
+    ) -> list[float]:
+        window_s = self.cfg.window_s
+        with_data = {w for s in self.segments.values() for w in s.windows}
+        with_data |= {self._window_start(t) for _, kind, t in items if kind == 0}
+        if not with_data and self.window_cursor == -math.inf:
+            return []
+        start = (
+            min([self.window_cursor, *with_data])
+            if self.window_cursor > -math.inf
+            else (min(with_data))
+        )
+        last = max(with_data, default=-math.inf)
+        limit = last + window_s if final else b_p
+        out: list[float] = []
+        w = start
+        run = self.empty_run
+        if not self.segments and not with_data:
+            return out
+        while w + window_s <= limit:
+            if w in with_data:
+                run = 0
+                out.append(w)
+            elif run < EMPTY_WINDOWS_CAP:
+                run += 1
+                out.append(w)
+            else:  # long silence: skip to the next window with data, or to the boundary
+                ahead = [x for x in with_data if x > w]
+                if not ahead:
+                    break
+                w = min(ahead)
+                continue
+            w += window_s
+        return out
+
+    def _close_tick(self, t: float, emitted_at: str, out: Output) -> None:
+        cfg = self.cfg
+        cell = self.pending.pop(t)
+        groups: dict[tuple[str, str], list[TickPartial]] = {}
+        for source in sorted(cell):
+            for version, raw, state in cell[source]:
+                key = self._monitored(version, raw, t, admit=True)
+                groups.setdefault((version, key), []).append(decode_tick(state))
+        if self.window_cursor == -math.inf:
+            self.window_cursor = self._window_start(t)
+        k = cfg.warmup_sample
+        for version, key in sorted(groups):
+            seg = self._segment(version, key, t)
+            common = TickPartial()
+            by_fp: dict[str | None, TickPartial] = {}
+            for p in groups[(version, key)]:
+                common.merge_common(p)
+                have = by_fp.get(p.fp)
+                if have is None:
+                    by_fp[p.fp] = p
+                else:
+                    have.absorb(p, k)
+            ref = self.refs.get(self.timeline.select(version, key, t))
+            if ref is not None:
+                self._bin_samples(by_fp, ref)
+            tick_fp = _largest(by_fp)
+            if tick_fp is not None:
+                tref = self._ref(tick_fp)
+                if tref is not None:
+                    window = (t, t + cfg.tick_s)
+                    self._feed_detectors(
+                        seg, t, by_fp[tick_fp], tref, common, window, emitted_at, out
+                    )
+            seg.windows.setdefault(self._window_start(t), WindowState()).add(common, by_fp, k)
+
+    def _bin_samples(self, by_fp: dict[str | None, TickPartial], ref: Reference) -> None:
+        """Bin complete samples with ``ref``, as the aggregation stage would have."""
+        sample = by_fp.get(None)
+        if sample is None or not sample.complete_sample:
+            return
+        binned = TickPartial(sample.count, sample.offsets, sample.present, sample.latency)
+        fold_rows(sample.sample, binned, ref)
+        del by_fp[None]
+        have = by_fp.get(ref.fp)
+        if have is None:
+            by_fp[ref.fp] = binned
+        else:
+            have.absorb(binned)
+
+    def _feed_detectors(
+        self,
+        seg: Segment,
+        t: float,
+        p: TickPartial,
+        ref: Reference,
+        common: TickPartial,
+        window: tuple[float, float],
+        emitted_at: str,
+        out: Output,
+    ) -> None:
+        """Feed each feature's standardised tick mean to its ADWIN and Page-Hinkley detectors;
+        alert at the tick one fires."""
+        cfg = self.cfg
+        for name, (total_fixed, n) in sorted(p.zsum.items()):
+            if n <= 0 or name not in ref.numeric or ref.scales[name][1] <= 0:
+                continue
+            total = total_fixed / Z_SCALE
+            z = total / math.sqrt(n)
+            pair = seg.detectors.get(name)
+            if pair is None or pair.fp != ref.fp:  # a new reference: a new standardisation
+                pair = seg.detectors[name] = DetectorPair(
+                    ref.fp,
+                    ADWINDetector(delta=self._adwin_delta(seg, ref), clock=1),
+                    PageHinkleyDetector(
+                        min_instances=cfg.page_hinkley_min_instances,
+                        delta=cfg.page_hinkley_delta,
+                        threshold=cfg.page_hinkley_threshold,
+                        alpha=cfg.page_hinkley_alpha,
+                        mode="both",
+                    ),
+                )
+            pair.adwin.update(z)
+            pair.page_hinkley.update(z)
+            for detector, d, extra in (
+                ("adwin", pair.adwin, {"adwin_width_ticks": pair.adwin.width}),
+                ("page_hinkley", pair.page_hinkley, {}),
+            ):
+                if not d.drift_detected:
+                    continue
+                seg.detections.setdefault(detector, {}).setdefault(name, []).append(t)
+                out.detections.append((detector, seg.key, name))
+                evidence = {
+                    "tick_events": int(n),
+                    "tick_mean_in_reference_sd": round(total / n, 4),
+                    **extra,
+                }
+                verdict = Verdict(
+                    "warning", False, round(total / n, 6), 0.0, window, evidence, common.offsets
+                )
+                self._observe(
+                    seg.version, seg.key, name, detector, "feature_drift", verdict, emitted_at, out
+                )
+
+    def _adwin_delta(self, seg: Segment, ref: Reference) -> float:
+        """One ADWIN's share of the fleet-wide ``adwin_delta``: split evenly across every
+        numeric feature of every segment of the model version (Bonferroni)."""
+        numeric = max(len(ref.numeric), 1)
+        return self.cfg.adwin_delta / (numeric * self._n_segments(seg.version))
+
+    def _observe(
+        self,
+        version: str,
+        key: str,
+        feature: str | None,
+        detector: str,
+        kind: Kind,
+        verdict: Verdict,
+        emitted_at: str,
+        out: Output,
+    ) -> None:
+        akey = AlertKey(
+            self.model_id, version, tuple(sorted(segment_of(key).items())), feature, detector,
+            kind,
+        )  # fmt: skip
+        out.alerts.extend(self.tracker.observe(akey, verdict, self.topic, emitted_at))
+
+    def _close_window(self, w: float, emitted_at: str, out: Output, complete: bool) -> None:
+        window = (w, w + self.cfg.window_s)
+        self.window_cursor = max(self.window_cursor, window[1])
+        closing = {key: seg.windows.pop(w, None) for key, seg in self.segments.items()}
+        counts: dict[str, Counter[str]] = {}
+        for (version, key), win in closing.items():
+            counts.setdefault(key, Counter())[version] = win.common.count if win else 0
+        self.empty_run = (
+            0 if any(c for cs in counts.values() for c in cs.values()) else (self.empty_run + 1)
+        )
+        retired: set[str] = set()
+        for version, key in sorted(closing):
+            seg = self.segments[(version, key)]
+            win = closing[(version, key)] or WindowState()
+            others = max((n for v, n in counts[key].items() if v != version), default=0)
+            # Another version carries this segment's traffic: a rollout, not an outage.
+            superseded = others > win.common.count
+            if superseded and win.common.count == 0:
+                seg.quiet_windows += 1
+                if seg.quiet_windows >= 2 * self.cfg.clear_windows + 1:
+                    retired.add(version)
+            else:
+                seg.quiet_windows = 0
+            self._judge_window(seg, win, window, emitted_at, out, complete and not superseded)
+        for version in sorted(retired):
+            if all(s.quiet_windows >= 2 * self.cfg.clear_windows + 1
+                   for (v, _), s in self.segments.items() if v == version):  # fmt: skip
+                self._retire(version, window, emitted_at, out)
+
+    def _retire(
+        self, version: str, window: tuple[float, float], emitted_at: str, out: Output
+    ) -> None:
+        """Drop a model version that another has replaced, resolving what still fires on it."""
+        log.info(
+            "model %s: version %s retired (no traffic, another version has)", self.model_id, version
+        )
+        for key in [k for k in self.segments if k[0] == version]:
+            del self.segments[key]
+        verdict = Verdict(None, True, 0.0, 0.0, window, {"reason": "model version retired"})
+        out.alerts += self.tracker.resolve_where(
+            lambda k: k.model_version == version, verdict, self.topic, emitted_at
+        )
+
+    def _judge_window(
+        self,
+        seg: Segment,
+        win: WindowState,
+        window: tuple[float, float],
+        emitted_at: str,
+        out: Output,
+        complete: bool,
+    ) -> None:
+        cfg = self.cfg
+        fp = _largest(win.by_fp)
+        if fp is None:
+            fp = self.timeline.select(seg.version, seg.key, window[0])
+        ref = self._ref(fp)
+        if ref is None:
+            sample = win.by_fp.get(None)
+            if sample is not None and win.common.count:
+                self._warm_up(seg, win, window, out)
+            return
+        part = win.by_fp.get(ref.fp)
+        if part is None:
+            part = TickPartial()
+            prepare(part, ref)
+        sample = win.by_fp.get(None)
+        if sample is not None and sample.complete_sample:
+            binned = TickPartial(sample.count)
+            fold_rows(sample.sample, binned, ref)
+            part = part.merge(binned)
+        offsets = win.common.offsets
+
+        def judge(
+            feature: str | None,
+            detector: str,
+            kind: Kind,
+            severity: Severity | None,
+            cleared: bool,
+            value: float,
+            threshold: float,
+            evidence: dict[str, Any],
+        ) -> None:
+            v = Verdict(severity, cleared, value, threshold, window, evidence, offsets)
+            self._observe(seg.version, seg.key, feature, detector, kind, v, emitted_at, out)
+
+        n_monitors = max(len(self.segments), 1)
+        n_tests = max(len(ref.numeric) + len(ref.categorical), 1) * n_monitors
+        rows, agreeing = checks.features(cfg, ref, part, part.count, n_tests, judge)
+        firing = [
+            k.feature
+            for k, _ in self.tracker.firing()
+            if k.detector == "new_feature"
+            and k.model_version == seg.version
+            and k.segment == tuple(sorted(segment_of(seg.key).items()))
+            and k.feature is not None
+        ]
+        checks.new_features(cfg, ref, win.common.present, win.common.count, firing, judge)
+        # ADWIN and Page-Hinkley: a detection during the window is a warning (raised at its
+        # tick); critical when the window's own statistics (PSI or KS) agree; none clears.
+        for detector in ("adwin", "page_hinkley"):
+            for name in sorted(n for n, d in seg.detectors.items() if d.fp == ref.fp):
+                ticks = seg.detections.get(detector, {}).get(name, [])
+                hits = [t for t in ticks if t < window[1]]
+                if ticks:
+                    seg.detections[detector][name] = [t for t in ticks if t >= window[1]]
+                agree = agreeing.get(name, [])
+                sev: Severity | None = ("critical" if agree else "warning") if hits else None
+                judge(
+                    name, detector, "feature_drift", sev, not hits, float(len(hits)), 1.0,
+                    {"detections_in_window": len(hits), "agreeing_statistics": agree},
+                )  # fmt: skip
+        outputs = checks.outputs(cfg, ref, part, win.common, n_monitors, judge)
+        if complete:
+            seg.past_counts = checks.volume(cfg, ref, win.common.count, seg.past_counts, judge)
+        out.metrics.append(
+            MetricsRecord(
+                model_id=self.model_id,
+                model_version=seg.version,
+                segment=segment_of(seg.key),
+                window=Window(iso(window[0]), iso(window[1])),
+                count=win.common.count,
+                reference=ref.origin,
+                features=rows,
+                outputs=outputs,
+                performance={},
+                emitted_at=emitted_at,
+            )
+        )
+        if self.on_window is not None:
+            self.on_window(seg.version, seg.key, window[0], ref, part)
+
+    def _warm_up(
+        self, seg: Segment, win: WindowState, window: tuple[float, float], out: Output
+    ) -> None:
+        """Collect a reference-less window's sample; once ``warmup_windows`` windows and
+        ``warmup_min_rows`` rows are in, build the monitor's warm-up reference from them. It
+        judges the windows from the end of this one on."""
+        from streamproc.baseline import ProfileBuilder
+
+        cfg = self.cfg
+        sample = win.by_fp.get(None)
+        seg.warm_windows += 1
+        seg.warm_count += win.common.count
+        if sample is not None:
+            seg.warm_rows.extend(sample.sample)
+        if seg.warm_windows < cfg.warmup_windows or len(seg.warm_rows) < min(
+            cfg.warmup_min_rows, cfg.warmup_sample
+        ):
+            return
+        builder = ProfileBuilder(self.model_id, seg.version, [])
+        for _, features, prediction, confidence in sorted(seg.warm_rows, key=lambda r: r[0]):
+            builder.add(features, prediction=prediction, score=confidence)
+        profile = builder.build(
+            f"warm-up: first {seg.warm_windows} window(s)", created_at=iso(window[1])
+        )
+        rate = seg.warm_count / (seg.warm_windows * cfg.window_s)
+        segment = msgspec.structs.replace(profile.segments[ALL], rate_per_s=rate)
+        ref = self.refs.put(Reference.of(segment, "warmup").narrowed(cfg.features))
+        self.timeline.add_warmup(seg.version, seg.key, ref.fp, window[1])
+        out.references.append((seg.version, seg.key, ref))
+        seg.warm_rows = []
+
+    # -- outcomes --------------------------------------------------------------------------------
+
+    def _close_outcome_tick(self, t: float, emitted_at: str, out: Output) -> None:
+        cfg = self.cfg
+        cell = self.pending_outcomes.pop(t)
+        groups: dict[tuple[str, str], OutcomePartial] = {}
+        for source in sorted(cell):
+            for version, raw, state in cell[source]:
+                key = self._monitored(version, raw, t, admit=False)
+                o = decode_outcome(state)
+                have = groups.get((version, key))
+                groups[(version, key)] = o if have is None else have.merge(o)
+        w = self._window_start(t)
+        for version, key in sorted(groups):
+            o = groups[(version, key)]
+            oseg = self.outcome_segments.setdefault((version, key), OutcomeSegment())
+            have = oseg.windows.get(w)
+            oseg.windows[w] = o if have is None else have.merge(o)
+            fp = self.timeline.select(version, key, t)
+            ref = self.refs.get(fp)
+            acc = ref.accuracy if ref is not None else None
+            if acc is None or not 0.0 < acc < 1.0 or o.labelled <= 0:
+                continue
+            # Concept drift between windows: ADWIN on the standardised error rate per tick.
+            n = o.labelled
+            err, sd = 1.0 - acc, math.sqrt(acc * (1.0 - acc))
+            total = ((n - o.correct) - n * err) / sd
+            if oseg.error_adwin is None or oseg.error_fp != fp:
+                delta = cfg.adwin_error_delta / self._n_segments(version, t)
+                oseg.error_adwin, oseg.error_fp = ADWINDetector(delta=delta, clock=1), fp
+                oseg.error_detections = []
+            oseg.error_adwin.update(round(total / math.sqrt(n), 6))
+            if not oseg.error_adwin.drift_detected:
+                continue
+            oseg.error_detections.append(t)
+            out.detections.append(("adwin_error", key, ""))
+            tick_error = err + total / n * sd
+            evidence = {
+                "tick_labelled": n,
+                "tick_error_rate": round(tick_error, 4),
+                "reference_error_rate": round(err, 4),
+            }
+            verdict = Verdict(
+                "warning", False, round(1.0 - tick_error, 6), acc, (t, t + cfg.tick_s), evidence
+            )
+            self._observe(
+                version, key, None, "adwin_error", "performance", verdict, emitted_at, out
+            )
+
+    def _close_outcome_window(self, w: float, emitted_at: str, out: Output) -> None:
+        cfg = self.cfg
+        window = (w, w + cfg.window_s)
+        for (version, key), oseg in sorted(self.outcome_segments.items()):
+            o = oseg.windows.pop(w, None)
+            if o is None:
+                continue
+            ref = self.refs.get(self.timeline.select(version, key, w))
+
+            def judge(
+                feature: str | None,
+                detector: str,
+                kind: Kind,
+                severity: Severity | None,
+                cleared: bool,
+                value: float,
+                threshold: float,
+                evidence: dict[str, Any],
+                version: str = version,
+                key: str = key,
+            ) -> None:
+                v = Verdict(severity, cleared, value, threshold, window, evidence)
+                self._observe(version, key, feature, detector, kind, v, emitted_at, out)
+
+            n_seg = self._n_segments(version, w)
+            perf = checks.performance(cfg, ref, o, window, n_seg, judge)
+            if ref is not None and o.labelled >= cfg.min_labelled_count:
+                hits = [t for t in oseg.error_detections if t < window[1]]
+                oseg.error_detections = [t for t in oseg.error_detections if t >= window[1]]
+                if oseg.error_adwin is not None:
+                    judge(
+                        None, "adwin_error", "performance", "warning" if hits else None,
+                        not hits, float(len(hits)), 1.0, {"detections_in_window": len(hits)},
+                    )  # fmt: skip
+            out.metrics.append(
+                MetricsRecord(
+                    model_id=self.model_id,
+                    model_version=version,
+                    segment=segment_of(key),
+                    window=Window(iso(window[0]), iso(window[1])),
+                    count=0,
+                    reference=ref.origin if ref is not None else "none",
+                    features={},
+                    outputs={},
+                    performance=perf,
+                    emitted_at=emitted_at,
+                )
+            )
+
+
+def _largest(by_fp: dict[str | None, TickPartial]) -> str | None:
+    """The reference that binned the most events (ties: the smallest fingerprint)."""
+    best: tuple[int, str] | None = None
+    for fp, p in by_fp.items():
+        if fp is None:
+            continue
+        cand = (-p.count, fp)
+        if best is None or cand < best:
+            best = cand
+    return None if best is None else best[1]

@@ -1,0 +1,119 @@
+"""What a judge knows of every source's progress, and how far that lets it close.
+
+Each source (a partition of the predictions or labels topic) reports, after the partials it
+flushed, how far its ticks are complete (``flushed_until``), its newest event time, and, once it
+has been quiet for ``idle_timeout_s`` of wall-clock time with nothing left to read, for how long
+(:class:`~streamproc.aggregate.wire.ProgressMessage`). From that:
+
+- prediction ticks may close up to the lowest ``flushed_until`` of the prediction sources that
+  are not idle (an idle source stops holding the others back, as Flink's idleness does);
+- outcome ticks (windowed by label time, folded wherever the join completed) up to the lowest
+  of every source that is not idle;
+- when **every** source of a kind is idle, the stream is silent: the judge closes the windows
+  holding the last events, then, as the silence lasts, the empty windows after them, so that a
+  model that stopped sending is judged (``volume_drop``) instead of waiting forever.
+
+Examples
+--------
+>>> from streamproc.aggregate.wire import ProgressMessage
+>>> sp = SourceProgress(["p0", "p1"], ["l0"])
+>>> sp.update(ProgressMessage("p0", 100.0, 110.0, None))
+>>> sp.bounds().predictions  # p1 has not reported: it holds the boundary
+-inf
+>>> sp.update(ProgressMessage("p1", 90.0, 95.0, None))
+>>> sp.bounds().predictions
+90.0
+>>> sp.update(ProgressMessage("p1", 90.0, 95.0, 130.0))  # p1 idle: no longer holds p0
+>>> b = sp.bounds(); b.predictions, b.silent_predictions
+(100.0, None)
+>>> sp.update(ProgressMessage("p0", 100.0, 110.0, 125.0))
+>>> sp.bounds().silent_predictions  # every prediction source idle: newest 110, quiet 125 s
+(110.0, 125.0)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import msgspec
+
+from streamproc.aggregate.wire import ProgressMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """How far a judge may close, per kind (tick boundaries of event time)."""
+
+    predictions: float
+    outcomes: float  # the judge also never closes an outcome tick past ``predictions``
+    silent_predictions: tuple[float, float] | None = None  # (newest event time, quiet for s)
+    silent_outcomes: tuple[float, float] | None = None
+
+    @classmethod
+    def final(cls) -> Bounds:
+        """Everything may close (the end of a replay)."""
+        return cls(math.inf, math.inf)
+
+
+class _Source(msgspec.Struct, array_like=True):
+    flushed_until: float = -math.inf
+    newest: float = -math.inf
+    idle_for_s: float | None = None
+
+
+class ProgressState(msgspec.Struct, array_like=True):
+    sources: dict[str, _Source] = {}
+
+
+class SourceProgress:
+    """See the module docstring.
+
+    Parameters
+    ----------
+    prediction_sources, label_sources
+        Every source expected: ``p<i>`` for each predictions partition, ``l<i>`` for each
+        labels partition. One that has never reported holds its kind's boundary.
+    """
+
+    def __init__(self, prediction_sources: Iterable[str], label_sources: Iterable[str]) -> None:
+        self.sources: dict[str, _Source] = {s: _Source() for s in prediction_sources}
+        for s in label_sources:
+            self.sources.setdefault(s, _Source())
+
+    def update(self, msg: ProgressMessage) -> None:
+        src = self.sources.setdefault(msg.source, _Source())
+        # A source restored from an older checkpoint may report less than before: keep the max.
+        src.flushed_until = max(src.flushed_until, msg.flushed_until)
+        src.newest = max(src.newest, msg.newest)
+        src.idle_for_s = msg.idle_for_s
+
+    def _bound(self, names: list[str]) -> tuple[float, tuple[float, float] | None]:
+        if not names:
+            return math.inf, None
+        srcs = [self.sources[n] for n in names]
+        active = [s.flushed_until for s in srcs if s.idle_for_s is None]
+        if active:
+            return min(active), None
+        reached = max(s.flushed_until for s in srcs)
+        newest = max(s.newest for s in srcs)
+        quiet = min(s.idle_for_s for s in srcs if s.idle_for_s is not None)
+        return reached, (None if newest == -math.inf else (newest, quiet))
+
+    def bounds(self) -> Bounds:
+        preds = sorted(n for n in self.sources if n.startswith("p"))
+        p_bound, p_silent = self._bound(preds)
+        o_bound, o_silent = self._bound(sorted(self.sources))
+        return Bounds(p_bound, o_bound, p_silent, o_silent)
+
+    def state(self) -> ProgressState:
+        return ProgressState(self.sources)
+
+    @classmethod
+    def restore(
+        cls, prediction_sources: Iterable[str], label_sources: Iterable[str], state: ProgressState
+    ) -> SourceProgress:
+        sp = cls(prediction_sources, label_sources)
+        sp.sources.update(state.sources)
+        return sp

@@ -1,0 +1,481 @@
+"""The judging stage in a worker: judges restored from Redis, verdicts published to Kafka.
+
+:class:`JudgeStage` consumes ``<app_id>-partials`` (judging steps of
+:mod:`streamproc.publish.commit`). Each partition of that topic carries the partials of the
+models that hash to it and the progress of every source; the stage keeps, per partition it
+owns, a :class:`~streamproc.judge.progress.SourceProgress` and the
+:class:`~streamproc.judge.engine.ModelJudge` of each of its models.
+
+Fault isolation
+    An exception while judging one model quarantines that model, not the worker: an
+    ``alert.v1`` of kind ``monitor_error`` names it (``streamproc_monitor_errors_total{model}``
+    counts), the other models go on, and the model's messages from then on are parked in Redis
+    instead of judged. Its last good checkpoint stays; when the worker restarts (a fixed
+    release) or the next baseline refresh retries it, the parked messages are replayed onto it,
+    and the ``monitor_error`` alert resolves. Nothing is lost.
+
+Baselines
+    Every ``baseline_refresh_s`` (and at once when the baseline store's change counter moves)
+    the stage re-reads its models' baselines; a new, replaced or deleted one is applied to the
+    windows not closed yet, logged, and counted (``streamproc_baseline_reloads_total``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from streamproc.aggregate.wire import (
+    PartialsMessage,
+    ProgressMessage,
+    decode_message,
+    partition_of,
+)
+from streamproc.baseline.reference import ReferenceCache, references_of
+from streamproc.config import Config
+from streamproc.contracts import Alert, Source, Window, encode
+from streamproc.errors import StateEncodingError
+from streamproc.judge import checkpoint
+from streamproc.judge.alerts import AlertKey, alert_id, iso
+from streamproc.judge.engine import ModelJudge, Output
+from streamproc.judge.progress import ProgressState, SourceProgress
+from streamproc.kafka.producer import OutputProducer
+from streamproc.kafka.retry import retry
+from streamproc.publish.commit import (
+    Record,
+    owed_outbox,
+    persist_judgement,
+    publish_outbox,
+    published_before,
+)
+from streamproc.publish.keys import Keys
+from streamproc.worker.metrics import WorkerMetrics
+
+log = logging.getLogger(__name__)
+_MAGIC = b"SPK1"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class _PartitionStored(msgspec.Struct, array_like=True):
+    progress: ProgressState
+    applied: int
+    models: list[str]
+    quarantined: dict[str, str]  # model -> what failed
+
+
+@dataclass
+class Partition:
+    """What the stage holds for one partition of the partials topic."""
+
+    progress: SourceProgress
+    applied: int = -1
+    models: set[str] = field(default_factory=set)
+    quarantined: dict[str, str] = field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        stored = _PartitionStored(
+            self.progress.state(), self.applied, sorted(self.models), self.quarantined
+        )
+        return _MAGIC + msgspec.msgpack.encode(stored)
+
+
+class JudgeStage:
+    """The worker's judging stage; see the module docstring.
+
+    Parameters
+    ----------
+    cfg, client, output, metrics
+        The configuration, an asyncio Redis client, the producer, the worker's metrics.
+    prediction_partitions, label_partitions
+        Partitions of the predictions and labels topics: the sources every judge waits for.
+    partitions
+        Partitions of the partials topic.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        client: Any,
+        output: OutputProducer,
+        metrics: WorkerMetrics,
+        prediction_partitions: int,
+        label_partitions: int,
+        partitions: int,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self.client = client
+        self.output = output
+        self.metrics = metrics
+        self.p_sources = [f"p{i}" for i in range(prediction_partitions)]
+        self.l_sources = [f"l{i}" for i in range(label_partitions)]
+        self.partitions = partitions
+        self.wall = wall
+        self.keys = Keys(cfg.redis.key_prefix)
+        self.refs = ReferenceCache()
+        self.parts: dict[int, Partition] = {}
+        self.judges: dict[str, ModelJudge] = {}
+        self.emitted_at: Callable[[], str] = now_iso
+        self._refreshed_at = -float("inf")
+        self._changes: bytes | None = None
+        self._stored_fps: set[str] = set()
+
+    # -- loading ---------------------------------------------------------------------------------
+
+    async def _partition(self, k: int, out: dict[int, list[Record]]) -> Partition:
+        part = self.parts.get(k)
+        if part is not None:
+            return part
+        owed = await owed_outbox(self.client, self.keys, k)
+        if owed:
+            log.warning("publishing %d records owed by partition %d's last commit", len(owed), k)
+            await publish_outbox(self.client, self.keys, self.output, {k: owed})
+        blob = await self.client.get(self.keys.partition(k))
+        part = Partition(SourceProgress(self.p_sources, self.l_sources))
+        if blob:
+            try:
+                if blob[:4] != _MAGIC:
+                    raise StateEncodingError(f"header {blob[:4]!r}")
+                s = msgspec.msgpack.decode(blob[4:], type=_PartitionStored)
+                part = Partition(
+                    SourceProgress.restore(self.p_sources, self.l_sources, s.progress),
+                    s.applied,
+                    set(s.models),
+                    dict(s.quarantined),
+                )
+            except (StateEncodingError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+                log.warning("partials partition %d: state discarded (%s)", k, exc)
+        self.parts[k] = part
+        for model in sorted(part.models):
+            await self._judge(model, part, out)
+        return part
+
+    async def _judge(self, model: str, part: Partition, out: dict[int, list[Record]]) -> None:
+        """Load ``model``'s judge from its checkpoint (a quarantined one: replay its parked
+        messages onto it first, and lift the quarantine if that now works)."""
+        if model in self.judges:
+            return
+        blob = await self.client.get(self.keys.judge(model))
+        topic = self.cfg.topics.predictions
+        if blob:
+            judge, why = checkpoint.restore(blob, model, self.cfg.monitoring, topic, self.refs)
+            if why:
+                log.warning("judging: %s", why)
+        else:
+            judge = ModelJudge(model, self.cfg.monitoring, topic, self.refs)
+        if model not in part.quarantined:
+            self.judges[model] = judge
+            return
+        parked = await self.client.lrange(self.keys.parked(model), 0, -1)
+        try:
+            for raw in parked:
+                msg = decode_message(raw)
+                if isinstance(msg, PartialsMessage):
+                    judge.add(msg)
+        except Exception as exc:  # still failing: stays quarantined
+            log.error("model %s is still quarantined: %s", model, _what(exc))
+            return
+        log.warning("model %s: quarantine lifted, %d parked messages replayed", model, len(parked))
+        reason = part.quarantined.pop(model)
+        self.judges[model] = judge
+        self._unparked.append(model)
+        k = partition_of(model, self.partitions)
+        out.setdefault(k, []).append(self._monitor_error(model, reason, "resolved"))
+
+    # -- baselines -------------------------------------------------------------------------------
+
+    async def refresh(self, force: bool = False) -> None:
+        now = self.wall()
+        changes = await self.client.get(self.keys.baseline_changes)
+        due = now - self._refreshed_at >= self.cfg.monitoring.baseline_refresh_s
+        if not (force or due or changes != self._changes):
+            return
+        self._refreshed_at, self._changes = now, changes
+        from streamproc.baseline import AsyncBaselineStore
+
+        store = AsyncBaselineStore(self.client, self.cfg.redis.key_prefix)
+        new_refs = []
+        for model, judge in sorted(self.judges.items()):
+            profiles = {p.model_version: p for p in await store.all_versions(model)}
+            applied = set(judge.timeline.baselines)
+            for version in sorted(applied - set(profiles)):
+                if judge.set_baseline(version, None, {}, []):
+                    self._picked(model, f"version {version}: baseline deleted")
+            for version, p in sorted(profiles.items()):
+                refs = references_of(p.segments, "baseline", judge.cfg.features)
+                if judge.set_baseline(version, p.created_at, refs, list(p.segment_dims)):
+                    start = judge.window_cursor
+                    since = iso(start) if start > -float("inf") else "its first window"
+                    self._picked(
+                        model,
+                        f"version {version}: baseline of {p.created_at} ({p.source}) picked up, "
+                        f"{len(refs)} segments; it judges windows from {since}",
+                    )
+                    new_refs += [r for r in refs.values() if r.fp not in self._stored_fps]
+        if new_refs:
+            await ReferenceCache.store(self.client, self.cfg.redis.key_prefix, new_refs)
+            self._stored_fps.update(r.fp for r in new_refs)
+
+    def _picked(self, model: str, what: str) -> None:
+        log.warning("model %s %s", model, what)
+        self.metrics.baseline_reloads.labels(model=model).inc()
+
+    # -- a batch ---------------------------------------------------------------------------------
+
+    async def on_messages(self, messages: Sequence[tuple[int, int, bytes]]) -> None:
+        """One consumed batch of the partials topic: ``(partition, offset, value)``."""
+        self._unparked: list[str] = []
+        outbox: dict[int, list[Record]] = defaultdict(list)
+        parked: dict[str, list[bytes]] = defaultdict(list)
+        touched: set[int] = set()
+        for k in sorted({m[0] for m in messages}):
+            await retry(lambda k=k: self._partition(k, outbox), "redis", self.metrics)
+        new_models = False
+        for k, offset, blob in messages:
+            part = self.parts[k]
+            if offset <= part.applied:
+                continue  # in the partition's checkpoint already
+            part.applied = offset
+            touched.add(k)
+            try:
+                msg = decode_message(blob)
+            except StateEncodingError as exc:
+                log.error("skipping partials message %d:%d: %s", k, offset, exc)
+                continue
+            if isinstance(msg, ProgressMessage):
+                part.progress.update(msg)
+                continue
+            self.metrics.partials.labels(result="received").inc()
+            model = msg.model_id
+            if model not in part.models:
+                part.models.add(model)
+                new_models = True
+            if model in part.quarantined:
+                parked[model].append(blob)
+                continue
+            await retry(lambda m=model, p=part: self._judge(m, p, outbox), "redis", self.metrics)
+            judge = self.judges[model]
+            late, dup = judge.late_partials, judge.duplicate_partials
+            try:
+                judge.add(msg)
+            except Exception as exc:
+                self._quarantine(model, part, exc, outbox)
+                parked[model].append(blob)
+                continue
+            if judge.late_partials > late:
+                self.metrics.partials.labels(result="late").inc(judge.late_partials - late)
+            if judge.duplicate_partials > dup:
+                self.metrics.partials.labels(result="duplicate").inc(judge.duplicate_partials - dup)
+        await retry(lambda: self.refresh(force=new_models), "redis", self.metrics)
+        await self._judge_partitions(touched, outbox, parked)
+
+    async def _judge_partitions(
+        self, touched: set[int], outbox: dict[int, list[Record]], parked: dict[str, list[bytes]]
+    ) -> None:
+        fps: set[str] = set()
+        for k in touched:
+            for model in self.parts[k].models:
+                if model in self.judges:
+                    fps |= self.judges[model].needed_fps()
+        unknown = await retry(
+            lambda: self.refs.load(self.client, self.cfg.redis.key_prefix, fps),
+            "redis",
+            self.metrics,
+        )
+        for fp in unknown:
+            log.warning("reference %s is not in Redis (expired?): windows binned with it are "
+                        "judged on what else they hold", fp)  # fmt: skip
+        stamp = self.emitted_at()
+        outputs: dict[str, Output] = {}
+        warmups: dict[str, dict[str, str]] = {}
+        for k in sorted(touched):
+            part = self.parts[k]
+            bounds = part.progress.bounds()
+            for model in sorted(part.models):
+                judge = self.judges.get(model)
+                if judge is None or model in part.quarantined:
+                    continue
+                try:
+                    out = judge.advance(bounds, stamp)
+                except Exception as exc:
+                    self._quarantine(model, part, exc, outbox)
+                    del self.judges[model]
+                    continue
+                outputs[model] = out
+                for version, key, ref in out.references:
+                    warmups.setdefault(model, {})[f"{version}|{key}"] = ref.fp
+                    log.warning(
+                        "model %s version %s segment %s: warm-up reference built from its "
+                        "first windows", model, version, key,
+                    )  # fmt: skip
+        alerts = [a for out in outputs.values() for a in out.alerts]
+        seen = await retry(
+            lambda: published_before(self.client, self.keys, [a.alert_id for a in alerts]),
+            "redis",
+            self.metrics,
+        )
+        cfg = self.cfg
+        for model, out in outputs.items():
+            k = partition_of(model, self.partitions)
+            key = model.encode()
+            outbox[k] += [
+                (cfg.topics.alerts, key, encode(a)) for a in out.alerts if a.alert_id not in seen
+            ]
+            outbox[k] += [(cfg.topics.metrics, key, encode(r)) for r in out.metrics]
+        fresh_ids = [r[2] for rs in outbox.values() for r in rs if r[0] == cfg.topics.alerts]
+        alert_ids = [msgspec.json.decode(v)["alert_id"] for v in fresh_ids]
+        new_refs = [ref for out in outputs.values() for _, _, ref in out.references]
+        if new_refs:
+            await retry(
+                lambda: ReferenceCache.store(self.client, cfg.redis.key_prefix, new_refs),
+                "redis",
+                self.metrics,
+            )
+        judges = {
+            m: checkpoint.to_bytes(self.judges[m])
+            for k in touched
+            for m in self.parts[k].models
+            if m in self.judges and m not in self.parts[k].quarantined
+        }
+        partitions = {k: self.parts[k].to_bytes() for k in touched}
+        unparked = list(self._unparked)
+        await retry(
+            lambda: persist_judgement(
+                self.client, self.keys, judges, partitions, outbox, alert_ids, warmups,
+                parked, unparked,
+            ),
+            "redis",
+            self.metrics,
+        )  # fmt: skip
+        await retry(
+            lambda: publish_outbox(self.client, self.keys, self.output, outbox),
+            "kafka",
+            self.metrics,
+        )
+        for model, out in outputs.items():
+            self._gauges(model, out)
+        self.metrics.quarantined.set(sum(len(p.quarantined) for p in self.parts.values()))
+        self.metrics.stage_progress.labels(stage="judge").set(self.wall())
+
+    # -- faults ----------------------------------------------------------------------------------
+
+    def _quarantine(
+        self, model: str, part: Partition, exc: BaseException, outbox: dict[int, list[Record]]
+    ) -> None:
+        reason = _what(exc)
+        log.error(
+            "model %s quarantined: judging it raised %s; its input is kept and retried after a "
+            "restart or the next baseline refresh\n%s",
+            model, reason, "".join(traceback.format_exception(exc)),
+        )  # fmt: skip
+        self.metrics.monitor_errors.labels(model=model).inc()
+        part.quarantined[model] = reason
+        self.judges.pop(model, None)
+        k = partition_of(model, self.partitions)
+        outbox[k].append(self._monitor_error(model, reason, "firing"))
+
+    def _monitor_error(self, model: str, reason: str, status: str) -> Record:
+        key = AlertKey(model, "", (), None, "monitor", "monitor_error")
+        alert = Alert(
+            alert_id=alert_id(key, 0.0, status, "critical") + "-" + _digest(reason),
+            status=status,  # type: ignore[arg-type]
+            severity="critical",
+            kind="monitor_error",
+            model_id=model,
+            model_version="",
+            feature=None,
+            segment={},
+            detector="monitor",
+            value=1.0 if status == "firing" else 0.0,
+            threshold=1.0,
+            window=Window(self.emitted_at(), self.emitted_at()),
+            evidence={"error": reason, "what": "judging this model failed; it is quarantined"},
+            source=Source(self.cfg.topics.predictions, {}),
+            emitted_at=self.emitted_at(),
+        )
+        return (self.cfg.topics.alerts, model.encode(), encode(alert))
+
+    async def retry_quarantined(self) -> None:
+        """Try the quarantined models again (their parked messages onto their checkpoint)."""
+        outbox: dict[int, list[Record]] = defaultdict(list)
+        self._unparked = []
+        for part in self.parts.values():
+            for model in sorted(part.quarantined):
+                self.judges.pop(model, None)
+                await self._judge(model, part, outbox)
+        if self._unparked:
+            touched = {partition_of(m, self.partitions) for m in self._unparked}
+            await self._judge_partitions(touched, outbox, {})
+
+    # -- metrics ---------------------------------------------------------------------------------
+
+    def _gauges(self, model: str, out: Output) -> None:
+        g = self.metrics
+        for record in out.metrics:
+            seg = ",".join(f"{k}={v}" for k, v in sorted(record.segment.items())) or "all"
+            if record.count:
+                g.windows_closed.labels(model=model).inc()
+            for feature, row in record.features.items():
+                labels = {"model": model, "feature": feature, "segment": seg}
+                for gauge, name in (
+                    (g.feature_psi, "psi"),
+                    (g.feature_js, "js"),
+                    (g.feature_null_rate, "null_rate"),
+                ):
+                    value = row.get(name)
+                    if value is not None:
+                        gauge.labels(**labels).set(float(value))
+            top1 = record.outputs.get("top1_rate")
+            if top1 is not None:
+                g.prediction_top1_rate.labels(model=model, segment=seg).set(float(top1))
+            est = record.outputs.get("estimated_accuracy")
+            if est is not None:
+                g.accuracy.labels(model=model, segment=seg, kind="estimated").set(float(est))
+            acc = record.performance.get("accuracy")
+            if acc is not None:
+                g.accuracy.labels(model=model, segment=seg, kind="realized").set(float(acc))
+        for detector, seg_key, _feature in out.detections:
+            g.detections.labels(model=model, detector=detector, segment=seg_key).inc()
+        judge = self.judges.get(model)
+        if judge is None:
+            return
+        counts: dict[tuple[str, str], int] = defaultdict(int)
+        for key, severity in judge.tracker.firing():
+            counts[(key.kind, severity)] += 1
+        for kind in ("feature_drift", "prediction_drift", "label_drift", "performance",
+                     "data_quality", "volume"):  # fmt: skip
+            for severity in ("info", "warning", "critical"):
+                g.alerts_firing.labels(model=model, kind=kind, severity=severity).set(
+                    counts.get((kind, severity), 0)
+                )
+        g.monitors.set(sum(len(j.segments) for j in self.judges.values()))
+
+    def revoke(self, partitions: Sequence[int]) -> None:
+        """Partitions taken away: forget them and their models (the next owner restores)."""
+        for k in partitions:
+            part = self.parts.pop(k, None)
+            if part is not None:
+                for model in part.models:
+                    self.judges.pop(model, None)
+
+
+def _what(exc: BaseException) -> str:
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {first}"[:300]
+
+
+def _digest(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:8]

@@ -1,0 +1,58 @@
+"""Every Redis key the live path writes, in one place (``P`` is ``redis.key_prefix``).
+
+=================================  =====================================================
+``P:agg:<source>``                  hash: a source's aggregation checkpoint (``head`` and
+                                    one field per open tick)
+``P:judge:<model>``                 a model judge's checkpoint (``SPM3``)
+``P:judgepart:<k>``                 partition ``k`` of the partials topic: its sources'
+                                    progress, applied offset, models, quarantined models
+``P:outbox:<k>``                    records a commit of partition ``k`` still owes Kafka
+``P:parked:<model>``                list: messages of a quarantined model, kept for a retry
+``P:alert:<id>``                    an alert id already published (30 days)
+``P:warmup:<model>``                hash ``<version>|<segment>`` -> warm-up fingerprint
+``P:ref:<fp>``                      a reference by fingerprint (``SPS1``, 30 days)
+``P:baselines:changes``             counter, moved by every baseline put or delete
+``P:worker:<id>``                   hash: a worker's stages' progress (``status``), 2 min
+=================================  =====================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str
+
+    def source(self, source: str) -> str:
+        return f"{self.prefix}:agg:{source}"
+
+    def judge(self, model: str) -> str:
+        return f"{self.prefix}:judge:{model}"
+
+    def partition(self, k: int) -> str:
+        return f"{self.prefix}:judgepart:{k}"
+
+    def outbox(self, k: int) -> str:
+        return f"{self.prefix}:outbox:{k}"
+
+    def parked(self, model: str) -> str:
+        return f"{self.prefix}:parked:{model}"
+
+    def alert(self, alert_id: str) -> str:
+        return f"{self.prefix}:alert:{alert_id}"
+
+    def warmup(self, model: str) -> str:
+        return f"{self.prefix}:warmup:{model}"
+
+    @property
+    def baseline_changes(self) -> str:
+        return f"{self.prefix}:baselines:changes"
+
+    def worker(self, worker_id: str) -> str:
+        return f"{self.prefix}:worker:{worker_id}"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.prefix}:worker:*"

@@ -1,0 +1,232 @@
+"""The aggregation stage in a worker: sources restored from Redis, partials sent to Kafka.
+
+:class:`SourceStage` is the sink the worker's :class:`~streamproc.ingest.ingestor.Ingestor`
+hands every consumed batch to (aggregation steps 2-5 of :mod:`streamproc.publish.commit`).
+It also reports sources that went quiet (:meth:`SourceStage.report_idle`, from a timer), which
+is how windows close when traffic stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streamproc.aggregate.references import ReferenceBook
+from streamproc.aggregate.source import SourceAggregator
+from streamproc.aggregate.stage import AggregateStage, Role
+from streamproc.aggregate.wire import PartialsMessage, ProgressMessage, encode_message, partition_of
+from streamproc.baseline.reference import ReferenceCache
+from streamproc.config import Config
+from streamproc.ingest.ingestor import Observed
+from streamproc.ingest.join import Joined
+from streamproc.kafka.producer import OutputProducer
+from streamproc.kafka.retry import retry
+from streamproc.publish.commit import checkpoint_sources
+from streamproc.publish.keys import Keys
+from streamproc.worker.metrics import WorkerMetrics
+
+log = logging.getLogger(__name__)
+
+
+def partials_topic(cfg: Config) -> str:
+    """The internal model-keyed topic between the stages."""
+    return f"{cfg.worker.app_id}-partials"
+
+
+def ensure_partials_topic(cfg: Config) -> int:
+    """Create the partials topic when missing; return its partition count."""
+    admin = AdminClient(cfg.kafka.librdkafka())
+    name = partials_topic(cfg)
+    meta = admin.list_topics(timeout=30).topics.get(name)
+    if meta is None or not meta.partitions:
+        config = {"retention.ms": str(7 * 86_400_000)}
+        topic = NewTopic(name, cfg.monitoring.partials_partitions, 1, config=config)
+        for fut in admin.create_topics([topic]).values():
+            try:
+                fut.result()
+            except Exception as exc:
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise
+        meta = admin.list_topics(name, timeout=30).topics.get(name)
+    count = len(meta.partitions) if meta is not None and meta.partitions else 1
+    if count != cfg.monitoring.partials_partitions:
+        log.warning(
+            "topic %s has %d partitions, monitoring.partials_partitions says %d: using %d",
+            name, count, cfg.monitoring.partials_partitions, count,
+        )  # fmt: skip
+    return count
+
+
+class SourceStage:
+    """The worker's aggregation stage; see the module docstring.
+
+    Parameters
+    ----------
+    cfg, client, output, metrics
+        The configuration, an asyncio Redis client, the producer, the worker's metrics.
+    partitions
+        Partitions of the partials topic (progress goes to each).
+    wall
+        The clock (tests pass their own).
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        client: Any,
+        output: OutputProducer,
+        metrics: WorkerMetrics,
+        partitions: int,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self.client = client
+        self.output = output
+        self.metrics = metrics
+        self.partitions = partitions
+        self.wall = wall
+        self.keys = Keys(cfg.redis.key_prefix)
+        self.topic = partials_topic(cfg)
+        self.book = ReferenceBook(cfg.monitoring, ReferenceCache())
+        self.stage = AggregateStage(cfg.monitoring, self.book)
+        self.models: set[str] = set()
+        self.last_record: dict[str, float] = {}  # source -> wall time of its last record
+        self._refreshed_at = -float("inf")
+        self._changes: bytes | None = None
+        self._stored_fps: set[str] = set()
+        self._touched: set[str] = set()
+
+    # -- references ------------------------------------------------------------------------------
+
+    async def refresh(self, force: bool = False) -> None:
+        """Re-read baselines and warm-ups: every ``baseline_refresh_s``, or at once when the
+        baseline store's change counter moved."""
+        now = self.wall()
+        changes = await self.client.get(self.keys.baseline_changes)
+        due = now - self._refreshed_at >= self.cfg.monitoring.baseline_refresh_s
+        if not (force or due or changes != self._changes):
+            return
+        self._refreshed_at, self._changes = now, changes
+        for line in await self.book.refresh(self.client, self.cfg.redis.key_prefix, self.models):
+            log.info("aggregation: %s", line)
+
+    # -- the sink ---------------------------------------------------------------------------------
+
+    async def restore(self, source: str) -> SourceAggregator:
+        fields = await self.client.hgetall(self.keys.source(source))
+        agg, why = SourceAggregator.restore(
+            source, self.cfg.monitoring, self.book, {k.decode(): v for k, v in fields.items()}
+        )
+        if why:
+            log.warning("aggregation: %s", why)
+        self.stage.sources[source] = agg
+        return agg
+
+    async def _ensure(self, first: Mapping[str, int]) -> None:
+        for source, offset in sorted(first.items()):
+            agg = self.stage.sources.get(source)
+            # Absent, or another worker moved the source on meanwhile: read its checkpoint.
+            if agg is None or offset > agg.last_offset + 1:
+                await retry(lambda s=source: self.restore(s), "redis", self.metrics)
+
+    async def on_batch(
+        self, role: str, observed: Sequence[Observed], joined: Sequence[Joined]
+    ) -> None:
+        prefix = "p" if role == "predictions" else "l"
+        new = {o.event.model_id for o in observed} | {j.prediction.model_id for j in joined}
+        if not new <= self.models:
+            self.models |= new
+            await retry(lambda: self.refresh(force=True), "redis", self.metrics)
+        else:
+            await retry(self.refresh, "redis", self.metrics)
+        first: dict[str, int] = {}
+        for o in observed:
+            src = f"{prefix}{o.partition}"
+            first[src] = min(first.get(src, o.offset), o.offset)
+        for j in joined:
+            src = f"{prefix}{j.completed_by.split(':', 1)[0]}"
+            off = int(j.completed_by.split(":")[1])
+            first[src] = min(first.get(src, off), off)
+        await self._ensure(first)
+        now = self.wall()
+        for src in first:
+            self.last_record[src] = now
+        self._touched |= set(first)
+        before = dict(self.stage.folded)
+        self.stage.on_batch(role, observed, joined)  # type: ignore[arg-type]
+        for model, n in self.stage.folded.items():
+            if n != before.get(model, 0):
+                self.metrics.aggregated.labels(model=model).inc(n - before.get(model, 0))
+        partials, progress = self.stage.take()
+        self.send(partials, progress)
+
+    def send(
+        self, partials: Sequence[PartialsMessage], progress: Sequence[ProgressMessage]
+    ) -> None:
+        for msg in partials:
+            self.output.produce(
+                self.topic,
+                encode_message(msg),
+                msg.model_id.encode(),
+                partition_of(msg.model_id, self.partitions),
+            )
+        if partials:
+            self.metrics.partials.labels(result="sent").inc(len(partials))
+        for p in progress:
+            blob = encode_message(p)
+            for k in range(self.partitions):
+                self.output.produce(self.topic, blob, None, k)
+
+    async def commit(self) -> None:
+        """Aggregation step 5: checkpoint every source the batch touched, and keep every
+        reference partials may name resolvable by fingerprint."""
+        touched, self._touched = self._touched, set()
+        changes = {
+            name: self.stage.sources[name].checkpoint()
+            for name in touched
+            if name in self.stage.sources
+        }
+        await retry(
+            lambda: checkpoint_sources(self.client, self.keys, changes), "redis", self.metrics
+        )
+        fresh = [r for r in self.book.cache.all() if r.fp not in self._stored_fps]
+        if fresh:
+            prefix = self.cfg.redis.key_prefix
+            await retry(
+                lambda: ReferenceCache.store(self.client, prefix, fresh), "redis", self.metrics
+            )
+            self._stored_fps.update(r.fp for r in fresh)
+
+    # -- quiet sources ---------------------------------------------------------------------------
+
+    async def report_idle(self, assigned: Mapping[str, bool]) -> int:
+        """Tell the judges which of the ``assigned`` sources (name -> nothing left to read)
+        have had no record for ``idle_timeout_s``, and for how long; returns how many."""
+        now = self.wall()
+        timeout = self.cfg.monitoring.idle_timeout_s
+        quiet: list[ProgressMessage] = []
+        for source, caught_up in sorted(assigned.items()):
+            since = self.last_record.setdefault(source, now)
+            if not caught_up or now - since < timeout:
+                continue
+            agg = self.stage.sources.get(source)
+            if agg is None:
+                agg = await retry(lambda s=source: self.restore(s), "redis", self.metrics)
+            quiet.append(agg.progress(now - since))
+        if quiet:
+            self.send([], quiet)
+            await retry(self.output.flush, "kafka", self.metrics)
+        return len(quiet)
+
+    def revoke(self, sources: Sequence[str]) -> None:
+        """Partitions taken away: forget their sources (their next owner restores them)."""
+        for s in sources:
+            self.stage.drop(s)
+            self.last_record.pop(s, None)
+
+    def roles(self) -> dict[str, Role]:
+        return {s: ("predictions" if s[0] == "p" else "labels") for s in self.stage.sources}
