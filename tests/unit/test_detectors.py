@@ -22,11 +22,9 @@ from streamproc.judge.detectors import (
     DDMDetector,
     Detector,
     PageHinkleyDetector,
-    _ADWINParams,
-    _decode_adwin_rust,
-    _encode_adwin_rust,
     detector_from_bytes,
 )
+from streamproc.judge.detectors.adwin import _ADWINParams, _decode_adwin_rust, _encode_adwin_rust
 
 
 def _shift_stream() -> list[float]:
