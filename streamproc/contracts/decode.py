@@ -1,0 +1,175 @@
+"""Decoding Kafka message values into events, and encoding the events streamproc publishes.
+
+A message value on ``predictions`` or ``labels`` is one event object or a JSON array of them.
+:func:`decode_message` never raises on data: it splits a message into valid events and
+:class:`Rejection` s, each carrying a machine-readable reason and the exact bytes of the element
+it rejects. :func:`event_time` is the one reading of an event's time; :func:`encode` writes
+outgoing records as compact JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from streamproc.contracts.events import EventTime, Label, Prediction
+
+__all__ = ["Decoded", "Rejection", "decode_message", "encode", "event_time"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """One rejected message or batch element: a reason code, a message, the original bytes."""
+
+    reason: str
+    message: str
+    value: bytes
+    index: int | None = None
+
+
+E = TypeVar("E", Prediction, Label)
+
+
+@dataclass(slots=True)
+class Decoded(Generic[E]):
+    """The outcome of decoding one Kafka message: valid events and rejected elements."""
+
+    events: list[E] = field(default_factory=list)
+    indexes: list[int | None] = field(default_factory=list)
+    raws: list[bytes] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+
+
+_AT = re.compile(r" - at `\$\.?([A-Za-z0-9_]*)[^`]*`$")
+_MISSING = re.compile(r"^Object missing required field `([^`]+)`")
+_DECODERS: dict[type, msgspec.json.Decoder[Any]] = {}
+_BATCH = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+def _decoder(kind: type[E]) -> msgspec.json.Decoder[E]:
+    dec = _DECODERS.get(kind)
+    if dec is None:
+        dec = _DECODERS[kind] = msgspec.json.Decoder(kind)
+    return dec
+
+
+def _json_reason(value: bytes, exc: Exception) -> tuple[str, str]:
+    """Classify bytes msgspec could not parse: not UTF-8, non-finite literals, or bad JSON."""
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return "not_utf8", f"value is not UTF-8: {err.reason} at byte {err.start}"
+    try:
+        json.loads(text)  # accepts NaN/Infinity, which JSON (and msgspec) do not
+    except ValueError:
+        return "invalid_json", str(exc)
+    return "non_finite_number", "NaN or Infinity is not a JSON number"
+
+
+def _schema_reason(exc: msgspec.ValidationError) -> tuple[str, str]:
+    msg = str(exc)
+    missing = _MISSING.match(msg)
+    if missing:
+        return f"schema:{missing.group(1)}:missing", msg
+    at = _AT.search(msg)
+    path = at.group(1) if at and at.group(1) else "$"
+    if msg.startswith("Number out of range"):
+        return "non_finite_number", msg
+    if msg.startswith("Expected `object`"):
+        return "schema:$:not_an_object", msg
+    if msg.startswith("Expected"):
+        problem = (
+            "out_of_range" if any(op in msg for op in ("<=", ">=", " < ", " > ")) else "wrong_type"
+        )
+        if "length" in msg:
+            problem = "bad_length"
+        return f"schema:{path}:{problem}", msg
+    return f"schema:{path}:invalid", msg
+
+
+def _decode_one(raw: bytes, kind: type[E], index: int | None, out: Decoded[E]) -> None:
+    try:
+        event = _decoder(kind).decode(raw)
+    except msgspec.ValidationError as exc:
+        reason, msg = _schema_reason(exc)
+        out.rejections.append(Rejection(reason, msg, raw, index))
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        reason, msg = _json_reason(raw, exc)
+        out.rejections.append(Rejection(reason, msg, raw, index))
+    else:
+        out.events.append(event)
+        out.indexes.append(index)
+        out.raws.append(raw)
+
+
+def decode_message(
+    value: bytes | None,
+    kind: type[E],
+    *,
+    max_bytes: int = 1_048_576,
+    max_batch: int = 10_000,
+) -> Decoded[E]:
+    """Decode one Kafka message value into events of ``kind`` and rejections.
+
+    Never raises on data: every byte sequence yields events, rejections, or both.
+    """
+    out: Decoded[E] = Decoded()
+    if not value:
+        out.rejections.append(Rejection("empty", "message value is empty", value or b""))
+        return out
+    if len(value) > max_bytes:
+        out.rejections.append(
+            Rejection("too_large", f"{len(value)} bytes exceeds the {max_bytes}-byte limit", value)
+        )
+        return out
+    if value.lstrip()[:1] != b"[":
+        _decode_one(value, kind, None, out)
+        return out
+    try:
+        elements = _BATCH.decode(value)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+        reason, msg = _json_reason(value, exc)
+        out.rejections.append(Rejection(reason, msg, value))
+        return out
+    if not elements:
+        out.rejections.append(Rejection("empty_batch", "batch array has no events", value))
+    elif len(elements) > max_batch:
+        out.rejections.append(
+            Rejection("too_large", f"batch of {len(elements)} events exceeds {max_batch}", value)
+        )
+    else:
+        for i, element in enumerate(elements):
+            _decode_one(bytes(element), kind, i, out)
+    return out
+
+
+def event_time(timestamp: EventTime | str, record_ms: int | None) -> float:
+    """Event time in Unix seconds: the event's own timestamp, else the Kafka record's.
+
+    >>> event_time("2024-01-01T00:00:00Z", None)
+    1704067200.0
+    >>> event_time(None, 1704067200500)
+    1704067200.5
+    """
+    if timestamp is None:
+        return (record_ms or 0) / 1000.0
+    if isinstance(timestamp, str):
+        timestamp = datetime.fromisoformat(timestamp)
+    if isinstance(timestamp, datetime):
+        if timestamp.tzinfo is None:
+            timestamp = timestamp.replace(tzinfo=UTC)
+        return timestamp.timestamp()
+    return float(timestamp)
+
+
+def encode(obj: msgspec.Struct) -> bytes:
+    """Encode an outgoing event (alert, metrics, dead-letter) as compact JSON."""
+    return _ENCODER.encode(obj)
+
+
+_ENCODER = msgspec.json.Encoder()
