@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -17,9 +17,11 @@ from streamproc.baseline.profile import (
     ReferenceProfile,
     outputs_of,
 )
-from streamproc.kafka import topics
+from streamproc.kafka import ranges as kafka_ranges
 
 if TYPE_CHECKING:
+    from confluent_kafka import Consumer, Message
+
     from streamproc.config import Config
 
 __all__ = ["profile_from_topic"]
@@ -42,106 +44,51 @@ class _TopicRead:
     last_ms: int | None = None
 
 
-def _consumer(cfg: Config) -> Any:
-    import uuid
-
-    from confluent_kafka import Consumer
-
-    return Consumer(
-        {
-            **cfg.kafka.librdkafka(),
-            "group.id": f"streamproc-baseline-{uuid.uuid4().hex[:12]}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "fetch.message.max.bytes": max(cfg.worker.max_message_bytes, 1_048_576),
-        }
+def _consumer(cfg: Config) -> Consumer:
+    # "latest" is librdkafka's default, which this reader has always used.
+    return kafka_ranges.consumer(
+        cfg,
+        "baseline",
+        offset_reset="latest",
+        fetch_bytes=max(cfg.worker.max_message_bytes, 1_048_576),
     )
 
 
-def _offsets_for_times(consumer: Any, wanted: list[Any], attempts: int = 5) -> list[Any]:
-    """``consumer.offsets_for_times``, retried while a partition answers with an error.
-
-    A per-partition error (e.g. a leader moving) comes back as offset -1, which would otherwise
-    read as "no record after this time" and silently drop that partition from the range.
-    """
-    for attempt in range(attempts):
-        found = consumer.offsets_for_times(wanted, 15)
-        failed = [tp for tp in found if tp.error is not None]
-        if not failed:
-            return found
-        if attempt < attempts - 1:
-            time.sleep(0.5 * (attempt + 1))
-    tp = failed[0]
-    raise BaselineError(
-        f"cannot look up offsets by time in {tp.topic!r} partition {tp.partition}: {tp.error}"
-    )
+@contextmanager
+def _baseline_errors() -> Iterator[None]:
+    """A range error as a :class:`BaselineError`."""
+    try:
+        yield
+    except kafka_ranges.StalledReadError as exc:
+        raise BaselineError(
+            f"timed out after {exc.timeout_s:.0f} s reading {exc.topic!r} "
+            f"(partitions {exc.partitions} not read to the end)"
+        ) from None
+    except kafka_ranges.RangeError as exc:
+        raise BaselineError(str(exc)) from None
 
 
-def _time_ranges(consumer: Any, topic: str, from_ms: int, to_ms: int) -> dict[int, tuple[int, int]]:
-    """Per partition, ``[first, end)`` offsets of records with timestamps in the range."""
-    from confluent_kafka import TopicPartition
-
-    parts = topics.partitions_of(consumer, topic, missing=BaselineError)
-    starts = _offsets_for_times(consumer, [TopicPartition(topic, p, from_ms) for p in parts])
-    ends = _offsets_for_times(consumer, [TopicPartition(topic, p, to_ms) for p in parts])
-    out = {}
-    for p, s, e in zip(parts, starts, ends, strict=True):
-        _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15)
-        first = s.offset if s.offset >= 0 else high
-        end = e.offset if e.offset >= 0 else high
-        if first < end:
-            out[p] = (first, end)
-    return out
+def _time_ranges(consumer: Consumer, topic: str, from_ms: int, to_ms: int) -> kafka_ranges.Ranges:
+    """Per partition, the offsets of the records with a record time in ``[from_ms, to_ms)``."""
+    with _baseline_errors():
+        return kafka_ranges.time_ranges(consumer, topic, from_ms, to_ms)
 
 
-def _read_range(
-    consumer: Any,
+def _records(
+    consumer: Consumer,
     topic: str,
     ranges: Mapping[int, tuple[int, int]],
     timeout_s: float,
     time_ms: tuple[int, int] | None = None,
-) -> Iterator[Any]:
-    """Yield the records of ``ranges`` (partition -> ``[first, end)``), within ``time_ms``."""
-    from confluent_kafka import KafkaError, TopicPartition
-
-    todo = {p: end for p, (first, end) in ranges.items() if first < end}
-    if not todo:
-        return
-    consumer.assign([TopicPartition(topic, p, ranges[p][0]) for p in todo])
-    deadline = time.monotonic() + timeout_s
-    while todo:
-        msgs = consumer.consume(1000, 0.5)
-        if not msgs:
-            if time.monotonic() > deadline:
-                raise BaselineError(
-                    f"timed out after {timeout_s:.0f} s reading {topic!r} "
-                    f"(partitions {sorted(todo)} not read to the end)"
-                )
-            continue
-        deadline = time.monotonic() + timeout_s
-        for msg in msgs:
-            err = msg.error()
-            p = msg.partition()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    # An end-of-partition event can still be queued from the previous
-                    # topic read by this consumer: it says nothing about this topic.
-                    if msg.topic() == topic:
-                        todo.pop(p, None)
-                    continue
-                raise BaselineError(f"reading {topic!r}: {err}")
-            end = todo.get(p) if msg.topic() == topic else None
-            if end is None:
+) -> Iterator[Message]:
+    """The records of ``ranges`` (partition -> ``(first, last)``), within ``time_ms``."""
+    with _baseline_errors():
+        for msg in kafka_ranges.read(consumer, topic, ranges, timeout_s):
+            if msg.error() is not None:  # the partition ended before its range did
                 continue
-            if msg.offset() >= end:
-                todo.pop(p)
-                continue
-            if msg.offset() == end - 1:
-                todo.pop(p)
             ts = msg.timestamp()[1]
             if time_ms is None or time_ms[0] <= ts < time_ms[1]:
                 yield msg
-    consumer.unassign()
 
 
 def profile_from_topic(
@@ -207,13 +154,15 @@ def profile_from_topic(
                 raise BaselineError("--partition, --from-offset and --to-offset go together")
             if not 0 <= from_offset <= to_offset:
                 raise BaselineError(f"offsets {from_offset}..{to_offset}: need 0 <= from <= to")
-            if partition not in topics.partitions_of(consumer, topic, missing=BaselineError):
+            with _baseline_errors():
+                parts = kafka_ranges.partitions(consumer, topic)
+            if partition not in parts:
                 raise BaselineError(f"topic {topic!r} has no partition {partition}")
-            ranges = {partition: (from_offset, to_offset + 1)}
+            ranges = {partition: (from_offset, to_offset)}
             source = f"kafka:{topic} partition {partition} offsets {from_offset}..{to_offset}"
         read = _TopicRead()
         events: dict[str, tuple[Prediction, float]] = {}
-        for msg in _read_range(consumer, topic, ranges, timeout_s, window):
+        for msg in _records(consumer, topic, ranges, timeout_s, window):
             read.records += 1
             ts = msg.timestamp()[1]
             read.first_ms = ts if read.first_ms is None else min(read.first_ms, ts)
@@ -238,7 +187,7 @@ def profile_from_topic(
             grace = round(label_grace_s * 1000)
             lo, hi = window if window is not None else (read.first_ms, read.last_ms + 1)
             span = (lo, hi + grace)
-            for msg in _read_range(
+            for msg in _records(
                 consumer, labels_topic, _time_ranges(consumer, labels_topic, *span), timeout_s, span
             ):
                 for lab in decode_message(msg.value(), Label).events:

@@ -42,30 +42,6 @@ class ApplyReport:
         )
 
 
-def partitions_of(
-    consumer: Any,
-    topic: str,
-    *,
-    missing: type[Exception],
-    unreadable: type[Exception] | None = None,
-    timeout: float = 15.0,
-) -> list[int]:
-    """The sorted partition ids of ``topic``, from a consumer's metadata request.
-
-    Raises ``missing`` when the topic does not exist and ``unreadable`` (default: ``missing``)
-    when the metadata cannot be read, so each command reports it in its own error type.
-    """
-    try:
-        meta = consumer.list_topics(topic, timeout=timeout)
-    except KafkaException as exc:
-        error = unreadable or missing
-        raise error(f"cannot read the metadata of topic {topic!r}: {exc}") from None
-    found = meta.topics.get(topic)
-    if found is None or found.error is not None or not found.partitions:
-        raise missing(f"topic {topic!r} does not exist; create it with: streamproc topics apply")
-    return sorted(found.partitions)
-
-
 def partition_count(cfg: Config, topic: str) -> int:
     """How many partitions ``topic`` has (1 when it cannot be read: a worker still starts, and
     its stages expect one source of that topic)."""

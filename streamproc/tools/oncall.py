@@ -42,8 +42,8 @@ import re
 import shlex
 import sys
 import time
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
@@ -53,6 +53,7 @@ import msgspec
 from streamproc.config import Config, load_config
 from streamproc.contracts import Alert, MetricsRecord, Window, encode
 from streamproc.errors import StreamprocError
+from streamproc.kafka import ranges as kafka_ranges
 
 if TYPE_CHECKING:
     from confluent_kafka import Consumer, Message
@@ -516,37 +517,28 @@ def render_table(rows: Sequence[StatusRow]) -> str:
 
 
 def _consumer(cfg: Config) -> Consumer:
-    from confluent_kafka import Consumer
-
     # A group id is required, but with assign() the consumer never joins the group; offsets
     # are neither committed nor stored.
-    return Consumer(
-        {
-            **cfg.kafka.librdkafka(),
-            "group.id": f"streamproc-oncall-{uuid.uuid4().hex[:12]}",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "enable.partition.eof": True,
-            "auto.offset.reset": "earliest",
-            "fetch.message.max.bytes": 16_777_216,
-        }
-    )
+    return kafka_ranges.consumer(cfg, "oncall", offset_reset="earliest", fetch_bytes=16_777_216)
 
 
-def _partitions(consumer: Consumer, cfg: Config, topic: str, timeout: float = 10.0) -> list[int]:
-    from confluent_kafka import KafkaException
-
+@contextmanager
+def _kafka_errors(cfg: Config, topic: str) -> Iterator[None]:
+    """A missing topic or an unreachable Kafka as an :class:`OncallError` naming the fix."""
     try:
-        meta = consumer.list_topics(topic, timeout=timeout)
-    except KafkaException as exc:
-        raise OncallError(f"cannot reach Kafka at {cfg.kafka.bootstrap}: {exc}") from None
-    found = meta.topics.get(topic)
-    if found is None or found.error is not None or not found.partitions:
+        yield
+    except kafka_ranges.KafkaUnavailableError as exc:
+        raise OncallError(f"cannot reach Kafka at {cfg.kafka.bootstrap}: {exc.cause}") from None
+    except kafka_ranges.UnknownTopicError:
         raise OncallError(
             f"topic {topic!r} does not exist on {cfg.kafka.bootstrap}; "
             "create it with: streamproc topics apply"
-        )
-    return sorted(found.partitions)
+        ) from None
+
+
+def _partitions(consumer: Consumer, cfg: Config, topic: str, timeout: float = 10.0) -> list[int]:
+    with _kafka_errors(cfg, topic):
+        return kafka_ranges.partitions(consumer, topic, timeout)
 
 
 def _where(msg: Message) -> str:
@@ -567,52 +559,31 @@ def read_bounded(
     up to the end offsets seen when the read starts; stop early, with a warning, after
     ``timeout`` seconds.
     """
-    from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, TopicPartition
+    from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
+
+    def warn(error: object) -> None:
+        print(f"streamproc: reading {topic!r}: {error}", file=err)
 
     consumer = _consumer(cfg)
     try:
-        parts = _partitions(consumer, cfg, topic)
-        ends = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in parts
-        }
-        starts = {p: low for p, (low, _high) in ends.items()}
-        if since_ms is not None:
-            found = consumer.offsets_for_times(
-                [TopicPartition(topic, p, since_ms) for p in parts], timeout=10
-            )
-            for tp in found:
-                # -1: no record at or after since_ms; nothing to read there.
-                starts[tp.partition] = tp.offset if tp.offset >= 0 else ends[tp.partition][1]
-        pending = {p for p in parts if starts[p] < ends[p][1]}
-        if not pending:
-            return
-        consumer.assign([TopicPartition(topic, p, starts[p]) for p in sorted(pending)])
-        deadline = time.monotonic() + timeout
-        while pending:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                print(
-                    f"streamproc: stopped reading {topic!r} after {timeout:g} s; "
-                    f"partitions {sorted(pending)} were not read to the end",
-                    file=err,
-                )
-                return
-            msg = consumer.poll(min(left, 1.0))
-            if msg is None:
-                continue
-            if msg.error() is not None:
-                if _is_eof(msg):
-                    pending.discard(msg.partition())
-                else:
-                    print(f"streamproc: reading {topic!r}: {msg.error()}", file=err)
-                continue
-            if msg.offset() >= ends[msg.partition()][1] - 1:
-                pending.discard(msg.partition())
-            # offsets_for_times gives the first offset at or after since_ms; a producer-set
-            # timestamp can still be older further on.
-            stamp_type, stamp = msg.timestamp()
-            if since_ms is None or stamp_type == TIMESTAMP_NOT_AVAILABLE or stamp >= since_ms:
-                yield msg
+        with _kafka_errors(cfg, topic):
+            todo = kafka_ranges.retained_ranges(consumer, topic, since_ms, timeout=10.0)
+        records = kafka_ranges.read(consumer, topic, todo, timeout, budget=True, on_error=warn)
+        with closing(records):
+            for msg in records:
+                if msg.error() is not None:  # the partition ended early
+                    continue
+                # offsets_for_times gives the first offset at or after since_ms; a
+                # producer-set timestamp can still be older further on.
+                stamp_type, stamp = msg.timestamp()
+                if since_ms is None or stamp_type == TIMESTAMP_NOT_AVAILABLE or stamp >= since_ms:
+                    yield msg
+    except kafka_ranges.StalledReadError as exc:
+        print(
+            f"streamproc: stopped reading {topic!r} after {timeout:g} s; "
+            f"partitions {exc.partitions} were not read to the end",
+            file=err,
+        )
     finally:
         consumer.close()
 

@@ -51,9 +51,9 @@ import argparse
 import math
 import sys
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -71,7 +71,8 @@ from streamproc.contracts import (
     event_time,
 )
 from streamproc.errors import StreamprocError
-from streamproc.kafka import topics
+from streamproc.kafka import ranges as kafka_ranges
+from streamproc.kafka.ranges import Ranges
 from streamproc.monitor import (
     ModelMonitor,
     NumRef,
@@ -111,7 +112,6 @@ __all__ = [
     "write_outputs",
 ]
 
-BATCH = 2000  # messages per consume() call
 ADVANCE_EVERY = 5000  # events fed between two advance() calls
 BUFFER_LIMIT = 200  # messages buffered per partition before it is paused
 
@@ -214,33 +214,29 @@ def apply_overrides(
 
 
 def _consumer(cfg: Config) -> Consumer:
-    from confluent_kafka import Consumer
-
     # assign() only: the group id is never joined, and nothing is committed or stored.
-    return Consumer(
-        {
-            **cfg.kafka.librdkafka(),
-            "group.id": f"streamproc-replay-{uuid.uuid4().hex[:12]}",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "enable.partition.eof": True,
-            "auto.offset.reset": "error",
-            "fetch.message.max.bytes": max(cfg.worker.max_message_bytes, 16_777_216),
-        }
+    return kafka_ranges.consumer(
+        cfg,
+        "replay",
+        offset_reset="error",
+        fetch_bytes=max(cfg.worker.max_message_bytes, 16_777_216),
     )
+
+
+@contextmanager
+def _replay_errors() -> Iterator[None]:
+    """A range error as the replay's own: a missing topic is an unknown partition."""
+    try:
+        yield
+    except kafka_ranges.UnknownTopicError as exc:
+        raise UnknownPartitionError(str(exc)) from None
+    except kafka_ranges.RangeError as exc:
+        raise ReplayError(str(exc)) from None
 
 
 def _partitions(consumer: Consumer, topic: str) -> list[int]:
-    return topics.partitions_of(
-        consumer, topic, missing=UnknownPartitionError, unreadable=ReplayError
-    )
-
-
-def _watermarks(consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
-    from confluent_kafka import TopicPartition
-
-    low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=15)
-    return int(low), int(high)
+    with _replay_errors():
+        return kafka_ranges.partitions(consumer, topic)
 
 
 def _rfc3339_ms(text: str, flag: str) -> int:
@@ -248,9 +244,6 @@ def _rfc3339_ms(text: str, flag: str) -> int:
         return round(event_time(text, None) * 1000)
     except ValueError:
         raise ReplayError(f"{flag} {text!r} is not an RFC 3339 time") from None
-
-
-Ranges = dict[int, tuple[int, int]]  # partition -> (first, last) offsets, inclusive
 
 
 def offset_ranges(
@@ -273,7 +266,7 @@ def offset_ranges(
             raise ReplayError(f"partition {p} is given twice")
         if first < 0 or last < first:
             raise ReplayError(f"partition {p}: offsets {first}..{last} need 0 <= from <= to")
-        low, high = _watermarks(consumer, topic, p)
+        low, high = kafka_ranges.watermarks(consumer, topic, p)
         if first < low:
             raise OutOfRetentionError(
                 f"{topic}[{p}] offset {first} is out of retention: the oldest offset kept is "
@@ -293,19 +286,8 @@ def offset_ranges(
 
 def time_ranges(consumer: Consumer, topic: str, from_ms: int, to_ms: int) -> Ranges:
     """Per partition, the offsets of the records with a record time in ``[from_ms, to_ms)``."""
-    from confluent_kafka import TopicPartition
-
-    parts = _partitions(consumer, topic)
-    starts = consumer.offsets_for_times([TopicPartition(topic, p, from_ms) for p in parts], 15)
-    ends = consumer.offsets_for_times([TopicPartition(topic, p, to_ms) for p in parts], 15)
-    out: Ranges = {}
-    for p, s, e in zip(parts, starts, ends, strict=True):
-        _, high = _watermarks(consumer, topic, p)
-        first = s.offset if s.offset >= 0 else high
-        end = e.offset if e.offset >= 0 else high
-        if first < end:
-            out[p] = (first, end - 1)
-    return out
+    with _replay_errors():
+        return kafka_ranges.time_ranges(consumer, topic, from_ms, to_ms)
 
 
 def find_alert(cfg: Config, alert_id: str, timeout_s: float) -> Alert:
@@ -315,32 +297,19 @@ def find_alert(cfg: Config, alert_id: str, timeout_s: float) -> Alert:
     ------
     UnknownAlertError
     """
-    from confluent_kafka import KafkaError, TopicPartition
-
     topic = cfg.topics.alerts
     decoder = msgspec.json.Decoder(Alert)
     consumer = _consumer(cfg)
     found: dict[str, Alert] = {}
     try:
-        todo = {}
-        for p in _partitions(consumer, topic):
-            low, high = _watermarks(consumer, topic, p)
-            if low < high:
-                todo[p] = (low, high)
-        consumer.assign([TopicPartition(topic, p, lo) for p, (lo, _) in todo.items()])
-        deadline = time.monotonic() + timeout_s
-        while todo:
-            msgs = consumer.consume(BATCH, 0.5)
-            if not msgs and time.monotonic() > deadline:
-                raise ReplayError(f"timed out after {timeout_s:g} s scanning {topic!r}")
-            for msg in msgs:
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF and msg.topic() == topic:
-                        todo.pop(msg.partition(), None)
+        with _replay_errors():
+            todo = kafka_ranges.retained_ranges(consumer, topic)
+        # Kafka errors other than a partition's end are skipped: the scan is best effort.
+        records = kafka_ranges.read(consumer, topic, todo, timeout_s, on_error=lambda _: None)
+        with closing(records):
+            for msg in records:
+                if msg.error() is not None:  # the partition ended early
                     continue
-                if msg.offset() >= todo.get(msg.partition(), (0, 0))[1] - 1:
-                    todo.pop(msg.partition(), None)
                 try:
                     alert = decoder.decode(msg.value() or b"")
                 except (msgspec.DecodeError, msgspec.ValidationError):
@@ -349,6 +318,8 @@ def find_alert(cfg: Config, alert_id: str, timeout_s: float) -> Alert:
                     return alert
                 if alert.alert_id.startswith(alert_id):
                     found[alert.alert_id] = alert
+    except kafka_ranges.StalledReadError:
+        raise ReplayError(f"timed out after {timeout_s:g} s scanning {topic!r}") from None
     finally:
         consumer.close()
     if len(found) == 1 and len(alert_id) >= 8:
@@ -366,8 +337,6 @@ def alert_ranges(
     notes: list[str],
 ) -> Ranges:
     """The alert's ``source.offsets``, extended back by ``lookback_windows`` windows of time."""
-    from confluent_kafka import TopicPartition
-
     topic = alert.source.topic
     if not alert.source.offsets:
         raise EmptyRangeError(f"alert {alert.alert_id} names no offsets to replay")
@@ -378,26 +347,24 @@ def alert_ranges(
     missing = sorted(set(requested) - set(parts))
     if missing:
         raise UnknownPartitionError(f"topic {topic!r} has no partition {missing[0]}")
-    found = consumer.offsets_for_times(
-        [TopicPartition(topic, p, round(since * 1000)) for p in sorted(requested)], 15
-    )
+    with _replay_errors():
+        found = kafka_ranges.offsets_at(consumer, topic, sorted(requested), round(since * 1000))
     out: Ranges = {}
-    for tp in found:
-        first, last = requested[tp.partition]
-        low, high = _watermarks(consumer, topic, tp.partition)
-        begin = min(first, tp.offset) if tp.offset >= 0 else first
+    for p, offset in found.items():
+        first, last = requested[p]
+        low, high = kafka_ranges.watermarks(consumer, topic, p)
+        begin = min(first, offset) if offset >= 0 else first
         if begin < low:
             notes.append(
-                f"{topic}[{tp.partition}]: the lookback reaches before the oldest offset kept; "
-                f"from {low}"
+                f"{topic}[{p}]: the lookback reaches before the oldest offset kept; from {low}"
             )
             begin = low
         if first < low:
             raise OutOfRetentionError(
-                f"{topic}[{tp.partition}] offsets {first}..{last} of alert {alert.alert_id} are "
+                f"{topic}[{p}] offsets {first}..{last} of alert {alert.alert_id} are "
                 f"out of retention (oldest offset kept: {low})"
             )
-        out[tp.partition] = (begin, min(last, high - 1))
+        out[p] = (begin, min(last, high - 1))
     return out
 
 
@@ -470,50 +437,8 @@ def _read(
     (flow control: a partition far ahead of the others stops being fetched). A partition that
     ends before its range does is reported by yielding its end-of-partition event.
     """
-    from confluent_kafka import KafkaError, TopicPartition
-
-    todo = dict(ranges)
-    consumer.assign([TopicPartition(topic, p, first) for p, (first, _) in sorted(todo.items())])
-    deadline = time.monotonic() + timeout_s
-    try:
-        while todo:
-            pause, resume = after_batch()
-            if pause:
-                consumer.pause([TopicPartition(topic, q) for q in pause])
-            if resume:
-                consumer.resume([TopicPartition(topic, q) for q in resume if q in todo])
-            msgs = consumer.consume(num_messages=BATCH, timeout=0.5)
-            if not msgs:
-                if time.monotonic() > deadline:
-                    raise ReplayError(
-                        f"no progress for {timeout_s:g} s reading {topic!r} (partitions "
-                        f"{sorted(todo)} not read to the end)"
-                    )
-                continue
-            deadline = time.monotonic() + timeout_s
-            done = []
-            for msg in msgs:
-                err = msg.error()
-                p = msg.partition()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        if p in todo and msg.topic() == topic:
-                            todo.pop(p)
-                            done.append(p)
-                            yield msg  # tells the caller the partition ended early
-                        continue
-                    raise ReplayError(f"reading {topic!r}: {err}")
-                rng = todo.get(p)
-                if rng is None or msg.offset() > rng[1]:
-                    continue
-                if msg.offset() == rng[1]:
-                    todo.pop(p)
-                    done.append(p)
-                yield msg
-            if done:  # read to its end: stop fetching it
-                consumer.pause([TopicPartition(topic, q) for q in done])
-    finally:
-        consumer.unassign()
+    with _replay_errors():
+        yield from kafka_ranges.read(consumer, topic, ranges, timeout_s, flow=after_batch)
 
 
 # -- the replay ---------------------------------------------------------------------------------
@@ -808,10 +733,10 @@ def _read_labels(
     consumer = _consumer(cfg)
     labels: dict[str, tuple[Scalar, float, str]] = {}
     try:
-        ranges = time_ranges(consumer, topic, *span_ms)
-        if not ranges:
+        found = time_ranges(consumer, topic, *span_ms)
+        if not found:
             return labels
-        for msg in _read(consumer, topic, ranges, timeout_s, lambda: ([], [])):
+        for msg in _read(consumer, topic, found, timeout_s, lambda: ([], [])):
             if msg.error() is not None:
                 continue
             ts = msg.timestamp()[1]
@@ -832,22 +757,8 @@ def _record_span(
     consumer: Consumer, topic: str, ranges: Ranges, timeout_s: float
 ) -> tuple[int, int]:
     """Record times of the first and last records of the ranges (for the labels' span)."""
-    from confluent_kafka import TopicPartition
-
-    stamps: list[int] = []
-    for p, (first, last) in sorted(ranges.items()):
-        for off in {first, last}:
-            consumer.assign([TopicPartition(topic, p, off)])
-            deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline:
-                msg = consumer.poll(0.5)
-                if msg is not None and msg.error() is None:
-                    stamps.append(msg.timestamp()[1])
-                    break
-            consumer.unassign()
-    if not stamps:
-        raise ReplayError(f"could not read the record times of the range on {topic!r}")
-    return min(stamps), max(stamps)
+    with _replay_errors():
+        return kafka_ranges.record_span(consumer, topic, ranges, timeout_s)
 
 
 def _ranges(
