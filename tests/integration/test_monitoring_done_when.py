@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
@@ -32,7 +31,7 @@ import numpy as np
 import orjson
 import pytest
 import redis
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from streamproc.baseline import BaselineStore
 from streamproc.config import Config
@@ -49,7 +48,7 @@ from streamproc.dev.synthetic import (
     reference_profile,
 )
 from streamproc.kafka import topics
-from tests.integration.workers import WorkerProcess, sample_sum
+from tests.integration.workers import TopicTail, WorkerProcess, sample_sum
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -162,42 +161,6 @@ def produce_batches(
         send(batch, n)
     assert producer.flush(60) == 0 and not failed, failed[:3]
     return count, sent
-
-
-class TopicTail:
-    """Every record of a topic from the beginning, read incrementally by one consumer."""
-
-    def __init__(self, cfg: Config, topic: str) -> None:
-        self.consumer = Consumer(
-            {
-                **cfg.kafka.librdkafka(),
-                "group.id": f"tail-{uuid.uuid4().hex}",
-                "enable.auto.commit": False,
-                "fetch.message.max.bytes": 16_777_216,
-            }
-        )
-        meta = self.consumer.list_topics(topic, timeout=10).topics[topic]
-        self.partitions = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions]
-        self.consumer.assign(self.partitions)
-        self.next = {p.partition: 0 for p in self.partitions}
-        self.records: list[dict[str, Any]] = []
-
-    def read(self) -> list[dict[str, Any]]:
-        """Read up to what the topic holds now; return every record read so far."""
-        highs = {
-            tp.partition: self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1]
-            for tp in self.partitions
-        }
-        deadline = time.monotonic() + 30
-        while any(self.next[p] < h for p, h in highs.items()) and time.monotonic() < deadline:
-            for msg in self.consumer.consume(1000, 0.2):
-                if msg.error() is None:
-                    self.next[msg.partition()] = msg.offset() + 1
-                    self.records.append(orjson.loads(msg.value()))
-        return self.records
-
-    def close(self) -> None:
-        self.consumer.close()
 
 
 @dataclasses.dataclass
