@@ -941,8 +941,15 @@ def progress(key: str, r: int, m: Pass) -> None:
     )
 
 
+def exit_on_sigterm() -> None:
+    """Make SIGTERM raise ``SystemExit``, so a stopped run still stops the processes it
+    started and deletes what it created (the ``finally`` blocks run)."""
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run, print the tables, write the JSON; 1 if any pass failed its check."""
+    exit_on_sigterm()
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     add_arguments(p)
     p.add_argument("--out", type=Path, default=BENCH / "out")

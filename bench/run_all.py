@@ -263,6 +263,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run every part; write the JSON and the markdown; 1 if a throughput pass failed."""
+    pipeline_throughput.exit_on_sigterm()
     raw = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(raw)
     run_id = uuid.uuid4().hex[:8]
