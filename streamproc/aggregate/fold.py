@@ -32,9 +32,9 @@ from streamproc.baseline import category_value
 from streamproc.baseline.reference import Reference
 from streamproc.sketch import CategoricalSketch, NumericSketch
 
-# A value beyond 4.4 million reference sds is clipped there in the tick sums, so that a group's
-# sum fits an int64 (int64 cumsums wrap, but their differences stay exact).
-Z_CLIP = float(2**42)
+# A value beyond 65,536 reference sds is clipped there in the fixed-point sums, so that a
+# group's sums of z and z² fit an int64 (int64 cumsums wrap, but their differences stay exact).
+Z_CLIP = 65_536.0
 MAX_OTHER_FEATURES = 50
 """Names of features outside the reference counted per partial (an upstream sending ever-new
 feature names must not grow the state)."""
@@ -130,7 +130,7 @@ def fold_predictions(cols: Columns, groups: Sequence[FoldGroup], sample_k: int) 
     together: dict[tuple[int, ...], list[str]] = {}
     for name, gis in numeric.items():
         together.setdefault(tuple(gis), []).append(name)
-    results: dict[str, dict[int, tuple[int, int, int]]] = {}
+    results: dict[str, dict[int, tuple[int, int, int, int]]] = {}
     for gis_key, names in together.items():
         # Groups binned with one reference are adjacent: one searchsorted for each run.
         gis = sorted(gis_key, key=lambda gi: groups[gi].ref.fp)  # type: ignore[union-attr]
@@ -178,13 +178,14 @@ def fold_predictions(cols: Columns, groups: Sequence[FoldGroup], sample_k: int) 
             continue
         _present(cols, rows, p, ref.watched)
         for name in ref.numeric:
-            mismatched, total, n = results[name][gi]
+            mismatched, total, n, squares = results[name][gi]
             if mismatched:
                 p.mismatched[name] = p.mismatched.get(name, 0) + mismatched
             if n and ref.scales[name][1] > 0:
-                acc = p.zsum.setdefault(name, [0, 0])
+                acc = p.zsum.setdefault(name, [0, 0, 0])
                 acc[0] += total
                 acc[1] += n
+                acc[2] += squares
         for name in ref.categorical:
             sk = p.categorical.get(name)
             if sk is None:
@@ -216,10 +217,10 @@ def prepare(partial: TickPartial, ref: Reference | None) -> None:
 
 def _fold_numeric(
     cols: Columns, groups: Sequence[FoldGroup], names: list[str], gis: list[int]
-) -> dict[str, dict[int, tuple[int, int, int]]]:
+) -> dict[str, dict[int, tuple[int, int, int, int]]]:
     """Numeric features ``names`` for the groups ``gis`` (a reference's groups adjacent):
-    update their sketches; return per feature and group (mismatched values, tick sum, tick
-    count). Work items are (feature, group) pairs, feature-major."""
+    update their sketches; return per feature and group (mismatched values, fixed-point sum of
+    z, count, fixed-point sum of z²). Work items are (feature, group) pairs, feature-major."""
     idx, sizes, _ = _gather(cols, groups, gis)
     numcols = [cols.numeric(name) for name in names]
     n_groups = len(gis)
@@ -260,18 +261,22 @@ def _fold_numeric(
             if sd > 0:
                 centre[k], scale[k] = mean, sd
             k += 1
-    totals = [0] * n_all.size
+    totals = squares = [0] * n_all.size
     if fin.size and scale.any():
         ok = scale > 0
         sd = np.where(ok, scale, 1.0).repeat(n_fin)
-        z = np.rint((fin - centre.repeat(n_fin)) / sd * Z_SCALE)
+        z = (fin - centre.repeat(n_fin)) / sd
         if not ok.all():
             z[~ok.repeat(n_fin)] = 0.0
         np.clip(z, -Z_CLIP, Z_CLIP, out=z)
-        cs = np.concatenate(([0], z.astype(np.int64).cumsum()))
         f_ends = n_fin.cumsum()
-        totals = (cs[f_ends] - cs[f_ends - n_fin]).tolist()
-    per_item = list(zip(mismatched, totals, n_fin.tolist(), strict=True))
+
+        def group_sums(v: np.ndarray) -> list[int]:
+            cs = np.concatenate(([0], np.rint(v * Z_SCALE).astype(np.int64).cumsum()))
+            return (cs[f_ends] - cs[f_ends - n_fin]).tolist()  # type: ignore[no-any-return]
+
+        totals, squares = group_sums(z), group_sums(np.square(z))
+    per_item = list(zip(mismatched, totals, n_fin.tolist(), squares, strict=True))
     return {
         name: dict(zip(gis, per_item[f * n_groups : (f + 1) * n_groups], strict=True))
         for f, name in enumerate(names)

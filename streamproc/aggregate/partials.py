@@ -36,6 +36,7 @@ True
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -50,9 +51,27 @@ CONFIDENCE_BINS: Final = 100
 
 CONFIDENCE_EDGES: Final = np.linspace(0.0, 1.0, CONFIDENCE_BINS + 1)[1:-1]
 Z_SCALE: Final = 1_000_000
-"""Fixed point of the standardised tick sums: millionths of a reference standard deviation.
-Integers add up the same in any order, so detectors see the same values however batches,
-partials and workers cut the stream."""
+"""Fixed point of the standardised sums (of z and z²): millionths of a reference standard
+deviation. Integers add up the same in any order, so detectors, and the window means and spreads
+published, are the same however batches, partials and workers cut the stream."""
+
+
+def moments_of(zsum: list[int], mean: float, sd: float) -> tuple[float, float]:
+    """Mean and sample standard deviation (NaN under two values) from a feature's exact
+    ``[sum of z, n, sum of z²]`` and its reference's ``mean`` and ``sd``.
+
+    >>> moments_of([2_000_000, 4, 2_000_000], 10.0, 2.0)  # z = 0, 0, 1, 1 (sd 2 around 10)
+    (11.0, 1.1547005383792515)
+    """
+    s1, n = zsum[0] / Z_SCALE, zsum[1]
+    if n <= 0:
+        return math.nan, math.nan
+    m = mean + sd * s1 / n
+    if n < 2 or len(zsum) < 3:
+        return m, math.nan
+    var = (zsum[2] / Z_SCALE - s1 * s1 / n) / (n - 1)
+    return m, sd * math.sqrt(max(var, 0.0))
+
 
 Row = list[Any]  # [hash, features, prediction, confidence]: one sampled prediction
 
@@ -97,7 +116,8 @@ class TickPartial:
     numeric: dict[str, NumericSketch] = field(default_factory=dict)
     categorical: dict[str, CategoricalSketch] = field(default_factory=dict)
     mismatched: dict[str, int] = field(default_factory=dict)
-    zsum: dict[str, list[int]] = field(default_factory=dict)  # feature -> [sum of z, n]
+    # feature -> [sum of z, n, sum of z²], z in reference sds, both sums in Z_SCALE fixed point
+    zsum: dict[str, list[int]] = field(default_factory=dict)
     prediction: NumericSketch | CategoricalSketch | None = None
     score: NumericSketch | None = None
     sample: list[Row] = field(default_factory=list)  # ascending hash, when fp is None
@@ -141,10 +161,10 @@ class TickPartial:
             else:
                 cmine += csk
         _add_counts(self.mismatched, other.mismatched)
-        for name, (s, n) in other.zsum.items():
-            acc = self.zsum.setdefault(name, [0, 0])
-            acc[0] += s
-            acc[1] += n
+        for name, sums in other.zsum.items():
+            acc = self.zsum.setdefault(name, [0, 0, 0])
+            for i, v in enumerate(sums):
+                acc[i] += v
         if other.prediction is not None:
             if self.prediction is None:
                 self.prediction = other.prediction.copy()

@@ -1,10 +1,14 @@
-"""The references the aggregation stage bins with: stored baselines and monitors' warm-ups.
+"""The references the aggregation stage bins with: the judges' decisions, nothing else.
 
-The aggregation stage bins each partial with the reference the judge will judge it against,
-when it knows one; when it does not (yet), it samples the rows and the judge bins them later.
-So this book only has to be *eventually* right: a baseline picked up a little later costs
-samples, never a wrong verdict. :meth:`ReferenceBook.refresh` re-reads Redis every
-``baseline_refresh_s`` and whenever the references' version counter moves.
+The aggregation stage bins a tick with the reference the model's timeline (decided and
+published by its judge, :mod:`streamproc.judge.timeline`) gives the tick's window. While the
+baseline store holds a change the judge has not decided yet (a baseline created, replaced or
+deleted), or no reference exists yet, it samples the rows instead, and the judge bins them with
+whatever it decides: so the aggregation stage never commits a window to a reference the judge
+would not judge it with, whenever either of them notices a change.
+
+:meth:`TimelineBook.refresh` re-reads Redis every ``baseline_refresh_s`` and whenever the
+baseline store's or the timelines' change counter moves (checked on every batch: one ``MGET``).
 """
 
 from __future__ import annotations
@@ -13,112 +17,103 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from streamproc.baseline import ReferenceProfile
-from streamproc.baseline.reference import Reference, ReferenceCache, references_of
+import msgspec
+
+from streamproc.baseline.reference import Reference, ReferenceCache
 from streamproc.config import MonitoringConfig
-from streamproc.sketch import OTHER
+from streamproc.judge.timeline import ReferenceTimeline, TimelineState
 
 log = logging.getLogger(__name__)
 
 
-class ReferenceBook:
-    """Per model and version: the baseline's references and the warm-up ones, by segment key.
+def timeline_key(prefix: str, model: str) -> str:
+    return f"{prefix}:timeline:{model}"
+
+
+def timeline_changes_key(prefix: str) -> str:
+    return f"{prefix}:timeline:changes"
+
+
+class TimelineBook:
+    """Per model: its judge's published timeline and the baseline store's stamps.
 
     Examples
     --------
-    >>> from streamproc.dev.synthetic import WorkloadSpec, reference_profile
-    >>> profile = reference_profile(WorkloadSpec(), n_rows=2000)
-    >>> book = ReferenceBook(MonitoringConfig(), ReferenceCache())
-    >>> book.set_baseline(profile.model_id, profile.model_version, profile)
+    >>> book = TimelineBook(MonitoringConfig(window_s=60, tick_s=10), ReferenceCache())
+    >>> book.lookup("m", "1", "all", 0.0) is None  # nothing decided: sample
     True
-    >>> model, version = profile.model_id, profile.model_version
-    >>> book.lookup(model, version, "all").origin
-    'baseline'
-    >>> book.lookup(model, version, "country=XX") is None  # no pooled segment in it
+    >>> tl = ReferenceTimeline()
+    >>> _ = tl.set_baseline("1", float("-inf"), "s1", "2024-01-01", {"all": "fp1"}, [])
+    >>> book.set("m", tl, {"1": "s2"})  # the store moved on: a change is pending
+    >>> book.pending("m", "1")
     True
     """
 
     def __init__(self, cfg: MonitoringConfig, cache: ReferenceCache) -> None:
         self.cfg = cfg
         self.cache = cache
-        self._baselines: dict[tuple[str, str], tuple[str, dict[str, Reference], set[str]]] = {}
-        self._warmups: dict[tuple[str, str], dict[str, Reference]] = {}
+        self.timelines: dict[str, ReferenceTimeline] = {}
+        self.stored: dict[str, dict[str, str]] = {}  # model -> version -> stamp
+        self.generation = 0
+        self._window: dict[str, float] = {}
+        self._seen: tuple[Any, Any] | None = None
+        self._refreshed_at = -float("inf")
 
-    def set_baseline(self, model: str, version: str, profile: ReferenceProfile | None) -> bool:
-        """Use ``profile`` (``None``: deleted) for ``model``/``version``; ``True`` if changed."""
-        if profile is None:
-            return self._baselines.pop((model, version), None) is not None
-        features = self.cfg.for_model(model).features
-        refs = references_of(profile.segments, "baseline", features)
-        for ref in refs.values():
-            self.cache.put(ref)
-        entry = (profile.created_at, refs, set(profile.segment_dims))
-        old = self._baselines.get((model, version))
-        if old is not None and {k: r.fp for k, r in old[1].items()} == {
-            k: r.fp for k, r in refs.items()
-        }:
-            return False
-        self._baselines[(model, version)] = entry
-        return True
+    def set(self, model: str, timeline: ReferenceTimeline, stored: dict[str, str]) -> None:
+        self.timelines[model] = timeline
+        self.stored[model] = dict(stored)
 
-    def set_warmups(self, model: str, version: str, refs: dict[str, Reference]) -> None:
-        for ref in refs.values():
-            self.cache.put(ref)
-        self._warmups[(model, version)] = dict(refs)
+    def pending(self, model: str, version: str) -> bool:
+        """Whether the store holds a change of ``version``'s baseline not decided yet."""
+        tl = self.timelines.get(model)
+        decided = tl.stamp(version) if tl is not None else None
+        return self.stored.get(model, {}).get(version) != decided
 
-    def baseline_versions(self) -> Iterable[tuple[str, str]]:
-        return list(self._baselines)
-
-    def lookup(self, model_id: str, version: str, raw_key: str) -> Reference | None:
-        dim, sep, _ = raw_key.partition("=")
-        base = self._baselines.get((model_id, version))
-        if base is not None:
-            refs, dims = base[1], base[2]
-            ref = refs.get(raw_key)
-            if ref is not None:
-                return ref
-            if sep and dim in dims:
-                return refs.get(f"{dim}={OTHER}")
-        warm = self._warmups.get((model_id, version))
-        if warm:
-            ref = warm.get(raw_key)
-            if ref is None and sep:
-                ref = warm.get(f"{dim}={OTHER}")
-            return ref
-        return None
+    def lookup(self, model_id: str, version: str, raw_key: str, tick: float) -> Reference | None:
+        tl = self.timelines.get(model_id)
+        if tl is None or self.pending(model_id, version):
+            return None
+        window_s = self._window.get(model_id)
+        if window_s is None:
+            window_s = self._window[model_id] = self.cfg.for_model(model_id).window_s
+        start = (tick // window_s) * window_s
+        return self.cache.get(tl.select_raw(version, raw_key, start))
 
     def by_fp(self, fp: str) -> Reference | None:
         return self.cache.get(fp)
 
-    async def refresh(self, client: Any, prefix: str, models: Iterable[str]) -> list[str]:
-        """Re-read the stored baselines and warm-ups of ``models``; return one line per
-        change (for the log)."""
-        from streamproc.baseline import AsyncBaselineStore
-
-        store = AsyncBaselineStore(client, prefix)
-        changes: list[str] = []
-        for model in sorted(set(models)):
-            profiles = {p.model_version: p for p in await store.all_versions(model)}
-            for m, version in [k for k in self._baselines if k[0] == model]:
-                if version not in profiles and self.set_baseline(m, version, None):
-                    changes.append(f"model {model} version {version}: baseline deleted")
-            for version, profile in sorted(profiles.items()):
-                if self.set_baseline(model, version, profile):
-                    changes.append(
-                        f"model {model} version {version}: baseline of {profile.created_at} "
-                        f"({profile.source})"
+    async def refresh(
+        self, client: Any, prefix: str, models: Iterable[str], now: float, force: bool = False
+    ) -> bool:
+        """Re-read what changed (see the module docstring); ``True`` if anything was read."""
+        seen = tuple(
+            await client.mget([f"{prefix}:baselines:changes", timeline_changes_key(prefix)])
+        )
+        due = now - self._refreshed_at >= self.cfg.baseline_refresh_s
+        if not (force or due or seen != self._seen):
+            return False
+        self._seen, self._refreshed_at = seen, now
+        self.generation = int(seen[0] or 0)
+        models = sorted(set(models))
+        async with client.pipeline(transaction=True) as pipe:
+            for model in models:
+                pipe.hgetall(f"{prefix}:baselines:{model}:stamps")
+                pipe.get(timeline_key(prefix, model))
+            replies = await pipe.execute()
+        fps: set[str] = set()
+        for i, model in enumerate(models):
+            stamps, blob = replies[2 * i], replies[2 * i + 1]
+            timeline = ReferenceTimeline()
+            if blob:
+                try:
+                    timeline = ReferenceTimeline.restore(
+                        msgspec.msgpack.decode(blob, type=TimelineState)
                     )
-            warm = await client.hgetall(f"{prefix}:warmup:{model}")
-            by_version: dict[str, dict[str, Reference]] = {}
-            wanted = {}
-            for field, fp in warm.items():
-                version, _, key = field.decode().partition("|")
-                wanted[(version, key)] = fp.decode()
-            await self.cache.load(client, prefix, wanted.values())
-            for (version, key), fp in wanted.items():
-                ref = self.cache.get(fp)
-                if ref is not None:
-                    by_version.setdefault(version, {})[key] = ref
-            for version, refs in by_version.items():
-                self.set_warmups(model, version, refs)
-        return changes
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    log.warning("model %s: unreadable timeline in Redis (%s): sampling", model, exc)
+            self.set(model, timeline, {k.decode(): v.decode() for k, v in stamps.items()})
+            fps |= timeline.fps()
+        unknown = await self.cache.load(client, prefix, fps)
+        for fp in unknown:
+            log.warning("reference %s is not in Redis: its windows are sampled", fp)
+        return True

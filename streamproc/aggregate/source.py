@@ -56,9 +56,13 @@ _MAGIC: Final = b"SPA2"
 
 
 class ReferenceLookup(Protocol):
-    """Which reference bins a raw segment's events (``None``: none yet, sample them)."""
+    """Which reference bins a raw segment's events in a tick (``None``: sample them)."""
 
-    def lookup(self, model_id: str, version: str, raw_key: str) -> Reference | None: ...
+    generation: int  # the baseline store's change count these references reflect
+
+    def lookup(
+        self, model_id: str, version: str, raw_key: str, tick: float
+    ) -> Reference | None: ...
 
     def by_fp(self, fp: str) -> Reference | None:
         """A reference this lookup handed out before, by fingerprint (a tick keeps the
@@ -122,6 +126,7 @@ class _HeadStored(msgspec.Struct, array_like=True):
     lateness_s: float
     clock: ClockState
     last_offset: int
+    last_record_s: float = -math.inf
 
 
 class SourceAggregator:
@@ -145,6 +150,7 @@ class SourceAggregator:
         self.refs = refs
         self.clock = SourceClock(cfg.tick_s, cfg.lateness_s)
         self.last_offset = -1
+        self.last_record_s = -math.inf  # record time of its newest record (for idleness)
         self.ticks: dict[float, dict[tuple[str, str, str], TickPartial]] = {}
         self.outcome_ticks: dict[float, dict[tuple[str, str, str], OutcomePartial]] = {}
         self._dirty: set[float] = set()
@@ -240,7 +246,7 @@ class SourceAggregator:
         cell = self.ticks.setdefault(tick, {})
         key = cap(key)
         p = cell.get((model, version, key))
-        ref = self.refs.lookup(model, version, key)
+        ref = self.refs.lookup(model, version, key, tick)
         if p is None:
             p = cell[(model, version, key)] = TickPartial()
             prepare(p, ref)
@@ -368,6 +374,22 @@ class SourceAggregator:
             for model, entries in sorted(by_model.items())
         ]
 
+    def go_quiet(self) -> list[PartialsMessage]:
+        """The source has been quiet for ``idle_timeout_s`` with nothing left to read: every
+        tick it holds is complete now (an event that comes later for one of them is late), so
+        the windows holding its last events can close. Returns their partials."""
+        if self.clock.newest > -math.inf:
+            end = tick_start(self.clock.newest, self.clock.tick_s) + self.clock.tick_s
+            self.clock.flushed_until = max(self.clock.flushed_until, end)
+        return self.complete()
+
+    def quiet_for(self, now_s: float, first_record_s: float) -> float:
+        """How long the source has had no record by ``now_s`` (record time). A source that
+        never had one is as quiet as the deployment is old: since ``first_record_s``, the
+        first record any source had."""
+        since = self.last_record_s if self.last_record_s > -math.inf else first_record_s
+        return now_s - since
+
     def progress(self, idle_for_s: float | None = None) -> ProgressMessage:
         return ProgressMessage(self.source, self.clock.flushed_until, self.clock.newest, idle_for_s)
 
@@ -381,7 +403,7 @@ class SourceAggregator:
         enc = msgspec.msgpack.Encoder()
         head = _HeadStored(
             self.source, self.clock.tick_s, self.clock.lateness_s, self.clock.state(),
-            self.last_offset,
+            self.last_offset, self.last_record_s,
         )  # fmt: skip
         fields = {"head": _MAGIC + enc.encode(head)}
         for t in sorted(self._dirty):
@@ -438,6 +460,7 @@ class SourceAggregator:
             return cls(source, cfg, refs), f"source {source}: checkpoint discarded ({e})"
         agg.clock = SourceClock.restore(cfg.tick_s, cfg.lateness_s, head.clock)
         agg.last_offset = head.last_offset
+        agg.last_record_s = head.last_record_s
         agg.ticks = {t: c for t, c in ticks.items() if c}
         agg.outcome_ticks = {t: c for t, c in outs.items() if c}
         return agg, None

@@ -12,8 +12,9 @@ worker (:mod:`streamproc.publish`) and the in-process pipeline
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from streamproc.aggregate.source import Accepted, Completed, ReferenceLookup, SourceAggregator
@@ -44,6 +45,7 @@ class AggregateStage:
         self.refs = refs
         self.sources: dict[str, SourceAggregator] = {}
         self.folded: Counter[str] = Counter()  # events folded per model, for metrics
+        self.first_record_s = math.inf  # the first record time any source had
         self._outbox: list[PartialsMessage] = []
         self._moved: set[str] = set()
 
@@ -53,9 +55,16 @@ class AggregateStage:
             agg = self.sources[name] = SourceAggregator(name, self.cfg, self.refs)
         return agg
 
-    def on_batch(self, role: Role, observed: Sequence[Observed], joined: Sequence[Joined]) -> None:
+    def on_batch(
+        self,
+        role: Role,
+        observed: Sequence[Observed],
+        joined: Sequence[Joined],
+        record_ms: Mapping[int, int],
+    ) -> None:
         """Fold one consumed batch: predictions by their partition, outcomes by the position
-        of the message that completed them."""
+        of the message that completed them; ``record_ms``: per partition the newest record
+        time the batch read."""
         prefix = "p" if role == "predictions" else "l"
         preds: dict[str, list[Accepted]] = {}
         outs: dict[str, list[Completed]] = {}
@@ -69,6 +78,10 @@ class AggregateStage:
             src = f"{prefix}{partition}"
             outs.setdefault(src, []).append(Completed(j, offset, index))
             through[src] = max(through.get(src, -1), offset)
+        for partition, ms in record_ms.items():
+            agg = self.source(f"{prefix}{partition}")
+            agg.last_record_s = max(agg.last_record_s, ms / 1000)
+            self.first_record_s = min(self.first_record_s, ms / 1000)
         for src in sorted(through):
             agg = self.source(src)
             before = agg.clock.flushed_until

@@ -26,7 +26,7 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
@@ -86,13 +86,18 @@ class Observed:
 class MonitorSink(Protocol):
     """The aggregation stage, as ingestion sees it.
 
-    ``on_batch`` gets each consumed batch's accepted predictions (none for a labels batch) and
-    the joins the batch completed; ``commit`` runs once the batch's output is acknowledged by
-    Kafka, before its offsets may be committed (the sink persists its own state there).
+    ``on_batch`` gets each consumed batch's accepted predictions (none for a labels batch), the
+    joins the batch completed, and per partition the newest record time (ms) the batch read
+    there; ``commit`` runs once the batch's output is acknowledged by Kafka, before its offsets
+    may be committed (the sink persists its own state there).
     """
 
     async def on_batch(
-        self, role: str, observed: Sequence[Observed], joined: Sequence[Joined]
+        self,
+        role: str,
+        observed: Sequence[Observed],
+        joined: Sequence[Joined],
+        record_ms: Mapping[int, int],
     ) -> None: ...
 
     async def commit(self) -> None: ...
@@ -118,12 +123,26 @@ class NullSink:
     """A sink that drops everything (ingestion alone, or tests of the join)."""
 
     async def on_batch(
-        self, role: str, observed: Sequence[Observed], joined: Sequence[Joined]
+        self,
+        role: str,
+        observed: Sequence[Observed],
+        joined: Sequence[Joined],
+        record_ms: Mapping[int, int],
     ) -> None:
         return None
 
     async def commit(self) -> None:
         return None
+
+
+def _record_ms(msgs: Sequence[RawMessage]) -> dict[int, int]:
+    """Per partition, the newest record time of a batch (ms; 0 where Kafka gave none)."""
+    out: dict[int, int] = {}
+    for m in msgs:
+        ts = m.timestamp_ms or 0
+        if ts > out.get(m.partition, -1):
+            out[m.partition] = ts
+    return out
 
 
 def check_join_layout(cfg: Config) -> None:
@@ -251,7 +270,7 @@ class Ingestor:
             )
             for i in keep
         ]
-        await self.sink.on_batch("predictions", observed, joined)
+        await self.sink.on_batch("predictions", observed, joined, _record_ms(msgs))
         await retry(self.output.flush, "kafka", self.metrics)
         await self.sink.commit()
         self.metrics.batch_seconds.labels(topic="predictions").observe(
@@ -270,7 +289,7 @@ class Ingestor:
         results, joined = await retry(lambda: self.join.add_labels(items), "redis", self.metrics)
         self._count_results(accepted, results, "labels", "label")
         self._joined(joined)
-        await self.sink.on_batch("labels", [], joined)
+        await self.sink.on_batch("labels", [], joined, _record_ms(msgs))
         await retry(self.output.flush, "kafka", self.metrics)
         await self.sink.commit()
         self.metrics.batch_seconds.labels(topic="labels").observe(time.perf_counter() - started)

@@ -35,6 +35,7 @@ from streamproc.judge.engine import (
     DetectorPair,
     ModelJudge,
     OutcomeSegment,
+    PendingBaseline,
     Segment,
     WindowState,
 )
@@ -72,6 +73,14 @@ class _OutcomeStored(msgspec.Struct, array_like=True):
     error_detections: list[float]
 
 
+class _PendingStored(msgspec.Struct, array_like=True):
+    stamp: str | None
+    created_at: str | None
+    refs: dict[str, str]
+    dims: list[str]
+    generation: int
+
+
 class _Settings(msgspec.Struct, array_like=True, frozen=True):
     window_s: float
     tick_s: float
@@ -94,6 +103,7 @@ class _JudgeStored(msgspec.Struct, array_like=True):
     tracker: bytes
     late_partials: int
     duplicate_partials: int
+    pending_baselines: dict[str, _PendingStored] = {}
 
 
 _ENC = msgspec.msgpack.Encoder()
@@ -157,6 +167,10 @@ def to_bytes(j: ModelJudge) -> bytes:
         j.tracker.to_bytes(),
         j.late_partials,
         j.duplicate_partials,
+        {
+            v: _PendingStored(p.stamp, p.created_at, p.refs, p.dims, p.generation)
+            for v, p in j.pending_baselines.items()
+        },
     )
     return MAGIC + _ENC.encode(stored)
 
@@ -222,4 +236,8 @@ def _restore(s: _JudgeStored, j: ModelJudge) -> ModelJudge:
         j.outcome_segments[(so.version, so.key)] = oseg
     j.tracker = AlertTracker.from_bytes(s.tracker)
     j.late_partials, j.duplicate_partials = s.late_partials, s.duplicate_partials
+    j.pending_baselines = {
+        v: PendingBaseline(p.stamp, p.created_at, dict(p.refs), list(p.dims), p.generation)
+        for v, p in s.pending_baselines.items()
+    }
     return j

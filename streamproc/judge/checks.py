@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from streamproc.aggregate.partials import Z_SCALE, OutcomePartial, TickPartial
+from streamproc.aggregate.partials import Z_SCALE, OutcomePartial, TickPartial, moments_of
 from streamproc.baseline import CategoricalReference, NumericReference
 from streamproc.baseline.reference import Reference
 from streamproc.config import MonitoringConfig, Tiers
@@ -39,6 +39,19 @@ class Judge(Protocol):
         threshold: float,
         evidence: dict[str, Any],
     ) -> None: ...
+
+
+def moment(x: float) -> float:
+    """A floating-point moment as published: 9 significant digits.
+
+    Counts, histograms and every statistic computed from them are exact whatever order the
+    events were merged in; sums of floats (means, spreads, errors) are not, in their last bits.
+    Rounding them is what makes a replay's ``metrics.v1`` equal the worker's.
+
+    >>> moment(0.1 + 0.2) == moment(0.3)
+    True
+    """
+    return float(f"{x:.9g}") if math.isfinite(x) else x
 
 
 def severity(value: float, tiers: Tiers, higher_is_worse: bool = True) -> Severity | None:
@@ -152,8 +165,13 @@ def features(
             continue
         if isinstance(fr, NumericReference):
             assert isinstance(sk, NumericSketch)
+            mean, std = sk.mean, sk.std
+            zsum = window.zsum.get(name)
+            centre, sd = ref.scales[name]
+            if zsum is not None and sd > 0 and zsum[1] == sk.count:
+                mean, std = moments_of(zsum, centre, sd)  # exact, whatever the merge order
             agreeing[name] = _numeric(
-                cfg, name, fr, ref.probs[name], sk, row, alpha, n_tests, judge
+                cfg, name, fr, ref.probs[name], sk, (mean, std), row, alpha, n_tests, judge
             )
         else:
             assert isinstance(sk, CategoricalSketch)
@@ -167,25 +185,28 @@ def _numeric(
     fr: NumericReference,
     probs: np.ndarray,
     sk: NumericSketch,
+    moments: tuple[float, float],
     row: Row,
     alpha: float,
     n_tests: int,
     judge: Judge,
 ) -> list[str]:
     n = sk.count
+    mean, std = moments
     hist = sk.hist
     psi = stats.psi(probs, hist)
     js = stats.js_divergence(probs, hist)
     d, p = stats.ks_binned(probs, hist, fr.count or None)
     oor = stats.out_of_range_share(sk.below_ref_min, sk.above_ref_max, n)
-    row.update(psi=psi, js=js, ks=d, ks_p=p, mean=sk.mean, std=sk.std, out_of_range=oor)
+    row.update(psi=psi, js=js, ks=d, ks_p=p, mean=moment(mean), std=moment(std))
+    row["out_of_range"] = oor
     moved = np.argsort(-np.abs(hist / n - probs))[:3]
     evidence: dict[str, Any] = {
         "window_count": n,
         "reference_count": fr.count,
-        "window_mean": round(sk.mean, 6),
+        "window_mean": round(mean, 6),
         "reference_mean": round(float(fr.mean or 0.0), 6),
-        "window_std": round(sk.std, 6),
+        "window_std": round(std, 6),
         "reference_std": round(float(fr.std or 0.0), 6),
         "js": round(js, 6),
         "ks": round(d, 6),
@@ -359,7 +380,7 @@ def outputs(
     ):
         probs_ref = np.asarray(num_ref.probs, dtype=np.float64)
         psi = stats.psi(probs_ref, pred.hist)
-        out.update(prediction_psi=psi, prediction_mean=pred.mean)
+        out.update(prediction_psi=psi, prediction_mean=moment(pred.mean))
         sev, _ = psi_severity(psi, cfg.psi, pred.count, num_ref.count, len(probs_ref), alpha)
         judge(
             None, "psi", "prediction_drift", sev, psi < cfg.psi.clearing(), psi, cfg.psi.warning,
@@ -371,7 +392,7 @@ def outputs(
         )  # fmt: skip
     score = window.score
     if score is not None and score.count >= cfg.min_window_count:
-        out["confidence_mean"] = score.mean
+        out["confidence_mean"] = moment(score.mean)
         cal = ref.segment.calibration
         if cal is not None and np.array_equal(score.edges, np.asarray(cal.edges)):
             out["estimated_accuracy"] = stats.cbpe_estimated_accuracy_from_counts(
@@ -469,7 +490,7 @@ def performance(
     if o.labelled:
         perf["accuracy"] = o.correct / o.labelled
         if o.numeric_pairs:
-            perf["mae"] = o.abs_error / o.numeric_pairs
+            perf["mae"] = moment(o.abs_error / o.numeric_pairs)
     if ref is None or o.labelled < cfg.min_labelled_count:
         return perf
     acc = o.correct / o.labelled

@@ -137,6 +137,17 @@ class Segment:
 
 
 @dataclass
+class PendingBaseline:
+    """A baseline change noticed but not decided yet (see :meth:`ModelJudge.decide`)."""
+
+    stamp: str | None
+    created_at: str | None
+    refs: dict[str, str]
+    dims: list[str]
+    generation: int
+
+
+@dataclass
 class OutcomeSegment:
     """One outcome monitor: its open label windows and its error-stream detector."""
 
@@ -176,6 +187,7 @@ class ModelJudge:
         self.topic = topic
         self.refs = refs
         self.timeline = ReferenceTimeline()
+        self.pending_baselines: dict[str, PendingBaseline] = {}
         self.pending: dict[float, dict[str, list[tuple[str, str, TickState]]]] = {}
         self.pending_outcomes: dict[float, dict[str, list[tuple[str, str, OutcomeState]]]] = {}
         self.closed_until = -math.inf
@@ -226,10 +238,62 @@ class ModelJudge:
             for win in seg.windows.values():
                 fps.update(fp for fp in win.by_fp if fp is not None)
             fps.update(d.fp for d in seg.detectors.values())
+        for p in self.pending_baselines.values():
+            fps.update(p.refs.values())
         fps.update(o.error_fp for o in self.outcome_segments.values() if o.error_fp)
         return fps
 
     # -- references ------------------------------------------------------------------------------
+
+    def offer_baseline(
+        self,
+        version: str,
+        stamp: str | None,
+        created_at: str | None,
+        refs: dict[str, Reference],
+        dims: list[str],
+        generation: int,
+    ) -> bool:
+        """Note a new, replaced or deleted (``stamp=None``) baseline of ``version``, seen in the
+        store at change count ``generation``; :meth:`decide` applies it. ``refs`` must be
+        narrowed to ``monitoring.features``. ``False`` when it is the one applied already."""
+        if stamp == self.timeline.stamp(version) and version not in self.pending_baselines:
+            return False
+        have = self.pending_baselines.get(version)
+        if have is not None and have.stamp == stamp:
+            return False
+        for ref in refs.values():
+            self.refs.put(ref)
+        self.pending_baselines[version] = PendingBaseline(
+            stamp, created_at, {k: r.fp for k, r in refs.items()}, list(dims), generation
+        )
+        return True
+
+    def decide(self, acknowledged: Callable[[int], bool], newest: float) -> list[str]:
+        """Apply the pending baselines every source has acknowledged; return what was decided.
+
+        A version never given a reference before takes its baseline from the first window not
+        closed yet (the sources sampled it). Otherwise the baseline starts at the first window
+        after every event a source may have binned with the previous reference (``newest``, the
+        newest event time any source had seen once all of them had noticed the change; they
+        sample it meanwhile), and never before the first window not closed yet.
+        """
+        done = []
+        for version in sorted(self.pending_baselines):
+            p = self.pending_baselines[version]
+            start = self.window_cursor
+            if self.timeline.decided(version):
+                if not acknowledged(p.generation):
+                    continue
+                start = max(start, self._window_start(newest) + self.cfg.window_s)
+            del self.pending_baselines[version]
+            if self.timeline.set_baseline(version, start, p.stamp, p.created_at, p.refs, p.dims):
+                since = iso(start) if start > -math.inf else "its first window"
+                what = (
+                    "deleted" if p.stamp is None else f"of {p.created_at}, {len(p.refs)} segments"
+                )
+                done.append(f"version {version}: baseline {what}; judges windows from {since}")
+        return done
 
     def set_baseline(
         self,
@@ -237,15 +301,13 @@ class ModelJudge:
         created_at: str | None,
         refs: dict[str, Reference],
         dims: list[str],
+        stamp: str | None = None,
     ) -> bool:
-        """Apply a (new, changed or deleted: ``created_at=None``) baseline of ``version`` to
-        every window not closed yet. ``refs`` must be narrowed to ``monitoring.features``."""
-        for ref in refs.values():
-            self.refs.put(ref)
-        start = self.window_cursor if self.window_cursor > -math.inf else -math.inf
-        return self.timeline.set_baseline(
-            version, start, created_at, {k: r.fp for k, r in refs.items()}, dims
-        )
+        """Offer a baseline and decide it at once: for a single process whose sources see it
+        at the same moment (replays and tests)."""
+        stamp = stamp if stamp is not None else (None if created_at is None else created_at)
+        self.offer_baseline(version, stamp, created_at, refs, dims, 0)
+        return bool(self.decide(lambda _g: True, -math.inf))
 
     def _ref(self, fp: str | None) -> Reference | None:
         ref = self.refs.get(fp)
@@ -429,17 +491,13 @@ class ModelJudge:
                     by_fp[p.fp] = p
                 else:
                     have.absorb(p, k)
-            ref = self.refs.get(self.timeline.select(version, key, t))
+            ref = self._ref(self.timeline.select(version, key, self._window_start(t)))
             if ref is not None:
                 self._bin_samples(by_fp, ref)
-            tick_fp = _largest(by_fp)
-            if tick_fp is not None:
-                tref = self._ref(tick_fp)
-                if tref is not None:
+                binned = by_fp.get(ref.fp)
+                if binned is not None:
                     window = (t, t + cfg.tick_s)
-                    self._feed_detectors(
-                        seg, t, by_fp[tick_fp], tref, common, window, emitted_at, out
-                    )
+                    self._feed_detectors(seg, t, binned, ref, common, window, emitted_at, out)
             seg.windows.setdefault(self._window_start(t), WindowState()).add(common, by_fp, k)
 
     def _bin_samples(self, by_fp: dict[str | None, TickPartial], ref: Reference) -> None:
@@ -470,7 +528,7 @@ class ModelJudge:
         """Feed each feature's standardised tick mean to its ADWIN and Page-Hinkley detectors;
         alert at the tick one fires."""
         cfg = self.cfg
-        for name, (total_fixed, n) in sorted(p.zsum.items()):
+        for name, (total_fixed, n, *_) in sorted(p.zsum.items()):
             if n <= 0 or name not in ref.numeric or ref.scales[name][1] <= 0:
                 continue
             total = total_fixed / Z_SCALE
@@ -586,10 +644,7 @@ class ModelJudge:
         complete: bool,
     ) -> None:
         cfg = self.cfg
-        fp = _largest(win.by_fp)
-        if fp is None:
-            fp = self.timeline.select(seg.version, seg.key, window[0])
-        ref = self._ref(fp)
+        ref = self._ref(self.timeline.select(seg.version, seg.key, window[0]))
         if ref is None:
             sample = win.by_fp.get(None)
             if sample is not None and win.common.count:
@@ -714,8 +769,8 @@ class ModelJudge:
             oseg = self.outcome_segments.setdefault((version, key), OutcomeSegment())
             have = oseg.windows.get(w)
             oseg.windows[w] = o if have is None else have.merge(o)
-            fp = self.timeline.select(version, key, t)
-            ref = self.refs.get(fp)
+            fp = self.timeline.select(version, key, w)
+            ref = self._ref(fp)
             acc = ref.accuracy if ref is not None else None
             if acc is None or not 0.0 < acc < 1.0 or o.labelled <= 0:
                 continue
@@ -752,7 +807,7 @@ class ModelJudge:
             o = oseg.windows.pop(w, None)
             if o is None:
                 continue
-            ref = self.refs.get(self.timeline.select(version, key, w))
+            ref = self._ref(self.timeline.select(version, key, w))
 
             def judge(
                 feature: str | None,
@@ -793,15 +848,3 @@ class ModelJudge:
                     emitted_at=emitted_at,
                 )
             )
-
-
-def _largest(by_fp: dict[str | None, TickPartial]) -> str | None:
-    """The reference that binned the most events (ties: the smallest fingerprint)."""
-    best: tuple[int, str] | None = None
-    for fp, p in by_fp.items():
-        if fp is None:
-            continue
-        cand = (-p.count, fp)
-        if best is None or cand < best:
-            best = cand
-    return None if best is None else best[1]

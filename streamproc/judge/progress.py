@@ -61,6 +61,7 @@ class _Source(msgspec.Struct, array_like=True):
     flushed_until: float = -math.inf
     newest: float = -math.inf
     idle_for_s: float | None = None
+    generation: int = 0
 
 
 class ProgressState(msgspec.Struct, array_like=True):
@@ -88,6 +89,7 @@ class SourceProgress:
         src.flushed_until = max(src.flushed_until, msg.flushed_until)
         src.newest = max(src.newest, msg.newest)
         src.idle_for_s = msg.idle_for_s
+        src.generation = max(src.generation, msg.generation)
 
     def _bound(self, names: list[str]) -> tuple[float, tuple[float, float] | None]:
         if not names:
@@ -106,6 +108,17 @@ class SourceProgress:
         p_bound, p_silent = self._bound(preds)
         o_bound, o_silent = self._bound(sorted(self.sources))
         return Bounds(p_bound, o_bound, p_silent, o_silent)
+
+    def acknowledged(self, generation: int) -> bool:
+        """Whether every source that is not idle has loaded the baseline store as of
+        ``generation`` (so it samples, rather than bins, a model whose change is pending)."""
+        return all(
+            s.generation >= generation for s in self.sources.values() if s.idle_for_s is None
+        )
+
+    def newest(self) -> float:
+        """The newest event time any source has seen."""
+        return max((s.newest for s in self.sources.values()), default=-math.inf)
 
     def state(self) -> ProgressState:
         return ProgressState(self.sources)

@@ -25,8 +25,9 @@ Judging (the agent on ``<app_id>-partials``; :mod:`streamproc.publish.judging`)
    allows;
 2. drop the alerts whose ids are already recorded as published (a restart re-derives them);
 3. in one Redis transaction (:func:`persist_judgement`): every touched judge's checkpoint, each
-   partition's state (sources' progress, applied offset, models, quarantine), new warm-up
-   references, the alert ids about to be published, messages parked for quarantined models,
+   partition's state (sources' progress, applied offset, models, quarantine), the reference
+   timelines that changed (a baseline decided, a warm-up built: the aggregation stage bins
+   with them), the alert ids about to be published, messages parked for quarantined models,
    and an *outbox* of every record to publish;
 4. publish the outbox and wait for Kafka's acknowledgement (:func:`publish_outbox`);
 5. delete the outbox;
@@ -76,7 +77,7 @@ async def persist_judgement(
     partitions: Mapping[int, bytes],
     outbox: Mapping[int, Sequence[Record]],
     alert_ids: Sequence[str],
-    warmups: Mapping[str, Mapping[str, str]],
+    timelines: Mapping[str, bytes],
     parked: Mapping[str, Sequence[bytes]],
     unparked: Sequence[str],
 ) -> None:
@@ -91,11 +92,10 @@ async def persist_judgement(
         for k, records in sorted(outbox.items()):
             if records:
                 pipe.set(keys.outbox(k), _OUTBOX.encode(list(records)))
-        for model, fields in sorted(warmups.items()):
-            if fields:
-                pipe.hset(keys.warmup(model), mapping=dict(fields))
-        if warmups:
-            pipe.incr(keys.baseline_changes)
+        for model, blob in sorted(timelines.items()):
+            pipe.set(keys.timeline(model), blob)
+        if timelines:
+            pipe.incr(keys.timeline_changes)
         for model in unparked:
             pipe.delete(keys.parked(model))
         for model, blobs in sorted(parked.items()):

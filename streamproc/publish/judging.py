@@ -44,7 +44,7 @@ from streamproc.config import Config
 from streamproc.contracts import Alert, Source, Window, encode
 from streamproc.errors import StateEncodingError
 from streamproc.judge import checkpoint
-from streamproc.judge.alerts import AlertKey, alert_id, iso
+from streamproc.judge.alerts import AlertKey, alert_id
 from streamproc.judge.engine import ModelJudge, Output
 from streamproc.judge.progress import ProgressState, SourceProgress
 from streamproc.kafka.producer import OutputProducer
@@ -196,6 +196,8 @@ class JudgeStage:
     # -- baselines -------------------------------------------------------------------------------
 
     async def refresh(self, force: bool = False) -> None:
+        """Offer every baseline change of the judged models to their judges (they decide when
+        it starts once every source has noticed it, :meth:`ModelJudge.decide`)."""
         now = self.wall()
         changes = await self.client.get(self.keys.baseline_changes)
         due = now - self._refreshed_at >= self.cfg.monitoring.baseline_refresh_s
@@ -205,23 +207,23 @@ class JudgeStage:
         from streamproc.baseline import AsyncBaselineStore
 
         store = AsyncBaselineStore(self.client, self.cfg.redis.key_prefix)
+        generation = int(changes or 0)
         new_refs = []
         for model, judge in sorted(self.judges.items()):
-            profiles = {p.model_version: p for p in await store.all_versions(model)}
-            applied = set(judge.timeline.baselines)
-            for version in sorted(applied - set(profiles)):
-                if judge.set_baseline(version, None, {}, []):
-                    self._picked(model, f"version {version}: baseline deleted")
-            for version, p in sorted(profiles.items()):
+            stored = await store.entries(model)
+            known = set(judge.timeline.baselines) | set(judge.pending_baselines)
+            for version in sorted(known - set(stored)):
+                if judge.offer_baseline(version, None, None, {}, [], generation):
+                    log.warning("model %s version %s: baseline deleted", model, version)
+            for version, (stamp, p) in sorted(stored.items()):
                 refs = references_of(p.segments, "baseline", judge.cfg.features)
-                if judge.set_baseline(version, p.created_at, refs, list(p.segment_dims)):
-                    start = judge.window_cursor
-                    since = iso(start) if start > -float("inf") else "its first window"
-                    self._picked(
-                        model,
-                        f"version {version}: baseline of {p.created_at} ({p.source}) picked up, "
-                        f"{len(refs)} segments; it judges windows from {since}",
-                    )
+                if judge.offer_baseline(
+                    version, stamp, p.created_at, refs, list(p.segment_dims), generation
+                ):
+                    log.warning(
+                        "model %s version %s: baseline of %s (%s) found; it applies once every "
+                        "source has noticed it", model, version, p.created_at, p.source,
+                    )  # fmt: skip
                     new_refs += [r for r in refs.values() if r.fp not in self._stored_fps]
         if new_refs:
             await ReferenceCache.store(self.client, self.cfg.redis.key_prefix, new_refs)
@@ -298,7 +300,7 @@ class JudgeStage:
                         "judged on what else they hold", fp)  # fmt: skip
         stamp = self.emitted_at()
         outputs: dict[str, Output] = {}
-        warmups: dict[str, dict[str, str]] = {}
+        timelines: dict[str, bytes] = {}
         for k in sorted(touched):
             part = self.parts[k]
             bounds = part.progress.bounds()
@@ -306,15 +308,20 @@ class JudgeStage:
                 judge = self.judges.get(model)
                 if judge is None or model in part.quarantined:
                     continue
+                before = _timeline_bytes(judge)
                 try:
+                    for line in judge.decide(part.progress.acknowledged, part.progress.newest()):
+                        self._picked(model, line)
                     out = judge.advance(bounds, stamp)
                 except Exception as exc:
                     self._quarantine(model, part, exc, outbox)
-                    del self.judges[model]
+                    self.judges.pop(model, None)
                     continue
                 outputs[model] = out
-                for version, key, ref in out.references:
-                    warmups.setdefault(model, {})[f"{version}|{key}"] = ref.fp
+                after = _timeline_bytes(judge)
+                if after != before:
+                    timelines[model] = after
+                for version, key, _ref in out.references:
                     log.warning(
                         "model %s version %s segment %s: warm-up reference built from its "
                         "first windows", model, version, key,
@@ -352,7 +359,7 @@ class JudgeStage:
         unparked = list(self._unparked)
         await retry(
             lambda: persist_judgement(
-                self.client, self.keys, judges, partitions, outbox, alert_ids, warmups,
+                self.client, self.keys, judges, partitions, outbox, alert_ids, timelines,
                 parked, unparked,
             ),
             "redis",
@@ -468,6 +475,10 @@ class JudgeStage:
             if part is not None:
                 for model in part.models:
                     self.judges.pop(model, None)
+
+
+def _timeline_bytes(judge: ModelJudge) -> bytes:
+    return msgspec.msgpack.encode(judge.timeline.state())
 
 
 def _what(exc: BaseException) -> str:

@@ -3,15 +3,19 @@
 =================================  =====================================================
 ``P:agg:<source>``                  hash: a source's aggregation checkpoint (``head`` and
                                     one field per open tick)
+``P:agg:first``                     the record time of the first record of any source
 ``P:judge:<model>``                 a model judge's checkpoint (``SPM3``)
 ``P:judgepart:<k>``                 partition ``k`` of the partials topic: its sources'
                                     progress, applied offset, models, quarantined models
 ``P:outbox:<k>``                    records a commit of partition ``k`` still owes Kafka
 ``P:parked:<model>``                list: messages of a quarantined model, kept for a retry
 ``P:alert:<id>``                    an alert id already published (30 days)
-``P:warmup:<model>``                hash ``<version>|<segment>`` -> warm-up fingerprint
+``P:timeline:<model>``              the model's reference timeline (which reference judges which
+                                    window), published by its judge
+``P:timeline:changes``              counter, moved by every timeline published
 ``P:ref:<fp>``                      a reference by fingerprint (``SPS1``, 30 days)
-``P:baselines:changes``             counter, moved by every baseline put or delete
+``P:baselines:changes``             counter, moved by every baseline put or delete (see
+                                    :mod:`streamproc.baseline.store`)
 ``P:worker:<id>``                   hash: a worker's stages' progress (``status``), 2 min
 =================================  =====================================================
 """
@@ -28,6 +32,11 @@ class Keys:
     def source(self, source: str) -> str:
         return f"{self.prefix}:agg:{source}"
 
+    @property
+    def first_record(self) -> str:
+        """The record time of the first record any source had (idleness of empty sources)."""
+        return f"{self.prefix}:agg:first"
+
     def judge(self, model: str) -> str:
         return f"{self.prefix}:judge:{model}"
 
@@ -43,8 +52,12 @@ class Keys:
     def alert(self, alert_id: str) -> str:
         return f"{self.prefix}:alert:{alert_id}"
 
-    def warmup(self, model: str) -> str:
-        return f"{self.prefix}:warmup:{model}"
+    def timeline(self, model: str) -> str:
+        return f"{self.prefix}:timeline:{model}"
+
+    @property
+    def timeline_changes(self) -> str:
+        return f"{self.prefix}:timeline:changes"
 
     @property
     def baseline_changes(self) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streamproc.aggregate.references import ReferenceBook
+from streamproc.aggregate.references import TimelineBook
 from streamproc.aggregate.source import SourceAggregator
 from streamproc.aggregate.stage import AggregateStage, Role
 from streamproc.aggregate.wire import PartialsMessage, ProgressMessage, encode_message, partition_of
@@ -91,28 +91,21 @@ class SourceStage:
         self.wall = wall
         self.keys = Keys(cfg.redis.key_prefix)
         self.topic = partials_topic(cfg)
-        self.book = ReferenceBook(cfg.monitoring, ReferenceCache())
+        self.book = TimelineBook(cfg.monitoring, ReferenceCache())
         self.stage = AggregateStage(cfg.monitoring, self.book)
         self.models: set[str] = set()
-        self.last_record: dict[str, float] = {}  # source -> wall time of its last record
-        self._refreshed_at = -float("inf")
-        self._changes: bytes | None = None
-        self._stored_fps: set[str] = set()
+        self.first_record_s: float | None = None  # the first record time of the deployment
+        self.seen_at: dict[str, float] = {}  # wall time a source was first assigned here
         self._touched: set[str] = set()
+        self._announced = 0  # the baseline store generation last announced in progress
 
     # -- references ------------------------------------------------------------------------------
 
     async def refresh(self, force: bool = False) -> None:
-        """Re-read baselines and warm-ups: every ``baseline_refresh_s``, or at once when the
-        baseline store's change counter moved."""
-        now = self.wall()
-        changes = await self.client.get(self.keys.baseline_changes)
-        due = now - self._refreshed_at >= self.cfg.monitoring.baseline_refresh_s
-        if not (force or due or changes != self._changes):
-            return
-        self._refreshed_at, self._changes = now, changes
-        for line in await self.book.refresh(self.client, self.cfg.redis.key_prefix, self.models):
-            log.info("aggregation: %s", line)
+        """Re-read the judges' timelines and the baseline store's stamps when they changed
+        (one ``MGET`` per batch), or every ``baseline_refresh_s``."""
+        prefix = self.cfg.redis.key_prefix
+        await self.book.refresh(self.client, prefix, self.models, self.wall(), force)
 
     # -- the sink ---------------------------------------------------------------------------------
 
@@ -134,7 +127,11 @@ class SourceStage:
                 await retry(lambda s=source: self.restore(s), "redis", self.metrics)
 
     async def on_batch(
-        self, role: str, observed: Sequence[Observed], joined: Sequence[Joined]
+        self,
+        role: str,
+        observed: Sequence[Observed],
+        joined: Sequence[Joined],
+        record_ms: Mapping[int, int],
     ) -> None:
         prefix = "p" if role == "predictions" else "l"
         new = {o.event.model_id for o in observed} | {j.prediction.model_id for j in joined}
@@ -152,16 +149,29 @@ class SourceStage:
             off = int(j.completed_by.split(":")[1])
             first[src] = min(first.get(src, off), off)
         await self._ensure(first)
-        now = self.wall()
-        for src in first:
-            self.last_record[src] = now
+        for partition in record_ms:
+            first.setdefault(f"{prefix}{partition}", -1)
+        await self._ensure({s: o for s, o in first.items() if o < 0})
+        if record_ms and self.first_record_s is None:
+            earliest = min(record_ms.values()) / 1000
+            await self.client.set(self.keys.first_record, repr(earliest), nx=True)
+            self.first_record_s = float(await self.client.get(self.keys.first_record))
         self._touched |= set(first)
         before = dict(self.stage.folded)
-        self.stage.on_batch(role, observed, joined)  # type: ignore[arg-type]
+        # Quiet is measured from the records' own time (when they were produced), so a replay
+        # that reads the same records finds the same silences.
+        self.stage.on_batch(role, observed, joined, record_ms)  # type: ignore[arg-type]
         for model, n in self.stage.folded.items():
             if n != before.get(model, 0):
                 self.metrics.aggregated.labels(model=model).inc(n - before.get(model, 0))
         partials, progress = self.stage.take()
+        if self.book.generation != self._announced:
+            # A baseline changed: say at once that these sources know (the judge applies the
+            # change once every source does); the timer covers the others.
+            moved = {p.source for p in progress}
+            progress += [a.progress() for n, a in sorted(self.stage.sources.items())
+                         if n not in moved]  # fmt: skip
+            self._announced = self.book.generation
         self.send(partials, progress)
 
     def send(
@@ -182,8 +192,7 @@ class SourceStage:
                 self.output.produce(self.topic, blob, None, k)
 
     async def commit(self) -> None:
-        """Aggregation step 5: checkpoint every source the batch touched, and keep every
-        reference partials may name resolvable by fingerprint."""
+        """Aggregation step 5: checkpoint every source the batch touched."""
         touched, self._touched = self._touched, set()
         changes = {
             name: self.stage.sources[name].checkpoint()
@@ -193,40 +202,58 @@ class SourceStage:
         await retry(
             lambda: checkpoint_sources(self.client, self.keys, changes), "redis", self.metrics
         )
-        fresh = [r for r in self.book.cache.all() if r.fp not in self._stored_fps]
-        if fresh:
-            prefix = self.cfg.redis.key_prefix
-            await retry(
-                lambda: ReferenceCache.store(self.client, prefix, fresh), "redis", self.metrics
-            )
-            self._stored_fps.update(r.fp for r in fresh)
 
     # -- quiet sources ---------------------------------------------------------------------------
 
     async def report_idle(self, assigned: Mapping[str, bool]) -> int:
         """Tell the judges which of the ``assigned`` sources (name -> nothing left to read)
-        have had no record for ``idle_timeout_s``, and for how long; returns how many."""
+        have had no record for ``idle_timeout_s``, and for how long, and (when a baseline
+        changed) that every assigned source knows; returns how many were idle."""
         now = self.wall()
+        await retry(self.refresh, "redis", self.metrics)
+        announce = self.book.generation != self._announced
         timeout = self.cfg.monitoring.idle_timeout_s
+        if self.first_record_s is None:
+            stored = await self.client.get(self.keys.first_record)
+            self.first_record_s = float(stored) if stored else None
         quiet: list[ProgressMessage] = []
+        partials: list[PartialsMessage] = []
         for source, caught_up in sorted(assigned.items()):
-            since = self.last_record.setdefault(source, now)
-            if not caught_up or now - since < timeout:
+            if not caught_up:
                 continue
             agg = self.stage.sources.get(source)
             if agg is None:
                 agg = await retry(lambda s=source: self.restore(s), "redis", self.metrics)
-            quiet.append(agg.progress(now - since))
+            # No record yet anywhere: quiet since this worker has had the source.
+            first = self.first_record_s
+            if first is None:
+                first = self.seen_at.setdefault(source, now)
+            idle_for = agg.quiet_for(now, first)
+            if idle_for >= timeout:
+                partials += agg.go_quiet()
+                quiet.append(agg.progress(idle_for))
+                self._touched.add(source)
+            elif announce:
+                quiet.append(agg.progress())
+        idle = sum(1 for q in quiet if q.idle_for_s is not None)
+        if announce:
+            for source in sorted(set(assigned) - {q.source for q in quiet}):
+                agg = self.stage.sources.get(source) or await retry(
+                    lambda s=source: self.restore(s), "redis", self.metrics
+                )
+                quiet.append(agg.progress())
+            self._announced = self.book.generation
         if quiet:
-            self.send([], quiet)
+            # Aggregation steps 3-5 for what the silence completed.
+            self.send(partials, quiet)
             await retry(self.output.flush, "kafka", self.metrics)
-        return len(quiet)
+            await self.commit()
+        return idle
 
     def revoke(self, sources: Sequence[str]) -> None:
         """Partitions taken away: forget their sources (their next owner restores them)."""
         for s in sources:
             self.stage.drop(s)
-            self.last_record.pop(s, None)
 
     def roles(self) -> dict[str, Role]:
         return {s: ("predictions" if s[0] == "p" else "labels") for s in self.stage.sources}

@@ -18,17 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import msgspec
 from prometheus_client import CollectorRegistry
 
-from streamproc.aggregate.references import ReferenceBook
+from streamproc.aggregate.references import TimelineBook
 from streamproc.aggregate.source import SourceAggregator
 from streamproc.aggregate.stage import AggregateStage
 from streamproc.aggregate.wire import PartialsMessage, ProgressMessage
 from streamproc.baseline import ReferenceProfile
 from streamproc.baseline.reference import ReferenceCache, references_of
+from streamproc.baseline.store import stamp_of
 from streamproc.config import Config
 from streamproc.contracts import Alert, MetricsRecord
 from streamproc.errors import StateEncodingError
@@ -38,6 +39,7 @@ from streamproc.ingest.memory_join import MemoryJoin
 from streamproc.judge import checkpoint
 from streamproc.judge.engine import Hook, ModelJudge, Output
 from streamproc.judge.progress import Bounds, ProgressState, SourceProgress
+from streamproc.judge.timeline import ReferenceTimeline
 from streamproc.worker.metrics import WorkerMetrics
 
 Baselines = Callable[[str], Iterable[ReferenceProfile]]
@@ -47,7 +49,7 @@ class _Snapshot(msgspec.Struct, array_like=True):
     sources: dict[str, dict[str, bytes]]
     judges: dict[str, bytes]
     progress: ProgressState
-    last_record: dict[str, float]
+    first_record_s: float
 
 
 class NullOutput:
@@ -87,7 +89,7 @@ class InProcessPipeline:
         self.cfg = cfg
         self.topic = topic or cfg.topics.predictions
         self.refs = ReferenceCache()
-        self.book = ReferenceBook(cfg.monitoring, self.refs)
+        self.book = TimelineBook(cfg.monitoring, self.refs)
         self.baselines = baselines
         self.stage = AggregateStage(cfg.monitoring, self.book)
         self.join = MemoryJoin(cfg.join.prediction_ttl_s, cfg.join.label_ttl_s)
@@ -102,18 +104,32 @@ class InProcessPipeline:
         self.alerts: list[Alert] = []
         self.records: list[MetricsRecord] = []
         self.detections: list[tuple[str, str, str, str]] = []
-        self.last_record_s: dict[str, float] = {}
         self.idle_sources: set[str] = set()
         self._source_fields: dict[str, dict[str, bytes]] = {}
+        self._stored: dict[str, dict[str, str]] = {}  # model -> version -> stamp
+        self.decisions: list[tuple[str, str]] = []
+        self._versions: set[tuple[str, str]] = set()
+        # Hooks: a model's references when it is first seen, and a version's (replay overrides)
+        self.setup_model: Callable[[InProcessPipeline, str], None] | None = None
+        self.version_baseline: Callable[[str, str], ReferenceProfile | None] = lambda _m, _v: None
 
     # -- the sink the ingestor feeds (as the worker's aggregation stage) ----------------------
 
     async def on_batch(
-        self, role: str, observed: Sequence[Observed], joined: Sequence[Joined]
+        self,
+        role: str,
+        observed: Sequence[Observed],
+        joined: Sequence[Joined],
+        record_ms: Mapping[int, int],
     ) -> None:
-        for model in sorted({o.event.model_id for o in observed}):
+        for model, version in sorted({(o.event.model_id, o.event.model_version) for o in observed}):
             self.judge(model)  # a model's baselines are known before its first partial
-        self.stage.on_batch(role, observed, joined)  # type: ignore[arg-type]
+            if (model, version) not in self._versions:
+                self._versions.add((model, version))
+                profile = self.version_baseline(model, version)
+                if profile is not None:
+                    self.set_baseline(model, version, profile)
+        self.stage.on_batch(role, observed, joined, record_ms)  # type: ignore[arg-type]
 
     async def commit(self) -> None:
         partials, progress = self.stage.take()
@@ -126,19 +142,44 @@ class InProcessPipeline:
         if j is None:
             j = self.judges[model] = ModelJudge(model, self.cfg.monitoring, self.topic, self.refs)
             j.on_window = self.on_window
-            for profile in self.baselines(model):
-                self.set_baseline(model, profile.model_version, profile)
+            self.book.set(model, j.timeline, {})
+            if self.setup_model is not None:
+                self.setup_model(self, model)
+            else:
+                for profile in self.baselines(model):
+                    self.set_baseline(model, profile.model_version, profile)
         return j
 
     def set_baseline(self, model: str, version: str, profile: ReferenceProfile | None) -> None:
-        """Apply a baseline (``None``: deleted) to both stages, from now on."""
-        self.book.set_baseline(model, version, profile)
+        """Store a baseline (``None``: delete it) and decide it at once: both stages of one
+        process see it at the same moment, so it applies from the first window no source has
+        binned with the previous one (see :meth:`ModelJudge.decide`)."""
         j = self.judge(model)
+        stored = self._stored.setdefault(model, {})
         if profile is None:
-            j.set_baseline(version, None, {}, [])
-            return
-        refs = references_of(profile.segments, "baseline", j.cfg.features)
-        j.set_baseline(version, profile.created_at, refs, list(profile.segment_dims))
+            stored.pop(version, None)
+            j.offer_baseline(version, None, None, {}, [], 0)
+        else:
+            stamp = stamp_of(profile.to_bytes())
+            stored[version] = stamp
+            refs = references_of(profile.segments, "baseline", j.cfg.features)
+            j.offer_baseline(
+                version, stamp, profile.created_at, refs, list(profile.segment_dims), 0
+            )
+        self.decisions += [
+            (model, line) for line in j.decide(lambda _g: True, self.progress.newest())
+        ]
+        self.book.set(model, j.timeline, stored)
+
+    def use_timeline(self, model: str, timeline: ReferenceTimeline) -> None:
+        """Judge ``model`` with a timeline decided elsewhere (a live worker's): which baseline
+        judges which window, as it was. Its references must be in :attr:`refs`."""
+        j = self.judge(model)
+        j.timeline = ReferenceTimeline.restore(timeline.state())
+        j.pending_baselines.clear()
+        stamps = {v: s for v in j.timeline.baselines if (s := j.timeline.stamp(v)) is not None}
+        self._stored[model] = stamps
+        self.book.set(model, j.timeline, stamps)
 
     async def feed(self, role: str, messages: Sequence[RawMessage]) -> None:
         """One consumed batch of ``role`` (``"predictions"`` or ``"labels"``)."""
@@ -147,9 +188,6 @@ class InProcessPipeline:
         prefix = "p" if role == "predictions" else "l"
         for m in messages:
             src = f"{prefix}{m.partition}"
-            self.last_record_s[src] = max(
-                self.last_record_s.get(src, -math.inf), (m.timestamp_ms or 0) / 1000
-            )
             if src in self.idle_sources:
                 self.idle_sources.discard(src)
                 self.progress.update(self.stage.source(src).progress(None))
@@ -175,16 +213,17 @@ class InProcessPipeline:
         windows; ``caught_up`` limits that to the sources with nothing left to feed."""
         timeout = self.cfg.monitoring.idle_timeout_s
         allowed = None if caught_up is None else set(caught_up)
+        first = self.stage.first_record_s
+        if first == math.inf:
+            return
         for src in self.p_sources + self.l_sources:
             if allowed is not None and src not in allowed:
                 continue
-            last = self.last_record_s.get(src)
-            quiet = now_s - last if last is not None else None
-            if last is None and self.last_record_s:
-                quiet = now_s - min(self.last_record_s.values())
-            if quiet is not None and quiet > timeout:
+            agg = self.stage.source(src)
+            quiet = agg.quiet_for(now_s, first)
+            if quiet >= timeout:
                 self.idle_sources.add(src)
-                self.progress.update(self.stage.source(src).progress(quiet))
+                self.deliver(agg.go_quiet(), [agg.progress(quiet)])
         self.advance()
 
     def advance(self, final: bool = False) -> Output:
@@ -215,7 +254,7 @@ class InProcessPipeline:
             kept.update(fields)
             sources[name] = dict(kept)
         judges = {m: checkpoint.to_bytes(j) for m, j in sorted(self.judges.items())}
-        stored = _Snapshot(sources, judges, self.progress.state(), dict(self.last_record_s))
+        stored = _Snapshot(sources, judges, self.progress.state(), self.stage.first_record_s)
         return msgspec.msgpack.encode(stored)
 
     def restore(self, blob: bytes) -> None:
@@ -235,9 +274,10 @@ class InProcessPipeline:
                 raise StateEncodingError(why)
             j.on_window = self.on_window
             judges[model] = j
+            self.book.set(model, j.timeline, self._stored.get(model, {}))
         self.judges = judges
         self.progress = SourceProgress.restore(self.p_sources, self.l_sources, s.progress)
-        self.last_record_s = dict(s.last_record)
+        self.stage.first_record_s = s.first_record_s
 
     def finish(self) -> Output:
         """Close everything still open (the end of a replay): a last window cut short by the

@@ -1,9 +1,10 @@
 """``streamproc replay``: re-run the monitors over a topic range, offline, with a readable report.
 
 A replay reads a range of the predictions topic (and, optionally, the labels that joined them)
-and feeds it through the same :class:`~streamproc.monitor.ModelMonitor` the worker runs, with
-the same ``monitoring`` configuration and the same baselines from Redis, then writes what the
-monitors emitted to a directory:
+and feeds it through the worker's own stages in one process
+(:class:`~streamproc.tools.inprocess.InProcessPipeline`: the ingestor with an in-memory join,
+the aggregation stage, one judge per model), with the same ``monitoring`` configuration and the
+same references, then writes what the judges emitted to a directory:
 
 ``alerts.jsonl`` / ``metrics.jsonl``
     ``alert.v1`` / ``metrics.v1`` records, msgspec-encoded, one per line, in emission order.
@@ -29,20 +30,22 @@ Ranges
     before the partition's low watermark.
 
 Determinism
-    Each partition is fed in offset order, as the worker saw it. Partitions are merged message by
-    message by (event time of the message's first event, partition, offset) of each partition's
-    head; a head is taken only when every unfinished partition has one buffered, so the order
-    depends on the data alone. ``emitted_at`` is one fixed stamp: ``--emitted-at``, else the end
-    of the last window of the replayed data, never the wall clock. Two replays of one range write
-    byte-identical ``alerts.jsonl`` and ``metrics.jsonl``. At the end every open window is closed
-    (``advance(final=True)``); a last window that the range cuts short is judged on what it holds.
+    Records of both topics are fed in record-time order (each partition in offset order, ties
+    broken by topic, partition and offset), in batches, so the order depends on the data alone;
+    a source is quiet (its windows may close) when the next record is more than
+    ``idle_timeout_s`` past its last one, as a worker that read it live found it. Each model is
+    judged with the reference timeline its live judge decided (``P:timeline:<model>`` in Redis:
+    which baseline judged which window) when there is one, else with the stored baselines from
+    its first window. ``emitted_at`` is one fixed stamp: ``--emitted-at``, else the end of the
+    last window of the replayed data, never the wall clock. A replay of the offsets a worker
+    processed gives back its alerts field for field, and two replays of one range write
+    byte-identical ``alerts.jsonl`` and ``metrics.jsonl``. At the end every open window is
+    closed; a last window that the range cuts short is judged on what it holds, without volume.
 
 Labels
     ``--labels-topic`` reads label.v1 events over the record-time span of the predictions read,
-    plus ``--label-grace`` seconds, and joins them in memory by ``prediction_id``. Each outcome is
-    placed at its label's position (source ``l<partition>``, the label's offset and batch index),
-    as the worker's join does, and the outcomes are fed after the predictions, per label
-    partition in offset order: performance windows are judged at the end of the replay.
+    plus ``--label-grace`` seconds, and feeds them with the predictions in record-time order,
+    so they join and count as they did in the worker.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ import math
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,31 +63,16 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import msgspec
 
-from streamproc.contracts import (
-    Alert,
-    Label,
-    MetricsRecord,
-    Prediction,
-    Scalar,
-    decode_message,
-    encode,
-    event_time,
-)
+from streamproc.baseline import NumericReference
+from streamproc.baseline.reference import Reference
+from streamproc.contracts import Alert, MetricsRecord, encode, event_time
 from streamproc.errors import StreamprocError
+from streamproc.ingest.ingestor import RawMessage
+from streamproc.judge import stats
+from streamproc.judge.timeline import ReferenceTimeline, TimelineState
 from streamproc.kafka import ranges as kafka_ranges
 from streamproc.kafka.ranges import Ranges
-from streamproc.monitor import (
-    ModelMonitor,
-    NumRef,
-    Observation,
-    Outcome,
-    Output,
-    SegRef,
-    confidence_of,
-    observation_of,
-    outcome_of,
-    segref_from_baseline,
-)
+from streamproc.tools.inprocess import InProcessPipeline
 from streamproc.tools.report import FeatureHistogram
 
 if TYPE_CHECKING:
@@ -103,16 +91,13 @@ __all__ = [
     "UnknownPartitionError",
     "apply_overrides",
     "check_publish_topic",
-    "confidence_of",
-    "observation_of",
-    "outcome_of",
     "publish",
     "register_cli",
     "replay",
     "write_outputs",
 ]
 
-ADVANCE_EVERY = 5000  # events fed between two advance() calls
+FEED_BATCH = 200  # consecutive messages of one topic fed as one batch
 BUFFER_LIMIT = 200  # messages buffered per partition before it is paused
 
 
@@ -372,16 +357,6 @@ def alert_ranges(
 
 
 @dataclass
-class _Message:
-    """One decoded predictions message: where it was and what it held."""
-
-    head: float  # event time of its first accepted event
-    partition: int
-    offset: int
-    events: list[tuple[Prediction, float, int]]  # (event, event time, index)
-
-
-@dataclass
 class ReadStats:
     messages: int = 0
     events: int = 0
@@ -492,24 +467,31 @@ class ReplayResult:
 
 
 class _References:
-    """Each model's references: the stored baselines, or what the overrides ask for."""
+    """Each model's references: its live timeline, the stored baselines, or the overrides."""
 
     def __init__(self, cfg: Config, opts: ReplayOptions, topic: str) -> None:
         self.cfg = cfg
         self.opts = opts
         self.topic = topic
         self._store: Any = None
+        self._client: Any = None
         self._built: dict[tuple[str, str], ReferenceProfile] = {}
         self.described: dict[str, str] = {}
 
-    def store(self) -> Any:
-        if self._store is None:
+    def client(self) -> Any:
+        if self._client is None:
             import redis
 
+            self._client = redis.Redis.from_url(
+                self.cfg.redis.url, password=self.cfg.redis.password
+            )
+        return self._client
+
+    def store(self) -> Any:
+        if self._store is None:
             from streamproc.baseline import BaselineStore
 
-            client = redis.Redis.from_url(self.cfg.redis.url, password=self.cfg.redis.password)
-            self._store = BaselineStore(client, self.cfg.redis.key_prefix)
+            self._store = BaselineStore(self.client(), self.cfg.redis.key_prefix)
         return self._store
 
     def _call(self, what: Any) -> Any:
@@ -563,25 +545,68 @@ class _References:
     def overridden(self) -> bool:
         return bool(self.opts.baseline_version or self.opts.baseline_range)
 
-    def initial(self, model: str, version: str) -> dict[tuple[str, str], SegRef]:
-        """References to create ``model``'s monitor with (its first event has ``version``)."""
+    def baselines(self, model: str) -> list[ReferenceProfile]:
+        """The stored baselines of every version (when there is no live timeline)."""
         if self.overridden():
-            return self.for_version(model, version)
-        refs: dict[tuple[str, str], SegRef] = {}
-        profiles = self._call(lambda: self.store().all_versions(model))
-        for profile in profiles:
-            for key, seg in profile.segments.items():
-                refs[(profile.model_version, key)] = segref_from_baseline(seg)
-        self.described[model] = (
+            return []
+        profiles: list[ReferenceProfile] = self._call(lambda: self.store().all_versions(model))
+        self.described.setdefault(
+            model,
             "stored baselines " + ", ".join(f"{model}/{p.model_version}" for p in profiles)
             if profiles
-            else "none stored: monitors warm up on their first windows"
+            else "none stored: monitors warm up on their first windows",
         )
-        return refs
+        return profiles
 
-    def for_version(self, model: str, version: str) -> dict[tuple[str, str], SegRef]:
+    def for_version(self, model: str, version: str) -> ReferenceProfile | None:
+        """The override profile for a version seen for the first time (``None``: none)."""
+        if not self.overridden():
+            return None
         profile = self._profile(model, version)
-        return {(version, k): segref_from_baseline(s) for k, s in profile.segments.items()}
+        return msgspec.structs.replace(profile, model_version=version)
+
+    def timeline(self, pipe: InProcessPipeline, model: str) -> bool:
+        """Judge ``model`` with the timeline its live judge decided, when one is stored and
+        every reference it names is still in Redis."""
+        if self.overridden():
+            return False
+        import redis
+
+        from streamproc.publish.keys import Keys
+
+        blob = self._call(
+            lambda: self.client().get(Keys(self.cfg.redis.key_prefix).timeline(model))
+        )
+        if not blob:
+            return False
+        try:
+            timeline = ReferenceTimeline.restore(msgspec.msgpack.decode(blob, type=TimelineState))
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return False
+        from streamproc.baseline.reference import decode_reference, ref_key
+
+        fps = sorted(timeline.fps())
+        blobs = self._call(
+            lambda: self.client().mget([ref_key(self.cfg.redis.key_prefix, fp) for fp in fps])
+        ) if fps else []  # fmt: skip
+        refs = [decode_reference(b) for b in blobs]
+        if any(r is None for r in refs):
+            return False
+        for ref in refs:
+            pipe.refs.put(ref)  # type: ignore[arg-type]
+        del redis
+        pipe.use_timeline(model, timeline)
+        entries = sorted(
+            (e.start, v, e.created_at) for v, es in timeline.baselines.items() for e in es
+        )
+        what = "; ".join(
+            f"{model}/{v} "
+            + (f"baseline of {c}" if c else "deleted")
+            + (f" from {_iso(t)}" if t > -math.inf else "")
+            for t, v, c in entries
+        )
+        self.described[model] = f"the live judge's timeline: {what or 'warm-up only'}"
+        return True
 
 
 def _iso(t: float) -> str:
@@ -590,167 +615,67 @@ def _iso(t: float) -> str:
     return iso(t)
 
 
-class _Replayer:
-    """Feeds decoded messages to the monitors and keeps what they emit."""
+class _Best:
+    """Per (model, version, segment, feature): the window histogram of its largest PSI (the
+    report's charts), from the windows the judges close."""
 
-    def __init__(
-        self, mcfg: MonitoringConfig, refs: _References, topic: str, partitions: Sequence[int]
-    ) -> None:
-        self.mcfg = mcfg
-        self.refs = refs
-        self.topic = topic
-        self.sources = [f"p{p}" for p in partitions]
-        self.monitors: dict[str, ModelMonitor] = {}
-        self.versions: dict[str, set[str]] = {}
-        self.alerts: list[Alert] = []
-        self.metrics: list[MetricsRecord] = []
-        self.fed = 0
-        self.since_advance = 0
-        self.max_time = -math.inf
-        # (model, version, segment key, feature) -> the window histogram of its largest PSI
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
         self.best: dict[tuple[str, str, str, str], FeatureHistogram] = {}
 
-    def monitor(self, model: str, version: str) -> ModelMonitor:
-        m = self.monitors.get(model)
-        if m is None:
-            refs = self.refs.initial(model, version)
-            m = self.monitors[model] = ModelMonitor(
-                model, self.mcfg, self.sources, refs, self.topic
-            )
-            self.versions[model] = {version}
-        elif version not in self.versions[model]:
-            self.versions[model].add(version)
-            if self.refs.overridden():
-                m.references.update(self.refs.for_version(model, version))
-        return m
+    def hook(self, model: str) -> Any:
+        def on_window(version: str, key: str, start: float, ref: Reference, part: Any) -> None:
+            from streamproc.judge.engine import segment_of
 
-    def feed(self, obs_by_model: Mapping[str, list[Observation]]) -> None:
-        for model, obs in obs_by_model.items():
-            for ob in obs:
-                self.monitor(model, ob.model_version)
-                self.max_time = max(self.max_time, ob.event_time)
-            self.monitors[model].observe(obs)
-            self.fed += len(obs)
-            self.since_advance += len(obs)
-        if self.since_advance >= ADVANCE_EVERY:
-            self.advance()
+            window = (start, start + self.window_s)
+            for name in [*ref.numeric, *ref.categorical]:
+                hist = _histogram(model, version, segment_of(key), window, name, ref, part)
+                k = (model, version, key, name)
+                if hist is not None and (k not in self.best or hist.psi > self.best[k].psi):
+                    self.best[k] = hist
 
-    def feed_outcomes(self, outcomes: Mapping[str, list[Outcome]]) -> None:
-        for model, ocs in sorted(outcomes.items()):
-            m = self.monitors.get(model)
-            if m is not None:
-                m.observe_outcomes(ocs)
-
-    def advance(self, final: bool = False) -> None:
-        self.since_advance = 0
-        for model in sorted(self.monitors):
-            m = self.monitors[model]
-            snaps = self._snapshot(m, final)
-            out = m.advance("", final)
-            self._keep(model, out, snaps)
-
-    def _snapshot(self, m: ModelMonitor, final: bool) -> dict[tuple[str, str, str], Any]:
-        """The sketches of the windows this advance will close, before it drops them."""
-        boundary = math.inf if final else m.clock.close_until()
-        snaps: dict[tuple[str, str, str], Any] = {}
-        for (version, key), seg in m.segments.items():
-            if seg.ref is None:
-                continue
-            for wstart, agg in seg.windows.items():
-                if wstart + self.mcfg.window_s <= boundary:
-                    snaps[(version, key, _iso(wstart))] = (seg.ref, agg)
-        return snaps
-
-    def _keep(self, model: str, out: Output, snaps: Mapping[tuple[str, str, str], Any]) -> None:
-        self.alerts.extend(out.alerts)
-        self.metrics.extend(out.metrics)
-        for rec in out.metrics:
-            key = "all" if not rec.segment else next(f"{k}={v}" for k, v in rec.segment.items())
-            snap = snaps.get((rec.model_version, key, rec.window.start))
-            if snap is None:
-                continue
-            ref, agg = snap
-            for name, row in rec.features.items():
-                psi = row.get("psi")
-                if not isinstance(psi, int | float):
-                    continue
-                best = self.best.get((model, rec.model_version, key, name))
-                if best is not None and best.psi >= psi:
-                    continue
-                hist = _histogram(model, rec, name, float(psi), ref, agg)
-                if hist is not None:
-                    self.best[(model, rec.model_version, key, name)] = hist
+        return on_window
 
 
 def _histogram(
-    model: str, rec: MetricsRecord, name: str, psi: float, ref: SegRef, agg: Any
+    model: str,
+    version: str,
+    segment: dict[str, str],
+    window: tuple[float, float],
+    name: str,
+    ref: Reference,
+    part: Any,
 ) -> FeatureHistogram | None:
-    fr = ref.features.get(name)
-    if isinstance(fr, NumRef):
-        sk = agg.numeric.get(name)
-        if sk is None:
+    import numpy as np
+
+    from streamproc.contracts import Window
+
+    w = Window(_iso(window[0]), _iso(window[1]))
+    fr = ref.segment.features.get(name)
+    if isinstance(fr, NumericReference):
+        sk = part.numeric.get(name)
+        if sk is None or sk.count < 1:
             return None
         return FeatureHistogram(
-            model_id=model, model_version=rec.model_version, segment=dict(rec.segment),
-            feature=name, window=rec.window, psi=psi, edges=[float(e) for e in fr.edges],
+            model_id=model, model_version=version, segment=segment, feature=name, window=w,
+            psi=stats.psi(ref.probs[name], sk.hist), edges=[float(e) for e in fr.edges],
             reference=[float(p) for p in fr.probs], counts=[int(c) for c in sk.hist],
         )  # fmt: skip
-    csk = agg.categorical.get(name)
-    if fr is None or csk is None:
+    csk = part.categorical.get(name)
+    if fr is None or csk is None or csk.count < 1:
         return None
-    counts = csk.counts
-    cats = sorted(set(fr.probs) | set(counts), key=lambda c: (-fr.probs.get(c, 0.0), c))[:20]
+    counts, probs = csk.counts, fr.probs
+    every = sorted(set(probs) | set(counts))
+    psi = stats.psi(
+        np.array([probs.get(c, 0.0) for c in every]),
+        np.array([counts.get(c, 0) for c in every], dtype=float),
+    )
+    cats = sorted(every, key=lambda c: (-probs.get(c, 0.0), c))[:20]
     return FeatureHistogram(
-        model_id=model, model_version=rec.model_version, segment=dict(rec.segment), feature=name,
-        window=rec.window, psi=psi, categories=cats,
-        reference=[float(fr.probs.get(c, 0.0)) for c in cats],
+        model_id=model, model_version=version, segment=segment, feature=name, window=w,
+        psi=psi, categories=cats, reference=[float(probs.get(c, 0.0)) for c in cats],
         counts=[int(counts.get(c, 0)) for c in cats],
     )  # fmt: skip
-
-
-def _decode(msg: Message, cfg: Config, model: str | None, stats: ReadStats) -> _Message:
-    ts = msg.timestamp()[1]
-    decoded = decode_message(
-        msg.value(),
-        Prediction,
-        max_bytes=cfg.worker.max_message_bytes,
-        max_batch=cfg.worker.max_batch_events,
-    )
-    stats.rejected += len(decoded.rejections)
-    events = []
-    for ev, idx in zip(decoded.events, decoded.indexes, strict=True):
-        if model is not None and ev.model_id != model:
-            continue
-        events.append((ev, event_time(ev.timestamp, ts), -1 if idx is None else idx))
-    head = events[0][1] if events else -math.inf
-    return _Message(head, msg.partition(), msg.offset(), events)
-
-
-def _read_labels(
-    cfg: Config, topic: str, span_ms: tuple[int, int], model: str | None, timeout_s: float
-) -> dict[str, tuple[Scalar, float, str]]:
-    """``prediction_id -> (label, label event time, origin)`` of the labels in the span."""
-    consumer = _consumer(cfg)
-    labels: dict[str, tuple[Scalar, float, str]] = {}
-    try:
-        found = time_ranges(consumer, topic, *span_ms)
-        if not found:
-            return labels
-        for msg in _read(consumer, topic, found, timeout_s, lambda: ([], [])):
-            if msg.error() is not None:
-                continue
-            ts = msg.timestamp()[1]
-            decoded = decode_message(msg.value(), Label)
-            for lab, idx in zip(decoded.events, decoded.indexes, strict=True):
-                if model is not None and lab.model_id not in (None, model):
-                    continue
-                origin = f"l{msg.partition()}:{msg.offset()}:{'' if idx is None else idx}"
-                labels.setdefault(
-                    lab.prediction_id, (lab.label, event_time(lab.timestamp, ts), origin)
-                )
-    finally:
-        consumer.close()
-    return labels
 
 
 def _record_span(
@@ -823,60 +748,76 @@ def replay(cfg: Config, opts: ReplayOptions, err: TextIO = sys.stderr) -> Replay
         check_publish_topic(cfg, opts.publish)
     notes: list[str] = []
     consumer = _consumer(cfg)
+    label_consumer = None
     try:
         topic = opts.topic or cfg.topics.predictions
         ranges, alert, described = _ranges(cfg, consumer, opts, topic, notes)
         if alert is not None:
             topic = alert.source.topic
         model = opts.model or (alert.model_id if alert is not None else None)
-        labels: dict[str, tuple[Scalar, float, str]] = {}
+        label_ranges: Ranges = {}
         if opts.labels_topic:
             lo, hi = _record_span(consumer, topic, ranges, opts.timeout_s)
-            span = (lo, hi + 1 + round(opts.label_grace_s * 1000))
-            labels = _read_labels(cfg, opts.labels_topic, span, model, opts.timeout_s)
+            label_consumer = _consumer(cfg)
+            label_ranges = time_ranges(
+                label_consumer, opts.labels_topic, lo, hi + 1 + round(opts.label_grace_s * 1000)
+            )
         refs = _References(cfg, opts, topic)
-        rp = _Replayer(mcfg, refs, topic, sorted(ranges))
-        stats = ReadStats()
+        run_cfg = msgspec.structs.replace(cfg, monitoring=mcfg)
+        best = _Best(mcfg.window_s)
+        pipe = InProcessPipeline(
+            run_cfg, sorted(ranges), sorted(label_ranges), baselines=lambda _m: (), topic=topic
+        )
+        stats_ = ReadStats()
         began = time.perf_counter()
-        outcomes = _run(cfg, consumer, topic, ranges, opts, model, labels, rp, stats, err)
+        _run(
+            pipe, refs, best, consumer, label_consumer, topic, ranges, label_ranges, opts,
+            stats_, err,
+        )  # fmt: skip
+        pipe.finish()
         seconds = time.perf_counter() - began
     finally:
         consumer.close()
-    if not rp.fed:
+        if label_consumer is not None:
+            label_consumer.close()
+    mine = [r for r in pipe.records if model is None or r.model_id == model]
+    fed = stats_.events
+    if not fed or not any(model is None or m == model for m in pipe.judges):
         whose = f" of model {model!r}" if model else ""
         raise EmptyRangeError(
-            f"no prediction{whose} in {described}: {stats.messages} messages, "
-            f"{stats.rejected} rejected events"
+            f"no prediction{whose} in {described}: {stats_.messages} messages, "
+            f"{stats_.rejected} rejected events"
         )
-    label_sources = sorted({oc.source for ocs in outcomes.values() for oc in ocs})
-    for m in rp.monitors.values():
-        m.outcome_clock.expect(label_sources)
-    rp.feed_outcomes(outcomes)
-    rp.advance(final=True)
-    stamp = opts.emitted_at or _iso((math.floor(rp.max_time / mcfg.window_s) + 1) * mcfg.window_s)
-    alerts = [msgspec.structs.replace(a, emitted_at=stamp) for a in rp.alerts]
-    metrics = [msgspec.structs.replace(r, emitted_at=stamp) for r in rp.metrics]
+    ends = [msgspec.convert(r.window.end, str) for r in mine]
+    last_end = max(ends) if ends else None
+    stamp = opts.emitted_at or last_end or _iso(0.0)
+    alerts = [
+        msgspec.structs.replace(a, emitted_at=stamp)
+        for a in pipe.alerts
+        if model is None or a.model_id == model
+    ]
+    metrics = [msgspec.structs.replace(r, emitted_at=stamp) for r in mine]
     context = [("range", described)]
     context += [(f"baseline {m}", d) for m, d in sorted(refs.described.items())]
     overrides = [f"window_s={mcfg.window_s:g}"] if opts.window_s else []
     overrides += list(opts.thresholds)
     context.append(("overrides", ", ".join(overrides) or "none: the live configuration"))
     if opts.labels_topic:
-        n_out = sum(len(v) for v in outcomes.values())
-        context.append(("labels", f"{opts.labels_topic}: {n_out} joined outcomes"))
+        joined = int(pipe.metrics.join.labels(result="joined")._value.get())
+        context.append(("labels", f"{opts.labels_topic}: {joined} joined outcomes"))
     context.append(("emitted_at", stamp))
     context += [("note", n) for n in notes]
     return ReplayResult(
         alerts=alerts,
         metrics=metrics,
         histograms=sorted(
-            rp.best.values(),
+            (h for h in best.best.values() if model is None or h.model_id == model),
             key=lambda h: (h.model_id, h.model_version, sorted(h.segment.items()), h.feature),
         ),
         monitoring=mcfg,
         topic=topic,
         ranges=ranges,
-        stats=stats,
+        stats=stats_,
         seconds=seconds,
         emitted_at=stamp,
         context=context,
@@ -885,85 +826,137 @@ def replay(cfg: Config, opts: ReplayOptions, err: TextIO = sys.stderr) -> Replay
     )
 
 
+class _Merge:
+    """The records of several partitions, released in record-time order: a record leaves
+    only when every partition still being read has one buffered (so the order depends on the
+    data alone); ties go to predictions, then partition, then offset."""
+
+    def __init__(self, streams: Sequence[tuple[str, int]]) -> None:
+        self.buffers: dict[tuple[str, int], deque[RawMessage]] = {s: deque() for s in streams}
+        self.open = set(streams)
+
+    def push(self, role: str, msg: RawMessage) -> None:
+        self.buffers[(role, msg.partition)].append(msg)
+
+    def end(self, role: str, partition: int) -> None:
+        self.open.discard((role, partition))
+
+    def ready(self) -> Iterator[tuple[str, RawMessage]]:
+        while True:
+            heads = [s for s, b in self.buffers.items() if b]
+            if not heads or any(not self.buffers[s] for s in self.open):
+                return
+            s = min(heads, key=lambda k: _order(k[0], self.buffers[k][0]))
+            yield s[0], self.buffers[s].popleft()
+
+    def paused(self, role: str) -> set[int]:
+        return {p for (r, p), b in self.buffers.items() if r == role and len(b) >= BUFFER_LIMIT}
+
+
+def _order(role: str, m: RawMessage) -> tuple[int, int, int, int]:
+    return (m.timestamp_ms or 0, role == "labels", m.partition, m.offset)
+
+
 def _run(
-    cfg: Config,
+    pipe: InProcessPipeline,
+    refs: _References,
+    best: _Best,
     consumer: Consumer,
+    label_consumer: Consumer | None,
     topic: str,
     ranges: Ranges,
+    label_ranges: Ranges,
     opts: ReplayOptions,
-    model: str | None,
-    labels: Mapping[str, tuple[Scalar, float, str]],
-    rp: _Replayer,
-    stats: ReadStats,
+    stats_: ReadStats,
     err: TextIO,
-) -> dict[str, list[Outcome]]:
-    """Read, merge and feed; return the joined outcomes, per model, to feed last."""
-    buffers: dict[int, deque[_Message]] = {p: deque() for p in ranges}
-    open_parts = set(ranges)
-    paused: set[int] = set()
-    seen: set[str] = set()
-    outcomes: dict[str, list[tuple[str, int, int, Outcome]]] = {}
+) -> None:
+    """Read both topics, merge by record time, feed the pipeline in batches."""
+    streams = [("predictions", p) for p in ranges] + [("labels", p) for p in label_ranges]
+    merge = _Merge(streams)
     progress = Progress(sum(b - a + 1 for a, b in ranges.values()), err)
+    paused: dict[str, set[int]] = {"predictions": set(), "labels": set()}
 
-    def flow() -> tuple[list[int], list[int]]:
-        pause = [p for p, b in buffers.items() if len(b) >= BUFFER_LIMIT and p not in paused]
-        resume = [p for p in paused if len(buffers[p]) < BUFFER_LIMIT // 2]
-        paused.update(pause)
-        paused.difference_update(resume)
-        return pause, resume
+    def flow(role: str) -> Callable[[], tuple[list[int], list[int]]]:
+        def decide() -> tuple[list[int], list[int]]:
+            full = merge.paused(role)
+            pause, resume = sorted(full - paused[role]), sorted(paused[role] - full)
+            paused[role] = full
+            return pause, resume
 
-    def drain() -> None:
-        while True:
-            ready = [p for p in buffers if buffers[p]]
-            if not ready or any(not buffers[p] for p in open_parts):
-                return
-            p = min(ready, key=lambda q: (buffers[q][0].head, q, buffers[q][0].offset))
-            item = buffers[p].popleft()
-            by_model: dict[str, list[Observation]] = {}
-            for ev, t, idx in item.events:
-                # The worker's join drops an id it has seen before (dead-lettered as a
-                # duplicate); in merged order, so which copy counts depends on the data alone.
-                if ev.prediction_id in seen:
-                    stats.duplicates += 1
-                    continue
-                seen.add(ev.prediction_id)
-                by_model.setdefault(ev.model_id, []).append(
-                    observation_of(ev, t, item.partition, item.offset, idx)
-                )
-                joined = labels.get(ev.prediction_id)
-                if joined is not None:
-                    oc = outcome_of(ev, joined[0], joined[1], joined[2])
-                    outcomes.setdefault(ev.model_id, []).append(
-                        (oc.source, oc.offset, oc.index, oc)
-                    )
-            stats.events += sum(len(v) for v in by_model.values())
-            rp.feed(by_model)
+        return decide
 
-    for msg in _read(consumer, topic, ranges, opts.timeout_s, flow):
-        p = msg.partition()
-        if msg.error() is not None:  # the partition ended before the range did
-            open_parts.discard(p)
-            drain()
-            continue
-        stats.messages += 1
-        ts = msg.timestamp()[1]
-        stats.first_ms = ts if stats.first_ms is None else min(stats.first_ms, ts)
-        stats.last_ms = ts if stats.last_ms is None else max(stats.last_ms, ts)
-        item = _decode(msg, cfg, model, stats)
-        if item.events:
-            buffers[p].append(item)
-        if msg.offset() >= ranges[p][1]:
-            open_parts.discard(p)
-        drain()
-        progress.update(stats.messages, stats.events)
-    open_parts.clear()
-    drain()
-    progress.update(stats.messages, stats.events, final=True)
-    # Per label partition in offset order, as the worker's keyed topic would carry them.
-    return {
-        m: [oc for _, _, _, oc in sorted(items, key=lambda x: x[:3])]
-        for m, items in outcomes.items()
+    readers: dict[str, Iterator[Any]] = {
+        "predictions": _read(consumer, topic, ranges, opts.timeout_s, flow("predictions"))
     }
+    if label_consumer is not None and label_ranges and opts.labels_topic:
+        readers["labels"] = _read(
+            label_consumer, opts.labels_topic, label_ranges, opts.timeout_s, flow("labels")
+        )
+    ends = {"predictions": ranges, "labels": label_ranges}
+    batch: list[RawMessage] = []
+    role_of_batch = ""
+
+    def setup(pipe: InProcessPipeline, model: str) -> None:
+        pipe.judges[model].on_window = best.hook(model)
+        if not refs.timeline(pipe, model):
+            for profile in refs.baselines(model):
+                pipe.set_baseline(model, profile.model_version, profile)
+
+    pipe.setup_model = setup
+    pipe.version_baseline = refs.for_version
+
+    def feed() -> None:
+        nonlocal batch
+        if not batch:
+            return
+        pipe.idle((batch[0].timestamp_ms or 0) / 1000)
+        pipe.feed_sync(role_of_batch, batch)
+        batch = []
+
+    def release() -> None:
+        nonlocal role_of_batch
+        for role, msg in merge.ready():
+            if batch and (role != role_of_batch or len(batch) >= FEED_BATCH):
+                feed()
+            role_of_batch = role
+            batch.append(msg)
+
+    while readers:
+        for role in list(readers):
+            msg = next(readers[role], None)
+            if msg is None:
+                del readers[role]
+                for p in ends[role]:
+                    merge.end(role, p)
+                continue
+            p = msg.partition()
+            if msg.error() is not None:  # the partition ended before the range did
+                merge.end(role, p)
+                continue
+            if role == "predictions":
+                stats_.messages += 1
+            ts = msg.timestamp()[1]
+            stats_.first_ms = ts if stats_.first_ms is None else min(stats_.first_ms, ts)
+            stats_.last_ms = ts if stats_.last_ms is None else max(stats_.last_ms, ts)
+            merge.push(role, RawMessage(msg.topic(), p, msg.offset(), msg.key(), msg.value(), ts))
+            if msg.offset() >= ends[role][p][1]:
+                merge.end(role, p)
+        release()
+        m = pipe.metrics
+        stats_.events = int(m.events.labels(topic="predictions", outcome="accepted")._value.get())
+        progress.update(stats_.messages, stats_.events)
+    merge.open.clear()
+    release()
+    feed()
+    m = pipe.metrics
+    stats_.events = int(m.events.labels(topic="predictions", outcome="accepted")._value.get())
+    stats_.rejected = int(sum(s.value for s in _samples(m.deadletter)))
+    stats_.duplicates = int(m.join.labels(result="duplicate")._value.get())
+    progress.update(stats_.messages, stats_.events, final=True)
+
+
+def _samples(counter: Any) -> list[Any]:
+    return [s for metric in counter.collect() for s in metric.samples if s.name.endswith("_total")]
 
 
 # -- raw read, for comparison -------------------------------------------------------------------
@@ -1025,7 +1018,7 @@ def check_publish_topic(cfg: Config, topic: str) -> None:
     >>> check_publish_topic(Config(), "alerts")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    streamproc.tools.replay.ReplayError: --publish 'alerts' is the live alerts topic (topics.alerts); ...
+    streamproc.tools.replay.ReplayError: --publish 'alerts' is the live alerts topic ...
     """
     live = {
         cfg.topics.alerts: "alerts",
