@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import random
+import re
 import subprocess
 import sys
 import uuid
@@ -13,6 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+import msgspec
 import pytest
 import redis
 import redis.asyncio as aioredis
@@ -20,13 +22,16 @@ import redis.exceptions
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
+from streamproc.aggregate.source import ALL, SourceAggregator
+from streamproc.aggregate.wire import PartialsMessage, decode_message
+from streamproc.baseline.reference import Reference
 from streamproc.config import Config
 from streamproc.ingest.ingestor import Ingestor, RawMessage
 from streamproc.ingest.join import Joined, JoinRecord, LabelRecord, RedisJoin
 from streamproc.kafka import topics
 from streamproc.kafka.producer import OutputProducer
-from streamproc.monitor import decode_input
-from streamproc.monitoring import RoutingSink, ensure_observations_topic, observations_topic
+from streamproc.publish.keys import Keys
+from streamproc.publish.sources import SourceStage, ensure_partials_topic, partials_topic
 from streamproc.worker.metrics import WorkerMetrics
 from tests.integration.workers import (
     WorkerProcess,
@@ -53,8 +58,11 @@ def _prediction(i: int, **extra: object) -> dict:
     }
 
 
+LABEL_T0 = 1_700_000_500  # a label's event time is LABEL_T0 + i (see _label)
+
+
 def _label(i: int) -> dict:
-    return {"prediction_id": f"p{i}", "timestamp": 1_700_000_500 + i, "label": i % 2}
+    return {"prediction_id": f"p{i}", "timestamp": LABEL_T0 + i, "label": i % 2}
 
 
 def _batches(docs: list[dict], size: int) -> list[bytes]:
@@ -67,13 +75,20 @@ def applied(config: Config) -> Config:
     return config
 
 
-def _outcome_origins(cfg: Config) -> Counter[tuple[str, int]]:
-    """How many times each label message's outcome is on the keyed observations topic, read up
-    to the topic's current end."""
+def _one_second_ticks(cfg: Config) -> Config:
+    """``cfg`` with ``tick_s=1``: labels are a second apart, so each joined outcome is alone in
+    its tick and a tick's ``labelled`` count names it (see :func:`_folded_outcomes`)."""
+    return msgspec.structs.replace(
+        cfg, monitoring=msgspec.structs.replace(cfg.monitoring, tick_s=1.0)
+    )
+
+
+def _partials_on_topic(cfg: Config) -> list[bytes]:
+    """Every message of the partials topic, read up to its current end."""
     consumer = Consumer({**cfg.kafka.librdkafka(), "group.id": f"check-{uuid.uuid4().hex}",
                          "enable.auto.commit": False})  # fmt: skip
-    topic = observations_topic(cfg)
-    seen: Counter[tuple[str, int]] = Counter()
+    topic = partials_topic(cfg)
+    values: list[bytes] = []
     try:
         parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), 10)[1] for p in parts}
@@ -82,13 +97,65 @@ def _outcome_origins(cfg: Config) -> Counter[tuple[str, int]]:
         while left:
             for msg in consumer.consume(1000, 5):
                 assert msg.error() is None, msg.error()
-                for oc in decode_input(msg.value()).outcomes:
-                    seen[(oc.source, oc.offset)] += 1
+                values.append(msg.value())
                 if msg.offset() + 1 >= ends[msg.partition()]:
                     left.discard(msg.partition())
     finally:
         consumer.close()
-    return seen
+    return values
+
+
+class _NoReferences:
+    """The references a source's checkpoint is restored with, to be read only: none."""
+
+    generation = 0
+
+    def lookup(self, *_args: object) -> Reference | None:
+        return None
+
+    def by_fp(self, fp: str) -> Reference | None:
+        return None
+
+
+def _folded_outcomes(cfg: Config) -> tuple[Counter[tuple[str, float]], int]:
+    """Joined outcomes folded into partials, per source and tick of label time: the ``labelled``
+    count of the ``all`` segment's outcome partials, summed over the complete ticks on the
+    partials topic (each source's tick counted once, its first copy, as the judge keeps it)
+    and the open ticks of every source's checkpoint in Redis; and how many copies of a tick
+    the topic holds beyond the first (a source sends a tick again only after a crash)."""
+    folded: Counter[tuple[str, float]] = Counter()
+    sent: set[tuple[str, str, float]] = set()
+    again = 0
+    for value in _partials_on_topic(cfg):
+        msg = decode_message(value)
+        if not isinstance(msg, PartialsMessage):
+            continue  # progress
+        for entry in msg.ticks:
+            if not entry.outcomes:
+                continue
+            if (msg.source, msg.model_id, entry.start) in sent:
+                again += 1
+                continue
+            sent.add((msg.source, msg.model_id, entry.start))
+            for _version, key, state in entry.outcomes:
+                if key == ALL:
+                    folded[(msg.source, entry.start)] += state.labelled
+    client = redis.Redis.from_url(cfg.redis.url)
+    try:
+        for key in client.scan_iter(Keys(cfg.redis.key_prefix).source("*"), count=1000):
+            source = key.decode().rsplit(":", 1)[1]
+            if not re.fullmatch(r"[pl]\d+", source):  # not a source's checkpoint
+                continue
+            fields = {k.decode(): v for k, v in client.hgetall(key).items()}
+            agg, why = SourceAggregator.restore(source, cfg.monitoring, _NoReferences(), fields)
+            assert why is None, why
+            for t, cell in agg.outcome_ticks.items():
+                for (_model, _version, k), partial in cell.items():
+                    if k == ALL:
+                        folded[(source, t)] += partial.labelled
+    finally:
+        client.close()
+    return +folded, again
 
 
 class _ScriptRanThenTimedOut(RedisJoin):
@@ -127,14 +194,16 @@ def _raw(cfg: Config, topic: str, expect: int) -> list[RawMessage]:
 
 
 async def _ingest(cfg: Config, join_type: type[RedisJoin], run: str) -> WorkerMetrics:
-    """One worker's ingestion (real Redis join, real Kafka producer, the worker's sink) over
-    everything on the predictions topic, then the labels topic, in one batch each."""
+    """One worker's ingestion (real Redis join, real Kafka producer, the worker's aggregation
+    stage: sources checkpointed in Redis, partials produced to Kafka) over everything on the
+    predictions topic, then the labels topic, in one batch each."""
     metrics = WorkerMetrics(CollectorRegistry())
     client = aioredis.Redis.from_url(cfg.redis.url, password=cfg.redis.password)
     output = OutputProducer(cfg)
     join = join_type(client, cfg.redis.key_prefix, cfg.join.prediction_ttl_s,
                      cfg.join.label_ttl_s, cfg.join.dedupe_ttl_s)  # fmt: skip
-    ingestor = Ingestor(cfg, join, output, metrics, RoutingSink(cfg, output))
+    sink = SourceStage(cfg, client, output, metrics, ensure_partials_topic(cfg))
+    ingestor = Ingestor(cfg, join, output, metrics, sink)
     try:
         preds = _raw(cfg, cfg.topics.predictions, 200)
         labels = _raw(cfg, cfg.topics.labels, 151)
@@ -151,12 +220,19 @@ async def _ingest(cfg: Config, join_type: type[RedisJoin], run: str) -> WorkerMe
     return metrics
 
 
-def _produce_predictions_and_labels(cfg: Config) -> None:
-    ensure_observations_topic(cfg)
+def _produce_predictions_and_labels(cfg: Config) -> Counter[tuple[str, float]]:
+    """200 predictions, then 151 labels; return the outcomes the labels complete, by the source
+    that completes each (its label's partition) and its label's tick."""
+    ensure_partials_topic(cfg)
     produce(cfg, cfg.topics.predictions, [json.dumps(_prediction(i)).encode() for i in range(200)])
     # 150 labels join; one has no prediction and stays pending.
     labels = [_label(i) for i in range(150)] + [{**_label(0), "prediction_id": "nobody"}]
     produce(cfg, cfg.topics.labels, [json.dumps(d).encode() for d in labels])
+    return Counter(
+        (f"l{m.partition}", float(json.loads(m.value)["timestamp"]))
+        for m in _raw(cfg, cfg.topics.labels, 151)
+        if json.loads(m.value)["prediction_id"] != "nobody"
+    )
 
 
 def _join_count(metrics: WorkerMetrics, result: str) -> float:
@@ -165,13 +241,14 @@ def _join_count(metrics: WorkerMetrics, result: str) -> float:
 
 def test_a_batch_retried_after_a_redis_timeout_emits_every_outcome_once(applied: Config) -> None:
     """The script joined the labels in Redis, the reply was lost, ``ingest.retry`` ran the
-    batch again: every outcome must still reach the observations topic."""
-    _produce_predictions_and_labels(applied)
-    metrics = asyncio.run(_ingest(applied, _ScriptRanThenTimedOut, "both"))
+    batch again: every outcome must still be folded into partials, once."""
+    cfg = _one_second_ticks(applied)
+    expected = _produce_predictions_and_labels(cfg)
+    metrics = asyncio.run(_ingest(cfg, _ScriptRanThenTimedOut, "both"))
 
-    outcomes = _outcome_origins(applied)
-    assert len(outcomes) == 150
-    assert set(outcomes.values()) == {1}  # the attempt that timed out emitted nothing
+    assert sum(expected.values()) == len(expected) == 150
+    # the attempt that timed out folded nothing; the retry folded each outcome once
+    assert _folded_outcomes(cfg) == (expected, 0)
     assert (
         sample_sum(
             metrics.render().decode(), "streamproc_infrastructure_errors_total", component="redis"
@@ -187,19 +264,36 @@ def test_a_batch_retried_after_a_redis_timeout_emits_every_outcome_once(applied:
 
 def test_a_crash_between_the_join_and_the_produce_loses_no_outcome(applied: Config) -> None:
     """A worker joined the labels in Redis and died before producing; the next one reads the
-    same batch again (its offsets were never committed) and must emit every outcome."""
-    _produce_predictions_and_labels(applied)
-    asyncio.run(_ingest(applied, RedisJoin, "predictions"))
-    asyncio.run(_ingest(applied, RedisJoin, "join only"))
-    assert _outcome_origins(applied) == Counter()
+    same batch again (its offsets were never committed) and must fold every outcome, once."""
+    cfg = _one_second_ticks(applied)
+    expected = _produce_predictions_and_labels(cfg)
+    asyncio.run(_ingest(cfg, RedisJoin, "predictions"))
+    asyncio.run(_ingest(cfg, RedisJoin, "join only"))
+    assert _folded_outcomes(cfg) == (Counter(), 0)
 
-    metrics = asyncio.run(_ingest(applied, RedisJoin, "labels"))
-    outcomes = _outcome_origins(applied)
-    assert len(outcomes) == 150 and set(outcomes.values()) == {1}
+    metrics = asyncio.run(_ingest(cfg, RedisJoin, "labels"))
+    assert sum(expected.values()) == len(expected) == 150
+    assert _folded_outcomes(cfg) == (expected, 0)
     assert _join_count(metrics, "redelivered") == 151
     assert _join_count(metrics, "joined") == 150
     # the first join under a fresh prefix marked its key layout
-    assert redis.Redis.from_url(applied.redis.url).get(f"{applied.redis.key_prefix}:layout") == b"2"
+    assert redis.Redis.from_url(cfg.redis.url).get(f"{cfg.redis.key_prefix}:layout") == b"2"
+
+
+def test_a_batch_read_again_after_its_checkpoint_folds_no_outcome_twice(applied: Config) -> None:
+    """A worker folded the labels, sent the complete ticks and checkpointed its sources, then
+    died before its offsets were committed; the next one reads the batch again: the join
+    hands every outcome back (a redelivery of the completing half), and the sources'
+    checkpoints say they were folded already."""
+    cfg = _one_second_ticks(applied)
+    expected = _produce_predictions_and_labels(cfg)
+    asyncio.run(_ingest(cfg, RedisJoin, "both"))
+    assert _folded_outcomes(cfg) == (expected, 0)
+
+    metrics = asyncio.run(_ingest(cfg, RedisJoin, "labels"))
+    assert _join_count(metrics, "redelivered") == 151
+    assert _join_count(metrics, "joined") == 150  # handed to the sink again
+    assert _folded_outcomes(cfg) == (expected, 0)  # and neither folded nor sent again
 
 
 @pytest.mark.parametrize(
@@ -388,7 +482,8 @@ def test_sigkill_mid_stream_then_restart_joins_once_and_emits_every_outcome(
     produce(applied, applied.topics.predictions, preds)
     produce(applied, applied.topics.labels, labels)
 
-    first = WorkerProcess(applied, tmp_path)
+    # One-second ticks: each outcome alone in its tick (see _folded_outcomes).
+    first = WorkerProcess(applied, tmp_path, STREAMPROC_MONITORING_TICK_S="1")
     first.wait_for(
         lambda: first.metric("streamproc_join_total", result="joined") >= 3_000, 120, "progress"
     )
@@ -396,7 +491,7 @@ def test_sigkill_mid_stream_then_restart_joins_once_and_emits_every_outcome(
     done_before = first.log_path.read_text(errors="replace")
     assert "Traceback" not in done_before
 
-    second = WorkerProcess(applied, tmp_path)
+    second = WorkerProcess(applied, tmp_path, STREAMPROC_MONITORING_TICK_S="1")
     try:
         second.wait_for(
             lambda: second.metric("streamproc_join_pending", side="label") == 0
@@ -405,13 +500,17 @@ def test_sigkill_mid_stream_then_restart_joins_once_and_emits_every_outcome(
             180, "the rest of the stream",
         )  # fmt: skip
         assert second.metric("streamproc_join_total", result="duplicate") == 0
+        # every batch through its last step (its offsets committed), so its outcomes are in
+        # partials sent or checkpointed
+        second.wait_for(lambda: _committed_to_the_end(applied), 60, "the offsets' commit")
     finally:
         second.stop()
 
     client = redis.Redis.from_url(applied.redis.url)
     prefix = applied.redis.key_prefix
     # One state key per id (see streamproc/join.py): "j" tombstone, "p"/"l" pending.
-    states = client.mget(list(client.scan_iter(f"{prefix}:i:*", count=5000)))
+    ids = list(client.scan_iter(f"{prefix}:i:*", count=5000))
+    states = client.mget(ids)
     assert len(states) == n
     tombstones = [v[1:].split(b"|", 1) for v in states if v.startswith(b"j")]
     assert len(tombstones) == len(labels)
@@ -428,11 +527,40 @@ def test_sigkill_mid_stream_then_restart_joins_once_and_emits_every_outcome(
     assert [v for v in states if v.startswith(b"l")] == []
     assert sum(v.startswith(b"p") for v in states) == n - len(labels)
     assert list(consume_all(applied, applied.topics.deadletter, 1, timeout=3)) == []
-    # Downstream, every label message's outcome was emitted at least once (twice only if the
-    # kill fell between an outcome's acknowledged produce and its batch's offset commit).
-    outcomes = _outcome_origins(applied)
-    assert len(outcomes) == len(labels)
-    assert all(source.startswith("l") for source, _ in outcomes)
+    # Downstream, every joined outcome was folded into partials exactly once (a tick sent
+    # again after the kill counts once, as the judge keeps its first copy), in the source of
+    # the message that completed its join: the tombstone's side and that side's origin.
+    expected: Counter[tuple[str, float]] = Counter()
+    for key, state in zip(ids, states, strict=True):
+        if state.startswith(b"j"):
+            origins, rest = state[1:].split(b"|", 1)
+            side = rest[:1].decode()
+            origin = origins.split(b"/")[0 if side == "p" else 1].decode()
+            i = int(key.decode().rsplit(":p", 1)[1])
+            expected[(f"{side}{origin.split(':')[0]}", float(LABEL_T0 + i))] += 1
+    assert sum(expected.values()) == len(expected) == len(labels)
+    assert _folded_outcomes(_one_second_ticks(applied))[0] == expected
+
+
+def _committed_to_the_end(cfg: Config) -> bool:
+    """Whether the worker group has committed every partition of the predictions and labels
+    topics up to its end."""
+    consumer = Consumer(
+        {**cfg.kafka.librdkafka(), "group.id": cfg.worker.app_id, "enable.auto.commit": False}
+    )
+    try:
+        tps = [
+            TopicPartition(topic, p)
+            for topic in (cfg.topics.predictions, cfg.topics.labels)
+            for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ]
+        for tp in consumer.committed(tps, timeout=10):
+            low, high = consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+            if high > (tp.offset if tp.offset >= 0 else low):
+                return False
+        return True
+    finally:
+        consumer.close()
 
 
 def test_compressed_producer_traffic_is_read(applied: Config, tmp_path: Path) -> None:
