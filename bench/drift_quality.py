@@ -6,25 +6,28 @@ Writes ``bench/out/drift_quality.json`` and prints a markdown table. ``bench/run
 :func:`run` and :func:`markdown` with its own ``argparse.Namespace`` (``size``, ``repeats``,
 ``tiny``, ``seed``; the other options of :func:`parser` fall back to their defaults).
 
-What is measured, per method, on the seeded workload of ``streamproc/synthetic.py`` (50 events/s,
-12 segment cells, labels for every prediction after a lognormal delay, median 60 s):
+What is measured, per method, on the seeded workload of ``streamproc/dev/synthetic.py`` (50
+events/s, 12 segment cells, labels for every prediction after a lognormal delay, median 60 s):
 
 * **Detection delay**: one change in one feature of ``country=DE`` (30% of traffic), starting at
   ``--pre`` events; the delay is the number of DE events sent from the first affected one up to
   the moment the method raises its first *correct* alarm: right kind, feature and segment (for
   streamproc, a ``firing`` alert whose ``segment`` is exactly ``{"country": "DE"}``; its delay
-  counts up to the advance that emitted it, so the watermark's lateness is included). No correct
+  counts up to the batch whose feed emitted it, so the watermark's lateness is included). No correct
   alarm within ``--post`` events of the stream is a miss. Median over ``--repeats`` seeds.
 * **False alarms per 10^6 stationary events**, fleet-wide: every alarm of every detector on every
   feature of every segment, divided by the events of one stationary stream of ``--size``.
 
 Methods:
 
-* ``streamproc``: :class:`streamproc.monitor.ModelMonitor` with the worker's default
-  ``monitoring`` configuration and a baseline from :func:`streamproc.synthetic.reference_profile`,
-  fed as the worker feeds it: consumed batches of ``BATCH`` events in event-time order,
-  predictions as :class:`Observation` and joined labels as :class:`Outcome` in keyed-topic
-  messages of ``CHUNK`` items, one ``advance`` per batch. Detector names come from the alerts.
+* ``streamproc``: the two-phase engine in one process
+  (:class:`streamproc.tools.inprocess.InProcessPipeline`: the worker's ingest with an in-memory
+  join, the aggregation into per-tick partials and the model's judge) with the worker's default
+  ``monitoring`` configuration and a baseline from
+  :func:`streamproc.dev.synthetic.reference_profile`, fed as a worker consumes: the merged
+  stream in event-time order, in batches of ``BATCH`` events, each split into the predictions
+  topic's and the labels topic's records (one JSON array per partition), predictions then
+  labels, the judge advancing after each. Detector names come from the alerts.
 * ``river_adwin`` / ``river_ph``: ``river.drift.ADWIN()`` and ``river.drift.PageHinkley()`` with
   their defaults, one per stream, fed every value of the stream (per event). The stream of a
   scenario is the affected feature in the affected segment: the raw value for numeric changes;
@@ -35,12 +38,14 @@ Methods:
 * ``alibi_cvm``: Alibi Detect's ``CVMDriftOnline`` (continuous data only), if importable here or
   in ``--alibi-python``; see :func:`_cvm_runs` for the sizes.
 * Evidently's ``DataDriftPreset`` on the same windows (batch peer): CPU per event against
-  streamproc's monitor CPU per event, measured in the same run.
+  streamproc's CPU per event (the whole in-process path, labels included), measured in the
+  same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import inspect
 import io
@@ -61,8 +66,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
-from streamproc.config import MonitoringConfig
+from streamproc.baseline import ReferenceProfile
+from streamproc.config import Config, MonitoringConfig
 from streamproc.contracts import Alert
 from streamproc.dev.synthetic import (
     AccuracyDrop,
@@ -75,12 +82,12 @@ from streamproc.dev.synthetic import (
     WorkloadSpec,
     reference_profile,
 )
-from streamproc.monitor import ModelMonitor, Observation, Outcome, SegRef, segref_from_baseline
+from streamproc.ingest.ingestor import RawMessage
+from streamproc.tools.inprocess import InProcessPipeline, raw
 
 OUT = Path(__file__).resolve().parent / "out"
 PARTITIONS = 6
-BATCH = 500  # merged events per consumed batch
-CHUNK = 250  # items per keyed-topic message (streamproc.monitoring.CHUNK)
+BATCH = 500  # merged events per consumed batch (predictions and labels)
 SEGMENT = {"country": "DE"}
 REFERENCE_ROWS = 30_000
 REFERENCE_SEED = 101
@@ -164,80 +171,92 @@ def plan_of(args: argparse.Namespace) -> Plan:
     )
 
 
-# -- streamproc's monitor, driven as the worker drives it ------------------------------------
+# -- streamproc, driven as a worker consumes ------------------------------------------------
 
 
 @dataclass
 class MonitorRun:
-    """What one pass of the monitor over a workload produced."""
+    """What one pass of the engine over a workload produced."""
 
     alerts: list[tuple[Alert, int]]  # alert, index of the last prediction fed before it
-    cpu_s: float  # process CPU inside observe/observe_outcomes/advance
+    cpu_s: float  # process CPU inside the pipeline (feeding every batch, then finishing)
     predictions: int
-    windows: int
+    windows: int  # metrics.v1 records: one per monitor and closed window
 
 
-def references(spec: WorkloadSpec) -> dict[tuple[str, str], SegRef]:
-    """The baseline of every segment: the same world, another seed, no changes."""
-    profile = reference_profile(spec, REFERENCE_ROWS, seed=REFERENCE_SEED)
-    return {(spec.model_version, k): segref_from_baseline(s) for k, s in profile.segments.items()}
+def references(spec: WorkloadSpec) -> ReferenceProfile:
+    """The baseline: the same world, another seed, no changes."""
+    return reference_profile(spec, REFERENCE_ROWS, seed=REFERENCE_SEED)
 
 
-def drive_monitor(
-    work: Workload, refs: Mapping[tuple[str, str], SegRef], cfg: MonitoringConfig
-) -> MonitorRun:
-    """Feed ``work`` to a fresh :class:`ModelMonitor` the way the worker's stages do.
+def consumed_batches(work: Workload) -> list[tuple[str, list[RawMessage], int]]:
+    """``work`` as a worker consumes it: ``(topic role, records, index of the last prediction
+    sent by then)``, in feeding order.
 
-    Predictions go to partition ``index % PARTITIONS`` and labels to the label partition of the
-    same number, with increasing offsets; a label is joined to its prediction when it arrives
-    (the synthetic stream always sends the prediction first).
+    The merged stream (event-time order; a label always after its prediction) is cut into
+    batches of ``BATCH`` events; in each, a prediction goes to partition ``index % PARTITIONS``
+    of the predictions topic and a label to the same partition of the labels topic, one JSON
+    array per partition and topic, offsets increasing per partition; a batch's predictions are
+    fed before its labels.
     """
-    spec = work.spec
-    m = ModelMonitor(spec.model_id, cfg, [f"p{i}" for i in range(PARTITIONS)], dict(refs))
-    m.outcome_clock.expect([f"l{i}" for i in range(PARTITIONS)])
-    p_off = [0] * PARTITIONS
-    l_off = [0] * PARTITIONS
-    pending: dict[int, tuple[str, dict[str, str], Any, float]] = {}
-    obs: list[Observation] = []
-    outs: list[Outcome] = []
-    result = MonitorRun([], 0.0, 0, 0)
+    offsets = {"predictions": [0] * PARTITIONS, "labels": [0] * PARTITIONS}
+    out: list[tuple[str, list[RawMessage], int]] = []
     last = -1
 
-    def flush(final: bool = False) -> None:
-        began = time.process_time()
-        for i in range(0, len(obs), CHUNK):
-            m.observe(obs[i : i + CHUNK])
-        for i in range(0, len(outs), CHUNK):
-            m.observe_outcomes(outs[i : i + CHUNK])
-        out = m.advance("bench", final=final)
-        result.cpu_s += time.process_time() - began
-        result.windows += len(out.metrics)
-        result.alerts.extend((a, last) for a in out.alerts)
-        obs.clear()
-        outs.clear()
+    def cut(chunk: list[Any]) -> None:
+        nonlocal last
+        for kind in ("prediction", "label"):
+            role = f"{kind}s"
+            by_partition: dict[int, list[Any]] = {}
+            for ev in chunk:
+                if ev.kind == kind:
+                    by_partition.setdefault(ev.index % PARTITIONS, []).append(ev)
+                    if kind == "prediction":
+                        last = ev.index
+            msgs = []
+            for p, evs in sorted(by_partition.items()):
+                value = orjson.dumps([e.value for e in evs])
+                msgs.append(raw(role, p, offsets[role][p], value, int(evs[-1].time * 1000)))
+                offsets[role][p] += 1
+            if msgs:
+                out.append((role, msgs, last))
 
+    chunk: list[Any] = []
     for ev in work.events():
-        v = ev.value
-        p = ev.index % PARTITIONS
-        if ev.kind == "prediction":
-            conf = max(v["scores"].values())
-            obs.append(
-                Observation(p, p_off[p], -1, v["timestamp"], v["model_version"], v["segments"],
-                            v["features"], v["prediction"], conf, v["latency_ms"])
-            )  # fmt: skip
-            p_off[p] += 1
-            pending[ev.index] = (v["model_version"], v["segments"], v["prediction"], conf)
-            last = ev.index
-            result.predictions += 1
-        else:
-            version, segs, pred, conf = pending.pop(ev.index)
-            outs.append(
-                Outcome(f"l{p}", l_off[p], -1, ev.time, version, segs, pred, v["label"], conf)
-            )
-            l_off[p] += 1
-        if len(obs) + len(outs) >= BATCH:
-            flush()
-    flush(final=True)
+        chunk.append(ev)
+        if len(chunk) == BATCH:
+            cut(chunk)
+            chunk = []
+    cut(chunk)
+    return out
+
+
+def drive_monitor(work: Workload, profile: ReferenceProfile, cfg: MonitoringConfig) -> MonitorRun:
+    """Feed ``work`` (see :func:`consumed_batches`) to a fresh :class:`InProcessPipeline` with
+    ``profile`` as the model's baseline, then finish it (a last window cut short is judged on
+    what it holds). Only the pipeline's own calls are timed."""
+    pipe = InProcessPipeline(
+        Config(monitoring=cfg), range(PARTITIONS), range(PARTITIONS),
+        baselines=lambda _model: [profile], emitted_at=lambda: "bench",
+    )  # fmt: skip
+    batches = consumed_batches(work)
+    result = MonitorRun([], 0.0, work.n_events, 0)
+
+    async def feed() -> None:
+        seen = 0
+        for role, msgs, last in batches:
+            began = time.process_time()
+            await pipe.feed(role, msgs)
+            result.cpu_s += time.process_time() - began
+            result.alerts.extend((a, last) for a in pipe.alerts[seen:])
+            seen = len(pipe.alerts)
+        began = time.process_time()
+        pipe.finish()
+        result.cpu_s += time.process_time() - began
+        result.alerts.extend((a, batches[-1][2] if batches else -1) for a in pipe.alerts[seen:])
+
+    asyncio.run(feed())
+    result.windows = len(pipe.records)
     return result
 
 
@@ -509,7 +528,7 @@ def evidently_cost(
     """CPU per event of ``DataDriftPreset`` run on each segment of each of the first windows.
 
     The same windows (``cfg.window_s`` of event time) and segments (all traffic, each country,
-    each device) streamproc's monitor judges, each against that segment's reference rows.
+    each device) streamproc's judge judges, each against that segment's reference rows.
     Building the pandas frames is not counted; ``Dataset.from_pandas`` and ``Report.run`` are.
     """
     os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -629,7 +648,7 @@ class AlibiJob:
 def run_scenarios(
     plan: Plan,
     spec0: WorkloadSpec,
-    refs: Mapping[tuple[str, str], SegRef],
+    refs: ReferenceProfile,
     log: Callable[[str], None],
 ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], list[AlibiJob]]:
     """Delays per scenario and method, and the Alibi inputs (run once, later)."""
@@ -723,7 +742,7 @@ def run_scenarios(
 def stationary(
     plan: Plan,
     spec0: WorkloadSpec,
-    refs: Mapping[tuple[str, str], SegRef],
+    refs: ReferenceProfile,
     log: Callable[[str], None],
 ) -> tuple[dict[str, Any], Workload, Columns]:
     """False alarms of streamproc and the River fleet on one stationary stream."""
@@ -949,9 +968,10 @@ def markdown(result: dict[str, Any]) -> str:
         f"`tick_s={mon['tick_s']:g}`, `lateness_s={mon['lateness_s']:g}`) at "
         f"{plan['rate_events_per_s']:g} events/s. Delay: events of that segment from the first "
         "changed one to the first correct alarm (right kind, feature and segment), median over "
-        "the seeds. streamproc's is counted to the batch that emitted the alert (the watermark "
-        'waits `lateness_s`); "judged" counts only to the end of the window or tick the '
-        "alert is about. The peers are fed the affected feature of the segment event by event.",
+        "the seeds. streamproc's (its two-phase engine in one process: `InProcessPipeline`) is "
+        "counted to the consumed batch that emitted the alert (the watermark waits "
+        '`lateness_s`); "judged" counts only to the end of the window or tick the alert is '
+        "about. The peers are fed the affected feature of the segment event by event.",
         "",
         "| change | streamproc | streamproc, judged | first streamproc detectors | River ADWIN "
         "| River Page-Hinkley | Alibi CVMDriftOnline |",
@@ -997,8 +1017,9 @@ def markdown(result: dict[str, Any]) -> str:
             f"Batch peer on the same windows: Evidently {peer['version']} `DataDriftPreset`, "
             f"{peer['segments']} segment(s) x {peer['windows']} window(s), each against that "
             f"segment's reference rows: {peer['us_per_event']:,.0f} us of CPU per event; "
-            f"streamproc's monitor (windows, ticks, statistics, detectors, labels) "
-            f"{peer['streamproc_us_per_event']:,.0f} us per event in the same run: "
+            f"streamproc in one process (decode, join, aggregation into partials, judging: "
+            f"windows, ticks, statistics, detectors, labels) "
+            f"{peer['streamproc_us_per_event']:,.0f} us per prediction in the same run: "
             f"Evidently costs {peer['ratio']:,.1f}x ours. On these stationary windows it called "
             f"{peer['drifted_columns']} of {peer['column_tests']} column tests drifted."
         )
