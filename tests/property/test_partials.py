@@ -1,0 +1,222 @@
+"""Partials are monoids like the sketches they hold: ``a.merge(b)`` equals one partial fed
+both, merging is associative, an empty (prepared) partial is the identity, ``absorb`` is
+``merge`` in place, and the stored forms round-trip. The sketches' own laws are
+``test_sketch_merge.py``; tolerances are in ``partial_rows.py``.
+
+Samples (partials built before a reference was known) keep the ``k`` rows of smallest hash;
+merges are given the same ``k`` the rows were folded with (the stages both use
+``monitoring.warmup_sample``).
+"""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamproc.aggregate.fold import prepare
+from streamproc.aggregate.partials import (
+    OutcomePartial,
+    OutcomeState,
+    TickPartial,
+    TickState,
+    decode_outcome,
+    decode_tick,
+    encode_outcome,
+    encode_tick,
+    merge_samples,
+)
+from streamproc.aggregate.wire import (
+    PartialsMessage,
+    ProgressMessage,
+    TickEntry,
+    decode_message,
+    encode_message,
+)
+from streamproc.baseline.reference import Reference
+from streamproc.errors import StateEncodingError
+from tests.property.partial_rows import (
+    SAMPLE_K,
+    Row,
+    assert_same_outcome,
+    assert_same_tick,
+    fed,
+    outcome_lists,
+    outcomes,
+    reference,
+    row_lists,
+)
+
+SETTINGS = settings(deadline=None, max_examples=80)
+binned = st.booleans()  # True: binned with a reference; False: sampled (no reference yet)
+
+
+def _ref(with_reference: bool) -> Reference | None:
+    return reference() if with_reference else None
+
+
+def _stored(p: TickPartial) -> bytes:
+    return msgspec.msgpack.encode(encode_tick(p))
+
+
+# -- TickPartial ---------------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(binned, row_lists, row_lists)
+def test_merge_of_two_tick_partials_equals_one_fed_both(
+    with_reference: bool, xs: list[Row], ys: list[Row]
+) -> None:
+    ref = _ref(with_reference)
+    merged = fed(xs, ref).merge(fed(ys, ref, first_offset=len(xs)), SAMPLE_K)
+    assert_same_tick(merged, fed(xs + ys, ref))
+
+
+@SETTINGS
+@given(binned, row_lists, row_lists, row_lists)
+def test_tick_partial_merge_is_associative(
+    with_reference: bool, xs: list[Row], ys: list[Row], zs: list[Row]
+) -> None:
+    ref = _ref(with_reference)
+    a, b, c = fed(xs, ref), fed(ys, ref, len(xs)), fed(zs, ref, len(xs) + len(ys))
+    assert_same_tick(
+        a.merge(b, SAMPLE_K).merge(c, SAMPLE_K), a.merge(b.merge(c, SAMPLE_K), SAMPLE_K)
+    )
+    assert_same_tick(a.merge(b, SAMPLE_K).merge(c, SAMPLE_K), fed(xs + ys + zs, ref))
+
+
+@SETTINGS
+@given(binned, row_lists, row_lists)
+def test_absorb_is_merge_in_place_and_leaves_the_other_partial_alone(
+    with_reference: bool, xs: list[Row], ys: list[Row]
+) -> None:
+    ref = _ref(with_reference)
+    a, b = fed(xs, ref), fed(ys, ref, len(xs))
+    before_a, before_b = _stored(a), _stored(b)
+    want = a.merge(b, SAMPLE_K)
+    assert (_stored(a), _stored(b)) == (before_a, before_b)  # merge changed neither
+    got = a.absorb(b, SAMPLE_K)
+    assert got is a
+    assert _stored(b) == before_b
+    assert_same_tick(a, want)
+    a.absorb(fed([], ref), SAMPLE_K)  # absorbing an empty partial changes nothing
+    assert_same_tick(a, want)
+
+
+@SETTINGS
+@given(binned, row_lists)
+def test_an_empty_prepared_partial_is_the_identity(with_reference: bool, xs: list[Row]) -> None:
+    ref = _ref(with_reference)
+    a = fed(xs, ref)
+    empty = TickPartial()
+    prepare(empty, ref)
+    assert _stored(a.merge(empty, SAMPLE_K)) == _stored(a)
+    assert _stored(empty.merge(a, SAMPLE_K)) == _stored(a)
+
+
+@SETTINGS
+@given(row_lists, row_lists)
+def test_merge_common_adds_only_the_reference_independent_parts(
+    xs: list[Row], ys: list[Row]
+) -> None:
+    a, b = fed(xs, reference()), fed(ys, None, len(xs))
+    both = fed(xs + ys, None)
+    common = TickPartial()
+    common.merge_common(a)
+    common.merge_common(b)
+    assert (common.count, common.offsets) == (both.count, both.offsets)
+    assert common.present == both.present
+    assert common.latency == both.latency or common.latency.count == both.latency.count
+    assert common.fp is None and not common.numeric and not common.sample
+
+
+def test_partials_of_different_references_do_not_merge() -> None:
+    with pytest.raises(ValueError, match="references"):
+        fed([], reference()).merge(fed([], None))
+
+
+@SETTINGS
+@given(binned, row_lists)
+def test_tick_partial_round_trips_through_its_stored_form(
+    with_reference: bool, xs: list[Row]
+) -> None:
+    a = fed(xs, _ref(with_reference))
+    blob = _stored(a)
+    back = decode_tick(msgspec.msgpack.decode(blob, type=TickState))
+    assert_same_tick(back, a)
+    assert _stored(back) == blob
+
+
+@SETTINGS
+@given(
+    st.lists(st.integers(0, 2**63), unique=True, max_size=12),
+    st.lists(st.integers(0, 2**63), unique=True, max_size=12),
+    st.integers(1, 10),
+)
+def test_merged_samples_keep_the_smallest_hashes_of_both(
+    xs: list[int], ys: list[int], k: int
+) -> None:
+    a, b = [[h] for h in sorted(xs)], [[h] for h in sorted(set(ys) - set(xs))]
+    kept, dropped = merge_samples(a, b, k)
+    everything = sorted(r[0] for r in a + b)
+    assert [r[0] for r in kept] == everything[:k]
+    assert dropped == max(len(everything) - k, 0)
+
+
+# -- OutcomePartial ------------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(outcome_lists, outcome_lists)
+def test_merge_of_two_outcome_partials_equals_one_fed_both(xs: list, ys: list) -> None:
+    assert_same_outcome(outcomes(xs).merge(outcomes(ys)), outcomes(xs + ys))
+
+
+@SETTINGS
+@given(outcome_lists, outcome_lists, outcome_lists)
+def test_outcome_partial_merge_is_associative(xs: list, ys: list, zs: list) -> None:
+    a, b, c = outcomes(xs), outcomes(ys), outcomes(zs)
+    assert_same_outcome(a.merge(b).merge(c), a.merge(b.merge(c)))
+    assert_same_outcome(OutcomePartial().merge(a), a)
+    assert_same_outcome(a.merge(OutcomePartial()), a)
+
+
+@SETTINGS
+@given(outcome_lists)
+def test_outcome_partial_round_trips_and_its_calibration_bins_add_up(xs: list) -> None:
+    a = outcomes(xs)
+    blob = msgspec.msgpack.encode(encode_outcome(a))
+    back = decode_outcome(msgspec.msgpack.decode(blob, type=OutcomeState))
+    assert_same_outcome(back, a)
+    assert msgspec.msgpack.encode(encode_outcome(back)) == blob
+    n, conf, correct = a.calibration([0.1 * i for i in range(1, 10)])
+    assert (sum(n), sum(conf), sum(correct)) == (sum(a.cal_n), sum(a.cal_conf), sum(a.cal_correct))
+    assert sum(a.cal_n) == sum(1 for _, _, c in xs if c is not None)
+
+
+# -- the internal topic's messages ---------------------------------------------------------------
+
+
+@SETTINGS
+@given(row_lists, outcome_lists, st.floats(-1e10, 1e10), st.sampled_from(["p0", "l5"]))
+def test_messages_of_the_partials_topic_round_trip(
+    xs: list[Row], os: list, start: float, source: str
+) -> None:
+    entry = TickEntry(
+        start,
+        [("1", "all", encode_tick(fed(xs, reference()))), ("1", "c=x", encode_tick(fed(xs, None)))],
+        [("1", "all", encode_outcome(outcomes(os)))],
+    )
+    for m in (
+        PartialsMessage(source, "churn", [entry]),
+        ProgressMessage(source, start, start + 5.0, None),
+        ProgressMessage(source, start, start + 5.0, 130.0),
+    ):
+        assert decode_message(encode_message(m)) == m
+
+
+@pytest.mark.parametrize("blob", [b"", b"SPP0\x90", b"SPP1", b"SPP1\xc1", b"SPP1\x92\x01\x02"])
+def test_a_message_of_another_format_or_corrupt_is_refused(blob: bytes) -> None:
+    with pytest.raises(StateEncodingError):
+        decode_message(blob)
