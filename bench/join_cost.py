@@ -59,7 +59,7 @@ import redis.asyncio as aioredis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from streamproc import join as after_module  # noqa: E402
+from streamproc.ingest import join as after_module  # noqa: E402
 
 
 @dataclass(frozen=True)

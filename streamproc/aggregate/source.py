@@ -151,6 +151,10 @@ class SourceAggregator:
         self.clock = SourceClock(cfg.tick_s, cfg.lateness_s)
         self.last_offset = -1
         self.last_record_s = -math.inf  # record time of its newest record (for idleness)
+        # Its newest event time when its references reached the baseline store's change count
+        # `noticed_generation`: everything it binned with a reference before is older.
+        self.noticed_generation = 0
+        self.noticed = -math.inf
         self.ticks: dict[float, dict[tuple[str, str, str], TickPartial]] = {}
         self.outcome_ticks: dict[float, dict[tuple[str, str, str], OutcomePartial]] = {}
         self._dirty: set[float] = set()
@@ -374,6 +378,13 @@ class SourceAggregator:
             for model, entries in sorted(by_model.items())
         ]
 
+    def notice(self) -> None:
+        """Note the newest event time as of the references' current generation (call before
+        folding with them)."""
+        generation = self.refs.generation
+        if generation > self.noticed_generation:
+            self.noticed_generation, self.noticed = generation, self.clock.newest
+
     def go_quiet(self) -> list[PartialsMessage]:
         """The source has been quiet for ``idle_timeout_s`` with nothing left to read: every
         tick it holds is complete now (an event that comes later for one of them is late), so
@@ -391,7 +402,14 @@ class SourceAggregator:
         return now_s - since
 
     def progress(self, idle_for_s: float | None = None) -> ProgressMessage:
-        return ProgressMessage(self.source, self.clock.flushed_until, self.clock.newest, idle_for_s)
+        return ProgressMessage(
+            self.source,
+            self.clock.flushed_until,
+            self.clock.newest,
+            idle_for_s,
+            self.noticed_generation,
+            self.noticed,
+        )
 
     # -- checkpoint ------------------------------------------------------------------------------
 

@@ -82,6 +82,8 @@ class AggregateStage:
             agg = self.source(f"{prefix}{partition}")
             agg.last_record_s = max(agg.last_record_s, ms / 1000)
             self.first_record_s = min(self.first_record_s, ms / 1000)
+        for agg in self.sources.values():
+            agg.notice()
         for src in sorted(through):
             agg = self.source(src)
             before = agg.clock.flushed_until

@@ -53,6 +53,7 @@ class ProgressMessage(msgspec.Struct, array_like=True, frozen=True, tag="progres
     newest: float  # the newest event time the source has seen
     idle_for_s: float | None  # None while the source is active; else how long it has been quiet
     generation: int = 0  # the baseline store's change count the source's references reflect
+    noticed: float = -float("inf")  # its newest event time when it noticed that count
 
 
 Message = PartialsMessage | ProgressMessage

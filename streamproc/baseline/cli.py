@@ -181,8 +181,23 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_delete(args: argparse.Namespace) -> int:
+    """``streamproc baseline delete``: running workers stop judging against it (its monitors
+    warm up again from their next windows, or use a warm-up reference they already had)."""
+    from streamproc.config import load_config
+
+    cfg = load_config(args.config)
+    store = _store(cfg)
+    if not _redis_call(cfg, lambda: store.delete(args.model, args.version)):
+        known = _redis_call(cfg, lambda: store.versions(args.model))
+        hint = f"; stored versions: {', '.join(known)}" if known else ""
+        raise BaselineError(f"no baseline for {args.model}/{args.version}{hint}")
+    print(f"deleted baseline {args.model}/{args.version}")
+    return 0
+
+
 def register_cli(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``streamproc baseline build|show``."""
+    """Add ``streamproc baseline build|show|delete``."""
     p = sub.add_parser("baseline", help="build, store and show reference baselines")
     actions = p.add_subparsers(dest="action", required=True)
 
@@ -223,3 +238,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     s.add_argument("--version", help="model_version (default: the latest stored)")
     s.add_argument("--segment", default=ALL, help="the segment whose columns to list")
     s.set_defaults(func=cmd_show)
+
+    d = actions.add_parser("delete", help="delete a stored baseline (running workers follow)")
+    d.add_argument("--model", required=True, help="model_id")
+    d.add_argument("--version", required=True, help="model_version")
+    d.set_defaults(func=cmd_delete)

@@ -13,7 +13,8 @@ def run(args: argparse.Namespace) -> int:
     import redis
     from confluent_kafka import Consumer, Producer
 
-    from streamproc import contracts, topics
+    from streamproc import contracts
+    from streamproc.kafka import topics
 
     cfg = load_config(args.config)
     for line in topics.apply(cfg, topics.load_topics(cfg)).lines():

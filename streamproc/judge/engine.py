@@ -188,6 +188,7 @@ class ModelJudge:
         self.refs = refs
         self.timeline = ReferenceTimeline()
         self.pending_baselines: dict[str, PendingBaseline] = {}
+        self.hold = math.inf  # no prediction window from here closes: a change is pending
         self.pending: dict[float, dict[str, list[tuple[str, str, TickState]]]] = {}
         self.pending_outcomes: dict[float, dict[str, list[tuple[str, str, OutcomeState]]]] = {}
         self.closed_until = -math.inf
@@ -269,23 +270,30 @@ class ModelJudge:
         )
         return True
 
-    def decide(self, acknowledged: Callable[[int], bool], newest: float) -> list[str]:
+    def decide(
+        self, acknowledged: Callable[[int], bool], binned_until: Callable[[int], float]
+    ) -> list[str]:
         """Apply the pending baselines every source has acknowledged; return what was decided.
 
         A version never given a reference before takes its baseline from the first window not
         closed yet (the sources sampled it). Otherwise the baseline starts at the first window
-        after every event a source may have binned with the previous reference (``newest``, the
-        newest event time any source had seen once all of them had noticed the change; they
-        sample it meanwhile), and never before the first window not closed yet.
+        after every event a source may have binned with the previous reference
+        (``binned_until(generation)``: the sources sample a model once they notice its change,
+        see :meth:`~streamproc.judge.progress.SourceProgress.binned_until`), and never before
+        the first window not closed yet. Until then no window from where it may start closes
+        (:attr:`hold`), so none is judged against the reference the change replaces.
         """
         done = []
+        self.hold = math.inf
         for version in sorted(self.pending_baselines):
             p = self.pending_baselines[version]
             start = self.window_cursor
             if self.timeline.decided(version):
+                bound = self._window_start(binned_until(p.generation)) + self.cfg.window_s
+                start = max(start, bound)
                 if not acknowledged(p.generation):
+                    self.hold = min(self.hold, start)
                     continue
-                start = max(start, self._window_start(newest) + self.cfg.window_s)
             del self.pending_baselines[version]
             if self.timeline.set_baseline(version, start, p.stamp, p.created_at, p.refs, p.dims):
                 since = iso(start) if start > -math.inf else "its first window"
@@ -307,7 +315,7 @@ class ModelJudge:
         at the same moment (replays and tests)."""
         stamp = stamp if stamp is not None else (None if created_at is None else created_at)
         self.offer_baseline(version, stamp, created_at, refs, dims, 0)
-        return bool(self.decide(lambda _g: True, -math.inf))
+        return bool(self.decide(lambda _g: True, lambda _g: -math.inf))
 
     def _ref(self, fp: str | None) -> Reference | None:
         ref = self.refs.get(fp)
@@ -378,6 +386,8 @@ class ModelJudge:
         cfg = self.cfg
         out = Output()
         b_p, complete_p = self._bound(bounds.predictions, bounds.silent_predictions, final)
+        if not final:
+            b_p = min(b_p, self.hold)
         b_o, _ = self._bound(bounds.outcomes, bounds.silent_outcomes, final)
         b_o = min(b_o, b_p)
         tick_s, window_s = cfg.tick_s, cfg.window_s

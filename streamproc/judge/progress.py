@@ -62,6 +62,7 @@ class _Source(msgspec.Struct, array_like=True):
     newest: float = -math.inf
     idle_for_s: float | None = None
     generation: int = 0
+    noticed: float = -math.inf
 
 
 class ProgressState(msgspec.Struct, array_like=True):
@@ -89,7 +90,8 @@ class SourceProgress:
         src.flushed_until = max(src.flushed_until, msg.flushed_until)
         src.newest = max(src.newest, msg.newest)
         src.idle_for_s = msg.idle_for_s
-        src.generation = max(src.generation, msg.generation)
+        if msg.generation >= src.generation:
+            src.generation, src.noticed = msg.generation, msg.noticed
 
     def _bound(self, names: list[str]) -> tuple[float, tuple[float, float] | None]:
         if not names:
@@ -119,6 +121,19 @@ class SourceProgress:
     def newest(self) -> float:
         """The newest event time any source has seen."""
         return max((s.newest for s in self.sources.values()), default=-math.inf)
+
+    def binned_until(self, generation: int) -> float:
+        """The newest event time any source may have binned with a reference it had before
+        noticing the baseline store's change ``generation``: what an active source had seen
+        when it noticed, all an idle source has seen, and, for a source that has not noticed
+        yet, at least all it has seen (it may bin newer events before it notices)."""
+        return max(
+            (
+                s.noticed if s.idle_for_s is None and s.generation >= generation else s.newest
+                for s in self.sources.values()
+            ),
+            default=-math.inf,
+        )
 
     def state(self) -> ProgressState:
         return ProgressState(self.sources)

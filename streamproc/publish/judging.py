@@ -310,7 +310,8 @@ class JudgeStage:
                     continue
                 before = _timeline_bytes(judge)
                 try:
-                    for line in judge.decide(part.progress.acknowledged, part.progress.newest()):
+                    progress = part.progress
+                    for line in judge.decide(progress.acknowledged, progress.binned_until):
                         self._picked(model, line)
                     out = judge.advance(bounds, stamp)
                 except Exception as exc:

@@ -3,7 +3,7 @@
 =================================  =====================================================
 ``P:agg:<source>``                  hash: a source's aggregation checkpoint (``head`` and
                                     one field per open tick)
-``P:agg:first``                     the record time of the first record of any source
+``P:firstrecord``                   the record time of the first record of any source
 ``P:judge:<model>``                 a model judge's checkpoint (``SPM3``)
 ``P:judgepart:<k>``                 partition ``k`` of the partials topic: its sources'
                                     progress, applied offset, models, quarantined models
@@ -35,7 +35,7 @@ class Keys:
     @property
     def first_record(self) -> str:
         """The record time of the first record any source had (idleness of empty sources)."""
-        return f"{self.prefix}:agg:first"
+        return f"{self.prefix}:firstrecord"
 
     def judge(self, model: str) -> str:
         return f"{self.prefix}:judge:{model}"

@@ -97,7 +97,7 @@ class SourceStage:
         self.first_record_s: float | None = None  # the first record time of the deployment
         self.seen_at: dict[str, float] = {}  # wall time a source was first assigned here
         self._touched: set[str] = set()
-        self._announced = 0  # the baseline store generation last announced in progress
+        self._announced: dict[str, int] = {}  # source -> the store generation it announced
 
     # -- references ------------------------------------------------------------------------------
 
@@ -165,13 +165,17 @@ class SourceStage:
             if n != before.get(model, 0):
                 self.metrics.aggregated.labels(model=model).inc(n - before.get(model, 0))
         partials, progress = self.stage.take()
-        if self.book.generation != self._announced:
-            # A baseline changed: say at once that these sources know (the judge applies the
-            # change once every source does); the timer covers the others.
-            moved = {p.source for p in progress}
-            progress += [a.progress() for n, a in sorted(self.stage.sources.items())
-                         if n not in moved]  # fmt: skip
-            self._announced = self.book.generation
+        # A baseline changed: say at once that these sources know (the judge applies the
+        # change once every source does); the timer covers the others.
+        gen = self.book.generation
+        moved = {p.source for p in progress}
+        progress += [
+            a.progress()
+            for n, a in sorted(self.stage.sources.items())
+            if n not in moved and self._announced.get(n, 0) < gen
+        ]
+        for p in progress:
+            self._announced[p.source] = gen
         self.send(partials, progress)
 
     def send(
@@ -211,7 +215,7 @@ class SourceStage:
         changed) that every assigned source knows; returns how many were idle."""
         now = self.wall()
         await retry(self.refresh, "redis", self.metrics)
-        announce = self.book.generation != self._announced
+        gen = self.book.generation
         timeout = self.cfg.monitoring.idle_timeout_s
         if self.first_record_s is None:
             stored = await self.client.get(self.keys.first_record)
@@ -224,6 +228,7 @@ class SourceStage:
             agg = self.stage.sources.get(source)
             if agg is None:
                 agg = await retry(lambda s=source: self.restore(s), "redis", self.metrics)
+            agg.notice()
             # No record yet anywhere: quiet since this worker has had the source.
             first = self.first_record_s
             if first is None:
@@ -233,16 +238,16 @@ class SourceStage:
                 partials += agg.go_quiet()
                 quiet.append(agg.progress(idle_for))
                 self._touched.add(source)
-            elif announce:
-                quiet.append(agg.progress())
-        idle = sum(1 for q in quiet if q.idle_for_s is not None)
-        if announce:
-            for source in sorted(set(assigned) - {q.source for q in quiet}):
+        idle = len(quiet)
+        for source in sorted(set(assigned) - {q.source for q in quiet}):
+            if self._announced.get(source, 0) < gen:
                 agg = self.stage.sources.get(source) or await retry(
                     lambda s=source: self.restore(s), "redis", self.metrics
                 )
+                agg.notice()
                 quiet.append(agg.progress())
-            self._announced = self.book.generation
+        for q in quiet:
+            self._announced[q.source] = gen
         if quiet:
             # Aggregation steps 3-5 for what the silence completed.
             self.send(partials, quiet)

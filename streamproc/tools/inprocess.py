@@ -38,7 +38,7 @@ from streamproc.ingest.join import Joined
 from streamproc.ingest.memory_join import MemoryJoin
 from streamproc.judge import checkpoint
 from streamproc.judge.engine import Hook, ModelJudge, Output
-from streamproc.judge.progress import Bounds, ProgressState, SourceProgress
+from streamproc.judge.progress import ProgressState, SourceProgress
 from streamproc.judge.timeline import ReferenceTimeline
 from streamproc.worker.metrics import WorkerMetrics
 
@@ -167,9 +167,13 @@ class InProcessPipeline:
                 version, stamp, profile.created_at, refs, list(profile.segment_dims), 0
             )
         self.decisions += [
-            (model, line) for line in j.decide(lambda _g: True, self.progress.newest())
+            (model, line) for line in j.decide(lambda _g: True, lambda _g: self._binned_until())
         ]
         self.book.set(model, j.timeline, stored)
+
+    def _binned_until(self) -> float:
+        """The newest event any source has folded: every source notices a change at once."""
+        return max((a.clock.newest for a in self.stage.sources.values()), default=-math.inf)
 
     def use_timeline(self, model: str, timeline: ReferenceTimeline) -> None:
         """Judge ``model`` with a timeline decided elsewhere (a live worker's): which baseline
@@ -227,7 +231,9 @@ class InProcessPipeline:
         self.advance()
 
     def advance(self, final: bool = False) -> Output:
-        bounds = Bounds.final() if final else self.progress.bounds()
+        # At the end too, the sources' real progress says which windows were complete (their
+        # volume is judged) and which the end of the input cut short.
+        bounds = self.progress.bounds()
         total = Output()
         for model in sorted(self.judges):
             out = self.judges[model].advance(bounds, self.emitted_at(), final)

@@ -724,9 +724,98 @@ def run_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass
+class WorkerStatus:
+    """One worker's stages as its heartbeat (Redis ``P:worker:<id>``) last told."""
+
+    worker: str
+    age_s: float  # how long ago the heartbeat was written
+    stages: dict[str, dict[str, float]]  # stage -> last_progress age, partitions, waiting
+    quarantined: str
+
+    def stalled(self, stall_s: float) -> list[str]:
+        """Stages with input waiting and no batch finished for ``stall_s``."""
+        return [
+            st
+            for st, v in sorted(self.stages.items())
+            if v["waiting"] > 0 and v["since_progress_s"] > stall_s
+        ]
+
+    def line(self, stall_s: float) -> str:
+        parts = []
+        for st, v in sorted(self.stages.items()):
+            if not v["partitions"]:
+                continue
+            since = v["since_progress_s"]
+            ago = "never" if since == float("inf") else f"{since:.0f} s ago"
+            waiting = f", {int(v['waiting'])} with input waiting" if v["waiting"] else ""
+            parts.append(f"{st}: {int(v['partitions'])} partitions, last batch {ago}{waiting}")
+        text = f"worker {self.worker} (seen {self.age_s:.0f} s ago): " + "; ".join(
+            parts or ["idle"]
+        )
+        stalled = self.stalled(stall_s)
+        if stalled:
+            text += f"\n  STALLED: {', '.join(stalled)} (input waiting, no batch for {stall_s:g} s)"
+        if self.quarantined:
+            text += f"\n  QUARANTINED: {self.quarantined}"
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        return {"worker": self.worker, "age_s": round(self.age_s, 1), "stages": self.stages,
+                "quarantined": self.quarantined}  # fmt: skip
+
+
+def workers(cfg: Config, now: float | None = None) -> list[WorkerStatus]:
+    """Every worker's heartbeat of the last two minutes (``streamproc worker`` writes one
+    every 10 s)."""
+    import redis
+
+    from streamproc.publish.keys import Keys
+
+    now = time.time() if now is None else now
+    client = redis.Redis.from_url(cfg.redis.url, password=cfg.redis.password)
+    keys = Keys(cfg.redis.key_prefix)
+    out = []
+    try:
+        for key in sorted(client.scan_iter(match=keys.workers, count=100)):
+            raw = {k.decode(): v.decode() for k, v in client.hgetall(key).items()}
+            if "at" not in raw:
+                continue
+            stages: dict[str, dict[str, float]] = {}
+            for stage in ("predictions", "labels", "judge"):
+                last = float(raw.get(f"{stage}.last_progress", "0") or 0)
+                stages[stage] = {
+                    "since_progress_s": round(now - last, 1) if last > 0 else float("inf"),
+                    "partitions": float(raw.get(f"{stage}.partitions", "0")),
+                    "waiting": float(raw.get(f"{stage}.waiting", "0")),
+                }
+            name = key.decode().rsplit(":", 1)[-1]
+            out.append(
+                WorkerStatus(name, now - float(raw["at"]), stages, raw.get("quarantined", ""))
+            )
+    except redis.RedisError as exc:
+        print(f"streamproc: Redis at {cfg.redis.url}: {exc}", file=sys.stderr)
+    finally:
+        client.close()
+    return out
+
+
+STALL_S = 300.0  # the same threshold as the StreamprocStageStalled Prometheus rule
+
+
 def run_status(args: argparse.Namespace) -> int:
     """``streamproc status``."""
     cfg = load_config(args.config)
+    if args.workers:
+        found = workers(cfg)
+        if args.json:
+            print(json.dumps([w.to_json() for w in found], separators=(",", ":")))
+        else:
+            print("\n".join(w.line(STALL_S) for w in found) or "no worker heartbeat in Redis")
+        return 1 if any(w.stalled(STALL_S) or w.quarantined for w in found) else 0
+    if not args.json:
+        for w in workers(cfg):
+            print(w.line(STALL_S))
     board = status(cfg, model=args.model, since_s=args.since, timeout=args.timeout, err=sys.stderr)
     rows = board.rows(args.model, top=args.top)
     if args.json:
@@ -779,4 +868,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         help="give up reading a topic after S seconds (default 60)",
     )  # fmt: skip
     s.add_argument("--json", action="store_true", help="the rows as one JSON array")
+    s.add_argument(
+        "--workers", action="store_true",
+        help="only the workers' stages (exit code 1 when one is stalled or a model quarantined)",
+    )  # fmt: skip
     s.set_defaults(func=run_status)

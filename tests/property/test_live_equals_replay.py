@@ -21,6 +21,7 @@ the live judges decided (which baseline judges which window), field for field bu
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import random
 import uuid
@@ -160,7 +161,7 @@ class Live:
             return
         log = self.logs["partials"]
         assert topic == log.name and partition is not None
-        log.parts[partition].append((value, int(self.wall * 1000)))
+        log.parts[partition].append((value, round(self.wall * 1000)))
 
     def start(self) -> dict[str, Any]:
         if self.process is None:
@@ -215,7 +216,7 @@ class Live:
             moved = False
             for topic, log in self.logs.items():
                 for p in range(len(log.parts)):
-                    proc = self.start()
+                    self.start()
                     if self.read[(topic, p)] < len(log.parts[p]):
                         self.step(topic, p, 1000)
                         moved = True
@@ -226,12 +227,15 @@ class Live:
 
     def silence(self, gap: float) -> None:
         self.drain()
-        self.wall += gap
+        # On a whole millisecond, and what is produced next a millisecond later: record times
+        # are in ms, and a record stamped with the silence's own ms would be ambiguous.
+        self.wall = math.ceil((self.wall + gap) * 1000) / 1000
         proc = self.start()
         quiet = {f"p{p}": True for p in range(P)} | {f"l{p}": True for p in range(L)}
         self.run(proc["sources"].report_idle(quiet))
         self.silences.append(self.wall)
         self.drain()
+        self.wall += 0.001
 
 
 class Traffic:
@@ -316,7 +320,7 @@ class LiveEqualsReplay(RuleBasedStateMachine):
             p = (partition + i) % P
             for e in batch:
                 self.traffic.where[e["prediction_id"]] = (p, len(log.parts[p]))
-            log.parts[p].append((value, int(self.live.wall * 1000)))
+            log.parts[p].append((value, round(self.live.wall * 1000)))
 
     @rule(n=st.integers(1, 60), partition=st.integers(0, L - 1))
     def produce_labels(self, n: int, partition: int) -> None:
@@ -328,7 +332,7 @@ class LiveEqualsReplay(RuleBasedStateMachine):
             self.live.after[(partition, len(part))] = [
                 self.traffic.where[lab["prediction_id"]] for lab in labels
             ]
-            part.append((value, int(self.live.wall * 1000)))
+            part.append((value, round(self.live.wall * 1000)))
 
     @rule(topic=st.sampled_from(["predictions", "labels", "partials"]), p=st.integers(0, 2),
           n=st.integers(1, 8),

@@ -286,6 +286,53 @@ RULE_CASES: dict[str, dict[str, Any]] = {
             ),
         ],
     },
+    "a_stage_with_input_waiting_and_no_batch_for_5m_is_stalled": {
+        "input_series": [
+            {
+                "series": f'streamproc_stage_input_pending{{{W},stage="judge"}}',
+                "values": "3x20",
+            },
+            {
+                # its last batch finished at t=0 (Unix time 0 in promtool's clock)
+                "series": f'streamproc_stage_last_progress_seconds{{{W},stage="judge"}}',
+                "values": "0x20",
+            },
+            {
+                "series": f'streamproc_stage_input_pending{{{W},stage="predictions"}}',
+                "values": "0x20",
+            },
+            {
+                "series": f'streamproc_stage_last_progress_seconds{{{W},stage="predictions"}}',
+                "values": "0x20",
+            },
+        ],
+        "alert_rule_test": [
+            _expect("StreamprocStageStalled", "4m"),
+            _expect(
+                "StreamprocStageStalled",
+                "10m",
+                {
+                    "severity": "critical",
+                    "job": "streamproc",
+                    "instance": "w:6066",
+                    "stage": "judge",
+                },
+            ),
+        ],
+    },
+    "a_quarantined_model_pages_at_once": {
+        "input_series": [
+            {"series": f"streamproc_models_quarantined{{{W}}}", "values": "0 0 1x5"},
+        ],
+        "alert_rule_test": [
+            _expect("StreamprocModelQuarantined", "1m"),
+            _expect(
+                "StreamprocModelQuarantined",
+                "3m",
+                {"severity": "critical", "job": "streamproc", "instance": "w:6066"},
+            ),
+        ],
+    },
     "only_a_lag_that_grows_above_the_floor_alerts": {
         "input_series": [
             {
