@@ -5,9 +5,11 @@ Run: ``.venv/bin/python bench/pipeline_throughput.py [--size 100000] [--repeats 
 The workload is :mod:`streamproc.dev.synthetic`'s standard one (20 numeric + 3 categorical
 features, segment dimensions country x device = 4 x 3, scores, a label for every prediction
 arriving with a lognormal delay, in label-time order, on its own topic), seeded, generated and
-produced as a stream (never held in memory). ``--size`` counts events: predictions + labels,
-half each. Each message shape gets its own *source* topics, filled once. Then, ``--repeats``
-times, interleaved, every path below runs over a copy of the same source contents:
+produced as a stream (never held in memory) the way the SDK's ``PredictionLogger`` sends it:
+each event to the partition of its ``prediction_id`` (murmur2), a shape's events of one
+partition packed into messages keyed by their first id. ``--size`` counts events: predictions
++ labels, half each. Each message shape gets its own *source* topics, filled once. Then,
+``--repeats`` times, interleaved, every path below runs over a copy of the same contents:
 
 * 100-event messages (``--batch``): the **limit loop** (``bench/limit_loop.py``: batched
   confluent-kafka consume, the project's decoder, a pipelined Redis join, numpy folds into
@@ -52,7 +54,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import os
 import random
 import re
@@ -96,6 +97,7 @@ from streamproc.config import Config
 from streamproc.dev.stack import cache_dir
 from streamproc.dev.synthetic import Workload, WorkloadSpec, reference_profile
 from streamproc.kafka import topics
+from streamproc.sdk.producer import default_partition
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -203,40 +205,77 @@ def spec() -> WorkloadSpec:
     return WorkloadSpec()
 
 
-def encoded(values: Iterator[dict[str, Any]], counter: list[int]) -> Iterator[bytes]:
-    """orjson-encode a stream of dicts, counting them into ``counter[0]``."""
-    dumps = orjson.dumps
-    for v in values:
+def counting(events: Iterator[dict[str, Any]], counter: list[int]) -> Iterator[dict[str, Any]]:
+    """``events`` as they come, counted into ``counter[0]``."""
+    for event in events:
         counter[0] += 1
-        yield dumps(v)
+        yield event
 
 
-def pack(events: Iterator[bytes], per_message: int) -> Iterator[bytes]:
-    """Message values from a stream: each event alone, or JSON arrays of ``per_message``.
+def messages_of(
+    events: Iterator[dict[str, Any]], per_message: int, partitions: int
+) -> Iterator[tuple[int, bytes, bytes]]:
+    """(partition, key, value) of each message, as the SDK's ``PredictionLogger`` sends them:
+    each event to the partition of its ``prediction_id`` (murmur2, as Kafka's Java client),
+    ``per_message`` events of one partition as one JSON array keyed by its first id.
 
-    >>> list(pack(iter([b"1", b"2", b"3"]), 2))
-    [b'[1,2]', b'[3]']
+    >>> evs = [{"prediction_id": i} for i in "abcdef"]
+    >>> [(p, k, v.count(b"prediction_id")) for p, k, v in messages_of(iter(evs), 2, 2)]
+    [(0, b'a', 2), (0, b'c', 2), (1, b'd', 2)]
     """
-    if per_message == 1:
-        yield from events
-        return
-    while chunk := list(itertools.islice(events, per_message)):
-        yield b"[" + b",".join(chunk) + b"]"
+    dumps = orjson.dumps
+    pending: dict[int, list[tuple[bytes, bytes]]] = {}
+
+    def message(p: int, batch: list[tuple[bytes, bytes]]) -> tuple[int, bytes, bytes]:
+        if per_message == 1:
+            return p, batch[0][0], batch[0][1]
+        return p, batch[0][0], b"[" + b",".join(v for _, v in batch) + b"]"
+
+    for event in events:
+        key = str(event["prediction_id"]).encode()
+        p = default_partition(key, partitions)
+        batch = pending.setdefault(p, [])
+        batch.append((key, dumps(event)))
+        if len(batch) >= per_message:
+            yield message(p, batch)
+            pending[p] = []
+    yield from (message(p, batch) for p, batch in sorted(pending.items()) if batch)
+
+
+def produce(cfg: Config, topic: str, messages: Iterator[tuple[int, bytes, bytes]]) -> int:
+    """Write ``messages`` to their partitions of ``topic``, wait for Kafka; return the count."""
+    producer = Producer({**cfg.kafka.librdkafka(), "linger.ms": 20, "message.max.bytes": 8_388_608})
+    n = 0
+    for partition, key, value in messages:
+        while True:
+            try:
+                producer.produce(topic, value, key, partition)
+                break
+            except BufferError:
+                producer.poll(0.1)
+        n += 1
+    if producer.flush(60) != 0:
+        raise RuntimeError(f"could not produce every message to {topic}")
+    return n
 
 
 def fill(cfg: Config, size: int, per_message: int, seed: int) -> Source:
     """Create ``cfg``'s topics and produce ``size // 2`` predictions and their labels."""
     topics.apply(cfg, topics.load_topics(cfg))
     work = Workload(spec(), size // 2, seed)
-    events = {role: [0] for role in ROLES}
     names = {role: getattr(cfg.topics, role) for role in ROLES}
     streams = {"predictions": work.predictions(), "labels": work.labels()}
-    messages = {
-        role: ib.produce(cfg, names[role], pack(encoded(streams[role], events[role]), per_message))
-        for role in ROLES
-    }
+    events: dict[str, int] = {}
+    messages: dict[str, int] = {}
+    for role in ROLES:
+        counted = [0]
+        batches = messages_of(
+            counting(streams[role], counted), per_message, len(watermarks(cfg, names[role]))
+        )
+        messages[role] = produce(cfg, names[role], batches)
+        events[role] = counted[0]
     highs = {role: watermarks(cfg, names[role]) for role in ROLES}
-    return Source(names, {r: c[0] for r, c in events.items()}, messages, highs)
+    return Source(names, events, messages, highs)
 
 
 def watermarks(cfg: Config, topic: str) -> dict[int, int]:
