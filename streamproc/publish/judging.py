@@ -240,6 +240,7 @@ class JudgeStage:
         self._unparked: list[str] = []
         outbox: dict[int, list[Record]] = defaultdict(list)
         parked: dict[str, list[bytes]] = defaultdict(list)
+        added: dict[str, list[bytes]] = defaultdict(list)
         touched: set[int] = set()
         for k in sorted({m[0] for m in messages}):
             await retry(lambda k=k: self._partition(k, outbox), "redis", self.metrics)
@@ -269,22 +270,29 @@ class JudgeStage:
             await retry(lambda m=model, p=part: self._judge(m, p, outbox), "redis", self.metrics)
             judge = self.judges[model]
             late, dup = judge.late_partials, judge.duplicate_partials
+            added[model].append(blob)
             try:
                 judge.add(msg)
             except Exception as exc:
                 self._quarantine(model, part, exc, outbox)
-                parked[model].append(blob)
+                parked[model] += added.pop(model)  # this batch's, lost with the judge's memory
                 continue
             if judge.late_partials > late:
                 self.metrics.partials.labels(result="late").inc(judge.late_partials - late)
             if judge.duplicate_partials > dup:
                 self.metrics.partials.labels(result="duplicate").inc(judge.duplicate_partials - dup)
         await retry(lambda: self.refresh(force=new_models), "redis", self.metrics)
-        await self._judge_partitions(touched, outbox, parked)
+        await self._judge_partitions(touched, outbox, parked, added)
 
     async def _judge_partitions(
-        self, touched: set[int], outbox: dict[int, list[Record]], parked: dict[str, list[bytes]]
+        self,
+        touched: set[int],
+        outbox: dict[int, list[Record]],
+        parked: dict[str, list[bytes]],
+        added: dict[str, list[bytes]] | None = None,
     ) -> None:
+        """Judging steps 1 (closing) to 5; ``added``: per model, this batch's messages it took
+        (parked with the model if judging it fails now: its memory of them is lost)."""
         fps: set[str] = set()
         for k in touched:
             for model in self.parts[k].models:
@@ -316,7 +324,7 @@ class JudgeStage:
                     out = judge.advance(bounds, stamp)
                 except Exception as exc:
                     self._quarantine(model, part, exc, outbox)
-                    self.judges.pop(model, None)
+                    parked[model] = (added or {}).get(model, []) + parked.get(model, [])
                     continue
                 outputs[model] = out
                 after = _timeline_bytes(judge)
