@@ -17,22 +17,22 @@ of event time, 20,000 predictions span 400 s: one 300 s window closed and the ne
 with its ticks and detectors, which is a monitor's steady state. The state measured is what a
 worker holds for its monitors then:
 
-* **judges** (:class:`~streamproc.judge.engine.ModelJudge`: pending ticks, open windows,
-  detectors, alert state). The fed models' judges are measured live; every model's judge is
-  then restored from the last fed model's checkpoint (``streamproc.judge.checkpoint``), as a
+* **judges** (:class:`~streamproc.judge.engine.ModelJudge`: tick summaries and window partials not
+  closed yet, detectors, alert state). The fed models' judges are measured live; every model's judge
+  is then restored from the last fed model's checkpoint (``streamproc.judge.checkpoint``), as a
   restarted worker holds it (feeding 125 models live takes minutes);
 * **references**: each model's baseline references with their prepared arrays;
-* **sources' open partials**: the ticks the aggregation stage holds per source partition until
-  its watermark passes them (``lateness_s`` and the tick in progress), 6 prediction and 6 label
-  sources. The fed models' are measured live; the fleet's are the fed model's copied for every
+* **sources' open partials**: the window partials (with their unsent tick summaries) the aggregation
+  stage holds per source partition until its watermark passes the window's end, 6 prediction and 6
+  label sources. The fed models' are measured live; the fleet's are the fed model's copied for every
   model, as one worker that owns every partition holds them.
 
 Reported per monitor: the ``tracemalloc`` growth of building the restored fleet, split into
-references, judges and sources (and the live-fed judges and sources alone beside them); the
-growth of the process's resident set over building the same fleet without ``tracemalloc``
-(coarser: allocator slack included); and the bytes of what Redis holds: each judge's
-checkpoint (``checkpoint.to_bytes``) and each source's checkpoint hash (``head`` and one field
-per open tick, ``SourceAggregator.checkpoint``), references excluded (they are stored once per
+references, judges and sources (and the live-fed judges and sources alone beside them); the growth
+of the process's resident set over building the same fleet without ``tracemalloc`` (coarser:
+allocator slack included); and the bytes of what Redis holds: each judge's checkpoint
+(``checkpoint.to_bytes``) and each source's checkpoint hash (``head`` and one field per model's open
+window, ``SourceAggregator.checkpoint``), references excluded (they are stored once per
 fingerprint).
 
 Writes ``bench/out/memory_per_monitor-<run id>.json`` and prints two markdown tables. Nothing
@@ -61,7 +61,6 @@ from typing import Any
 import msgspec
 import orjson
 
-from streamproc.aggregate.partials import OutcomePartial
 from streamproc.aggregate.source import SourceAggregator
 from streamproc.baseline import ReferenceProfile
 from streamproc.baseline.reference import Reference, ReferenceCache, references_of
@@ -207,12 +206,11 @@ def feed_live(cfg: Config, blobs: Sequence[bytes], n_predictions: int, seed: int
         raise RuntimeError(f"fed {len(blobs)} models, the pipeline judged {sorted(pipe.judges)}")
     judges = {m: checkpoint.to_bytes(j) for m, j in sorted(pipe.judges.items())}
     sources = {name: agg.checkpoint()[0] for name, agg in sorted(pipe.stage.sources.items())}
-    open_windows = sum(len(s.windows) for j in pipe.judges.values() for s in j.segments.values())
+    open_windows = len(
+        {(m, w) for agg in pipe.stage.sources.values() for m, _, _, w, _ in agg.windows}
+    )
     open_ticks = sum(
-        len(cell)
-        for agg in pipe.stage.sources.values()
-        for ticks in (agg.ticks, agg.outcome_ticks)
-        for cell in ticks.values()
+        len(agg.windows) + len(agg.outcome_windows) for agg in pipe.stage.sources.values()
     )
     alerts = len(pipe.alerts)
 
@@ -232,7 +230,7 @@ def feed_live(cfg: Config, blobs: Sequence[bytes], n_predictions: int, seed: int
 
 def fleet_sources(fed: Fed, cfg: Config, n_models: int, lookup: Any) -> dict[str, SourceAggregator]:
     """Every source as one worker owning all partitions holds it for ``n_models`` models: the
-    fed models' open ticks restored from their checkpoints, the last fed model's copied for
+    fed models' open windows restored from their checkpoints, the last fed model's copied for
     each of the others."""
     n_fed = len(fed.judges)
     template = model_name(n_fed - 1)
@@ -241,13 +239,13 @@ def fleet_sources(fed: Fed, cfg: Config, n_models: int, lookup: Any) -> dict[str
         agg, why = SourceAggregator.restore(name, cfg.monitoring, lookup, fields)
         if why:
             raise SystemExit(why)
-        for ticks, copy in ((agg.ticks, lambda p: p.copy()),
-                            (agg.outcome_ticks, lambda o: OutcomePartial().merge(o))):  # fmt: skip
-            for cell in ticks.values():
-                mine = [(v, k, p) for (m, v, k), p in cell.items() if m == template]
-                for j in range(n_fed, n_models):
-                    for v, k, p in mine:
-                        cell[(model_name(j), v, k)] = copy(p)
+        mine = [(at, p) for at, p in agg.windows.items() if at[0] == template]
+        mine_o = [(at, o) for at, o in agg.outcome_windows.items() if at[0] == template]
+        for j in range(n_fed, n_models):
+            for at, p in mine:
+                agg.windows[(model_name(j), *at[1:])] = p.copy()  # type: ignore[index]
+            for oat, o in mine_o:
+                agg.outcome_windows[(model_name(j), *oat[1:])] = o.copy()  # type: ignore[index]
         out[name] = agg
     return out
 

@@ -80,6 +80,7 @@ from confluent_kafka import (
     Consumer,
     ConsumerGroupState,
     ConsumerGroupTopicPartitions,
+    KafkaError,
     KafkaException,
     Producer,
     TopicPartition,
@@ -283,10 +284,17 @@ def watermarks(cfg: Config, topic: str) -> dict[int, int]:
     consumer = Consumer({**cfg.kafka.librdkafka(), "group.id": "bench-watermarks"})
     try:
         meta = consumer.list_topics(topic, timeout=30).topics[topic]
-        return {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
-            for p in meta.partitions
-        }
+        for attempt in range(20):  # a topic just created may not have its leaders yet
+            try:
+                return {
+                    p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+                    for p in meta.partitions
+                }
+            except KafkaException as exc:
+                if attempt == 19 or exc.args[0].code() != KafkaError.NOT_LEADER_FOR_PARTITION:
+                    raise
+                time.sleep(0.5)
+        raise AssertionError("unreachable")
     finally:
         consumer.close()
 

@@ -1,10 +1,12 @@
 """Fold a batch into partials, column-wise: the per-event work of the whole monitor path.
 
-A batch's accepted predictions are grouped by ``(model, version, raw segment key, tick)``; each
-group's rows go into that group's :class:`~streamproc.aggregate.partials.TickPartial` with a
-handful of numpy passes shared by all groups: one binning pass per numeric feature for every
-group binned with the same reference, one factorisation per categorical feature. Joined
-outcomes go into :class:`~streamproc.aggregate.partials.OutcomePartial` s the same way.
+A batch's accepted predictions are grouped by ``(model, version, raw segment key, window)``;
+each group's rows go into that window's :class:`~streamproc.aggregate.partials.WindowPartial`,
+and each row's count, offset and standardised sums also into the
+:class:`~streamproc.aggregate.partials.TickSummary` of its tick, with a handful of numpy passes
+shared by all groups: one binning pass per numeric feature for every group binned with the
+same reference, one factorisation per categorical feature. Joined outcomes go into
+:class:`~streamproc.aggregate.partials.OutcomePartial` s the same way.
 
 Folding is deterministic: a partial's integer parts (counts, histograms, fixed-point sums) are
 the same however the rows were cut into batches; its moments differ at most in the last bits.
@@ -25,7 +27,8 @@ from streamproc.aggregate.partials import (
     CONFIDENCE_EDGES,
     Z_SCALE,
     OutcomePartial,
-    TickPartial,
+    TickSummary,
+    WindowPartial,
     merge_spans,
 )
 from streamproc.baseline import category_value
@@ -42,11 +45,44 @@ feature names must not grow the state)."""
 
 @dataclass
 class FoldGroup:
-    """The rows of a batch that go to one partial, with the reference that bins them."""
+    """The rows of a batch that go to one partial, with the reference that bins them, and the
+    summaries of their ticks: row ``idx[i]`` is in ``summaries[codes[i]]`` (none, as for rows
+    the judge bins, when ``codes`` is ``None``)."""
 
-    partial: TickPartial
+    partial: WindowPartial
     ref: Reference | None
     idx: np.ndarray  # row numbers in the batch, in offset order
+    summaries: list[TickSummary] | None = None
+    codes: np.ndarray | None = None
+
+
+def _runs(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A stable order grouping equal ``codes``, and each run's start in it and its code."""
+    order = np.argsort(codes, kind="stable")
+    sorted_codes = codes[order]
+    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+    return order, starts, sorted_codes[starts]
+
+
+def _tick_spans(cols: Columns, g: FoldGroup) -> None:
+    """Counts and offsets of the group's rows into their ticks' summaries."""
+    assert g.summaries is not None and g.codes is not None
+    off = cols.offsets_array()[g.idx]
+    part = str(cols.partition)
+    if len(g.summaries) == 1:
+        x = g.summaries[0]
+        x.count += len(g.idx)
+        if off.size:
+            merge_spans(x.offsets, {part: [int(off.min()), int(off.max())]})
+        return
+    order, starts, codes = _runs(g.codes)
+    so = off[order]
+    lo, hi = np.minimum.reduceat(so, starts), np.maximum.reduceat(so, starts)
+    sizes = np.diff(np.r_[starts, so.size])
+    for code, n, a, b in zip(codes.tolist(), sizes.tolist(), lo.tolist(), hi.tolist(), strict=True):
+        x = g.summaries[code]
+        x.count += n
+        merge_spans(x.offsets, {part: [a, b]})
 
 
 def _gather(
@@ -94,7 +130,7 @@ def _spans(cols: Columns, idx: np.ndarray) -> dict[str, list[int]]:
     return {str(cols.partition): [int(off.min()), int(off.max())]}
 
 
-def _present(cols: Columns, rows: list[int], p: TickPartial, watched: frozenset[str]) -> None:
+def _present(cols: Columns, rows: list[int], p: WindowPartial, watched: frozenset[str]) -> None:
     """Count the rows carrying each feature into ``p.present``: every watched feature, and the
     first :data:`MAX_OTHER_FEATURES` others in offset order (so the same on any cut)."""
     feats = cols.features
@@ -130,7 +166,7 @@ def fold_predictions(cols: Columns, groups: Sequence[FoldGroup], sample_k: int) 
     together: dict[tuple[int, ...], list[str]] = {}
     for name, gis in numeric.items():
         together.setdefault(tuple(gis), []).append(name)
-    results: dict[str, dict[int, tuple[int, int, int, int]]] = {}
+    results: dict[str, dict[int, NumericResult]] = {}
     for gis_key, names in together.items():
         # Groups binned with one reference are adjacent: one searchsorted for each run.
         gis = sorted(gis_key, key=lambda gi: groups[gi].ref.fp)  # type: ignore[union-attr]
@@ -165,9 +201,11 @@ def fold_predictions(cols: Columns, groups: Sequence[FoldGroup], sample_k: int) 
         predictions = _label_counts(cols, "", cols.prediction_labels(), groups, predicted)
     latency, has_latency = cols.latency()
     for gi, g in enumerate(groups):
-        p, ref, idx = g.partial, g.ref, g.idx
+        p, ref, idx, summaries = g.partial, g.ref, g.idx, g.summaries
         p.count += len(idx)
         merge_spans(p.offsets, _spans(cols, idx))
+        if summaries is not None:
+            _tick_spans(cols, g)
         lat = latency[idx] if has_latency is None else latency[idx][has_latency[idx]]
         if lat.size:
             p.latency.update_many(lat)
@@ -175,10 +213,16 @@ def fold_predictions(cols: Columns, groups: Sequence[FoldGroup], sample_k: int) 
         if ref is None:
             _present(cols, rows, p, frozenset())
             _sample(cols, p, rows, sample_k)
+            if summaries is not None and g.codes is not None:
+                if len(summaries) == 1:
+                    _sample(cols, summaries[0], rows, sample_k)
+                else:
+                    for code, i in zip(g.codes.tolist(), rows, strict=True):
+                        _sample(cols, summaries[code], [i], sample_k)
             continue
         _present(cols, rows, p, ref.watched)
         for name in ref.numeric:
-            mismatched, total, n, squares = results[name][gi]
+            mismatched, total, n, squares, ticks = results[name][gi]
             if mismatched:
                 p.mismatched[name] = p.mismatched.get(name, 0) + mismatched
             if n and ref.scales[name][1] > 0:
@@ -186,6 +230,12 @@ def fold_predictions(cols: Columns, groups: Sequence[FoldGroup], sample_k: int) 
                 acc[0] += total
                 acc[1] += n
                 acc[2] += squares
+                if summaries is not None:
+                    for code, t_total, t_n, t_squares in ticks:
+                        acc = summaries[code].zsum.setdefault(name, [0, 0, 0])
+                        acc[0] += t_total
+                        acc[1] += t_n
+                        acc[2] += t_squares
         for name in ref.categorical:
             sk = p.categorical.get(name)
             if sk is None:
@@ -202,7 +252,7 @@ def fold_predictions(cols: Columns, groups: Sequence[FoldGroup], sample_k: int) 
             p.prediction.update_counts(*predictions[gi])
 
 
-def prepare(partial: TickPartial, ref: Reference | None) -> None:
+def prepare(partial: WindowPartial, ref: Reference | None) -> None:
     """Give an empty partial the sketches ``ref`` bins with (or none: it will sample)."""
     partial.fp = None if ref is None else ref.fp
     if ref is None:
@@ -215,18 +265,31 @@ def prepare(partial: TickPartial, ref: Reference | None) -> None:
     partial.score = NumericSketch(ref.score_edges)
 
 
+NumericResult = tuple[int, int, int, int, list[tuple[int, int, int, int]]]
+
+
 def _fold_numeric(
     cols: Columns, groups: Sequence[FoldGroup], names: list[str], gis: list[int]
-) -> dict[str, dict[int, tuple[int, int, int, int]]]:
+) -> dict[str, dict[int, NumericResult]]:
     """Numeric features ``names`` for the groups ``gis`` (a reference's groups adjacent):
     update their sketches; return per feature and group (mismatched values, fixed-point sum of
-    z, count, fixed-point sum of z²). Work items are (feature, group) pairs, feature-major."""
+    z, count, fixed-point sum of z², and per tick code ``(code, sum of z, count, sum of z²)``).
+    Work items are (feature, group) pairs, feature-major."""
     idx, sizes, _ = _gather(cols, groups, gis)
     numcols = [cols.numeric(name) for name in names]
     n_groups = len(gis)
     n = len(cols)
     values = np.stack([c.values for c in numcols])[:, idx].ravel()
     n_all = np.tile(sizes, len(names))
+    ticked = [gi for gi in gis if groups[gi].codes is not None]
+    codes = np.zeros(0, np.int64)
+    if ticked:
+        per_group = [
+            np.zeros(len(groups[gi].idx), np.int64) if groups[gi].codes is None
+            else groups[gi].codes
+            for gi in gis
+        ]  # fmt: skip
+        codes = np.tile(np.concatenate(per_group).astype(np.int64), len(names))
     nulls: list[int] | None
     if all(c.finite is None for c in numcols):  # every value a finite number: no filtering
         nums, n_nums, nulls = values, n_all, None
@@ -248,6 +311,8 @@ def _fold_numeric(
         mismatched = (n_all - n_nums - n_null).tolist()
         is_fin = mask("finite", True)
         fin, n_fin = values[is_fin], group_counts(is_fin, n_all, ends)
+        if ticked:
+            codes = codes[is_fin]
     sketches = [groups[gi].partial.numeric[name] for name in names for gi in gis]
     NumericSketch.update_groups(sketches, nums, n_nums, nulls)
     # Tick sums in fixed point (micro-sd integers): exact in any order or grouping. Non-finite
@@ -262,6 +327,7 @@ def _fold_numeric(
                 centre[k], scale[k] = mean, sd
             k += 1
     totals = squares = [0] * n_all.size
+    ticks: list[list[tuple[int, int, int, int]]] = [[] for _ in range(n_all.size)]
     if fin.size and scale.any():
         ok = scale > 0
         sd = np.where(ok, scale, 1.0).repeat(n_fin)
@@ -270,20 +336,33 @@ def _fold_numeric(
             z[~ok.repeat(n_fin)] = 0.0
         np.clip(z, -Z_CLIP, Z_CLIP, out=z)
         f_ends = n_fin.cumsum()
+        zi = np.rint(z * Z_SCALE).astype(np.int64)
+        zi2 = np.rint(np.square(z) * Z_SCALE).astype(np.int64)
 
         def group_sums(v: np.ndarray) -> list[int]:
-            cs = np.concatenate(([0], np.rint(v * Z_SCALE).astype(np.int64).cumsum()))
+            cs = np.concatenate(([0], v.cumsum()))
             return (cs[f_ends] - cs[f_ends - n_fin]).tolist()  # type: ignore[no-any-return]
 
-        totals, squares = group_sums(z), group_sums(np.square(z))
-    per_item = list(zip(mismatched, totals, n_fin.tolist(), squares, strict=True))
+        totals, squares = group_sums(zi), group_sums(zi2)
+        if ticked:
+            # Per (work item, tick): runs of one key, in a stable order (integers: exact).
+            span = int(codes.max()) + 1 if codes.size else 1
+            key = np.repeat(np.arange(n_all.size, dtype=np.int64), n_fin) * span + codes
+            order, starts, run_keys = _runs(key)
+            t_totals = np.add.reduceat(zi[order], starts).tolist()
+            t_squares = np.add.reduceat(zi2[order], starts).tolist()
+            t_n = np.diff(np.r_[starts, key.size]).tolist()
+            for k, a, n_k, b in zip(run_keys.tolist(), t_totals, t_n, t_squares, strict=True):
+                item, code = divmod(k, span)
+                ticks[item].append((code, a, n_k, b))
+    per_item = list(zip(mismatched, totals, n_fin.tolist(), squares, ticks, strict=True))
     return {
         name: dict(zip(gis, per_item[f * n_groups : (f + 1) * n_groups], strict=True))
         for f, name in enumerate(names)
     }
 
 
-def _sample(cols: Columns, p: TickPartial, rows: list[int], k: int) -> None:
+def _sample(cols: Columns, p: WindowPartial | TickSummary, rows: list[int], k: int) -> None:
     """Keep the ``k`` rows of smallest position hash: the same whatever the order or cut."""
     sample = p.sample
     for i in rows:
@@ -298,7 +377,7 @@ def _sample(cols: Columns, p: TickPartial, rows: list[int], k: int) -> None:
             p.sampled_out += 1
 
 
-def fold_rows(rows: Sequence[list[Any]], partial: TickPartial, ref: Reference) -> None:
+def fold_rows(rows: Sequence[list[Any]], partial: WindowPartial, ref: Reference) -> None:
     """Bin sampled rows with ``ref`` into an empty partial, as :func:`fold_predictions` would
     have binned the events they came from (the judging stage uses it for windows that were
     sampled before a reference existed)."""
@@ -330,23 +409,100 @@ def fold_rows(rows: Sequence[list[Any]], partial: TickPartial, ref: Reference) -
     )
 
 
+def tick_zsums(
+    items: Sequence[tuple[Sequence[list[Any]], Reference]],
+) -> list[dict[str, list[int]]]:
+    """The fixed-point standardised sums (``WindowPartial.zsum``) of sampled rows, per item of
+    ``(rows, reference)``, as :func:`fold_predictions` would have summed the events they came
+    from: the judge's way to feed detectors a tick that was sampled. One pass per feature over
+    every item's rows.
+    """
+    out: list[dict[str, list[int]]] = [{} for _ in items]
+    rows = [r for rs, _ in items for r in rs]
+    if not rows:
+        return out
+    n = len(rows)
+    cols = Columns([r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows],
+                   [None] * n, -1, [0] * n, [0] * n)  # fmt: skip
+    sizes = np.array([len(rs) for rs, _ in items], dtype=np.int64)
+    ends = sizes.cumsum()
+    names = sorted({name for _, ref in items for name in ref.numeric})
+    for name in names:
+        scales = [ref.scales[name] if name in ref.numeric else (0.0, 0.0) for _, ref in items]
+        centre = np.array([m for m, _ in scales]).repeat(sizes)
+        sd = np.array([d for _, d in scales]).repeat(sizes)
+        col = cols.numeric(name)
+        ok = sd > 0
+        if col.finite is not None:
+            ok &= col.finite
+        z = np.where(ok, (np.nan_to_num(col.values) - centre) / np.where(sd > 0, sd, 1.0), 0.0)
+        np.clip(z, -Z_CLIP, Z_CLIP, out=z)
+        zi = np.rint(z * Z_SCALE).astype(np.int64)
+        zi2 = np.rint(np.square(z) * Z_SCALE).astype(np.int64)
+        for sums_of, v in enumerate((zi, zi2, ok.astype(np.int64))):
+            cs = np.concatenate(([0], v.cumsum()))
+            per = (cs[ends] - cs[ends - sizes]).tolist()
+            for i, value in enumerate(per):
+                if scales[i][1] > 0:
+                    out[i].setdefault(name, [0, 0, 0])[(0, 2, 1)[sums_of]] = value
+    for zs in out:
+        for name in [k for k, v in zs.items() if v[1] == 0]:
+            del zs[name]
+    return out
+
+
 def fold_outcomes(
-    items: Sequence[tuple[OutcomePartial, Any, Any, float | None]],
+    outcomes: Sequence[tuple[Any, Any, float | None]],
+    groups: Sequence[tuple[OutcomePartial, float, Sequence[int]]],
 ) -> None:
-    """Fold ``(partial, prediction, label, confidence)`` items, one outcome each."""
-    edges = CONFIDENCE_EDGES
-    for p, prediction, label, confidence in items:
-        p.labelled += 1
-        if is_number(prediction) and is_number(label):
-            p.abs_error += abs(float(prediction) - float(label))
-            p.numeric_pairs += 1
+    """Fold ``(prediction, label, confidence)`` outcomes into partials: each group
+    ``(partial, tick, positions)`` takes the outcomes at ``positions`` (in order)."""
+    edges = CONFIDENCE_EDGES.tolist()
+    texts: list[str | None] = []
+    right: list[int] = []
+    errors: list[float | None] = []
+    cal: list[tuple[int, int] | None] = []
+    for prediction, label, confidence in outcomes:
         label_text = category_value(label)
-        right = category_value(prediction) == label_text
-        if right:
-            p.correct += 1
-        p.labels.update(label_text)
+        texts.append(label_text)
+        ok = int(category_value(prediction) == label_text)
+        right.append(ok)
+        numeric = is_number(prediction) and is_number(label)
+        errors.append(abs(float(prediction) - float(label)) if numeric else None)
         if confidence is not None and 0.0 <= confidence <= 1.0:
-            b = int(np.searchsorted(edges, confidence, side="left"))
-            p.cal_n[b] += 1
-            p.cal_conf[b] += round(confidence * Z_SCALE)
-            p.cal_correct[b] += 1 if right else 0
+            cal.append((bisect.bisect_left(edges, confidence), round(confidence * Z_SCALE)))
+        else:
+            cal.append(None)
+    for p, tick, idx in groups:
+        n = len(idx)
+        if not n:
+            continue
+        correct = sum(right[i] for i in idx)
+        p.labelled += n
+        p.correct += correct
+        t = p.ticks.get(tick)
+        if t is None:
+            t = p.ticks[tick] = [0, 0]
+        t[0] += n
+        t[1] += correct
+        counts: dict[str, int] = {}
+        nulls = 0
+        for i in idx:
+            text = texts[i]
+            if text is None:
+                nulls += 1
+            else:
+                counts[text] = counts.get(text, 0) + 1
+            err = errors[i]
+            if err is not None:
+                p.abs_error += err
+                p.numeric_pairs += 1
+            c = cal[i]
+            if c is not None:
+                acc = p.cal.get(c[0])
+                if acc is None:
+                    acc = p.cal[c[0]] = [0, 0, 0]
+                acc[0] += 1
+                acc[1] += c[1]
+                acc[2] += right[i]
+        p.labels.update_counts(counts, nulls)

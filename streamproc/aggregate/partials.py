@@ -1,35 +1,41 @@
-"""Partials: mergeable per-tick state, the only thing that crosses from aggregation to judging.
+"""Partials: mergeable state, the only thing that crosses from aggregation to judging.
 
 The aggregation stage folds the events of one source partition into one partial per
-``(model, version, raw segment key, tick)``; the judging stage merges the partials of every
-source into windows. Both kinds are monoids like the sketches they hold: an empty partial is
-the identity and :meth:`~TickPartial.merge` is associative, so a window merged from partials
-equals a window fed every event (counts, histograms, min and max exactly; moments up to
-floating-point rounding).
+``(model, version, raw segment key, window)``, and keeps inside it a small summary per tick
+(what the detectors need). When the source's watermark passes a tick, the tick's summaries are
+sent; when it passes a window, the window's partials are. The judging stage merges what every
+source sent. Partials are monoids like the sketches they hold: an empty partial is the identity
+and :meth:`~WindowPartial.merge` is associative, so a window merged from partials equals a
+window fed every event (counts, histograms, min and max exactly; moments up to floating-point
+rounding, and the published means and spreads exactly, from fixed-point sums).
 
-:class:`TickPartial`
+:class:`WindowPartial`
     Predictions, windowed by the prediction's event time. The per-feature parts are binned and
     standardised with one reference, named by its fingerprint ``fp``. A partial built while no
     reference was known holds a sample of its rows instead (``fp`` is ``None``): the judging
-    stage folds them in with whatever reference the window is judged against, exactly as the
+    stage bins them with whatever reference the window is judged against, exactly as the
     aggregation stage would have, or builds the warm-up reference from them.
+:class:`TickSummary`
+    A tick of a window partial: its count, offsets and standardised sums per feature (or, when
+    the partial samples, the tick's own sample: the judge bins it to feed the detectors).
 :class:`OutcomePartial`
-    Joined predictions and labels, windowed by the label's event time. Nothing in it depends on
-    a reference: counts, and confidences on a fixed grid of :data:`CONFIDENCE_BINS` bins that
-    any reference's calibration bins are unions of.
+    Joined predictions and labels, windowed by the label's event time, with labelled and correct
+    counts per tick. Nothing in it depends on a reference: counts, and confidences on a fixed
+    grid of :data:`CONFIDENCE_BINS` bins that any reference's calibration bins are unions of.
 
-Stored form: :func:`encode_tick` / :func:`decode_tick` (and the outcome pair) give msgspec
-Structs of plain values and sketch bytes; see :mod:`streamproc.aggregate.wire` for the messages.
+Stored form: :func:`encode_partial` / :func:`decode_partial` (and the summary and outcome
+pairs) give msgspec Structs of plain values and sketch bytes; see
+:mod:`streamproc.aggregate.wire` for the messages.
 
 Examples
 --------
->>> a, b = TickPartial(), TickPartial()
+>>> a, b = WindowPartial(), WindowPartial()
 >>> a.count, b.count = 2, 3
 >>> a.offsets, b.offsets = {"0": [5, 9]}, {"0": [1, 4], "1": [7, 7]}
 >>> m = a.merge(b)
 >>> m.count, m.offsets
 (5, {'0': [1, 9], '1': [7, 7]})
->>> decode_tick(encode_tick(m)).offsets == m.offsets
+>>> decode_partial(encode_partial(m)).offsets == m.offsets
 True
 """
 
@@ -104,9 +110,47 @@ def merge_samples(a: list[Row], b: list[Row], k: int) -> tuple[list[Row], int]:
     return merged[:k], max(len(merged) - k, 0)
 
 
+def add_sums(into: dict[str, list[int]], other: dict[str, list[int]]) -> None:
+    """Add ``other``'s per-feature fixed-point sums into ``into``, in place."""
+    for name, sums in other.items():
+        acc = into.setdefault(name, [0, 0, 0])
+        for i, v in enumerate(sums):
+            acc[i] += v
+
+
 @dataclass
-class TickPartial:
-    """What one source saw of one monitor in one tick; see the module docstring."""
+class TickSummary:
+    """What one source saw of one monitor in one tick, for its detectors."""
+
+    count: int = 0
+    fp: str | None = None  # the reference of the standardised sums (None: none, sampled)
+    zsum: dict[str, list[int]] = field(default_factory=dict)  # as WindowPartial.zsum
+    offsets: dict[str, list[int]] = field(default_factory=dict)
+    sample: list[Row] = field(default_factory=list)  # as WindowPartial.sample, when fp is None
+    sampled_out: int = 0
+
+    def absorb(self, other: TickSummary, k: int = 5000) -> TickSummary:
+        """Merge ``other`` in place (same ``fp``); returns this summary."""
+        if self.fp != other.fp:
+            raise ValueError(f"cannot merge summaries of references {self.fp} and {other.fp}")
+        self.count += other.count
+        merge_spans(self.offsets, other.offsets)
+        add_sums(self.zsum, other.zsum)
+        if other.sample or other.sampled_out:
+            self.sample, dropped = merge_samples(self.sample, other.sample, k)
+            self.sampled_out += other.sampled_out + dropped
+        return self
+
+    def copy(self) -> TickSummary:
+        return TickSummary(
+            self.count, self.fp, {k: list(v) for k, v in self.zsum.items()},
+            {p: list(r) for p, r in self.offsets.items()}, list(self.sample), self.sampled_out,
+        )  # fmt: skip
+
+
+@dataclass
+class WindowPartial:
+    """What one source saw of one monitor in one window; see the module docstring."""
 
     count: int = 0
     offsets: dict[str, list[int]] = field(default_factory=dict)
@@ -122,13 +166,14 @@ class TickPartial:
     score: NumericSketch | None = None
     sample: list[Row] = field(default_factory=list)  # ascending hash, when fp is None
     sampled_out: int = 0  # rows that did not fit the sample
+    ticks: dict[float, TickSummary] = field(default_factory=dict)  # not sent yet (source side)
 
     @property
     def complete_sample(self) -> bool:
         """Whether ``sample`` holds every row (so it can be binned exactly later)."""
         return self.fp is None and self.sampled_out == 0
 
-    def merge_common(self, other: TickPartial) -> None:
+    def merge_common(self, other: WindowPartial) -> None:
         """Add ``other``'s reference-independent parts (counts, offsets, latency) in place."""
         self.count += other.count
         merge_spans(self.offsets, other.offsets)
@@ -136,7 +181,7 @@ class TickPartial:
         if other.latency.count or other.latency.nulls:
             self.latency += other.latency
 
-    def absorb(self, other: TickPartial, k: int = 5000) -> TickPartial:
+    def absorb(self, other: WindowPartial, k: int = 5000) -> WindowPartial:
         """Merge ``other`` into this partial in place (``other`` is unchanged); both must
         share ``fp`` (or both sample). Returns this partial.
 
@@ -161,10 +206,7 @@ class TickPartial:
             else:
                 cmine += csk
         _add_counts(self.mismatched, other.mismatched)
-        for name, sums in other.zsum.items():
-            acc = self.zsum.setdefault(name, [0, 0, 0])
-            for i, v in enumerate(sums):
-                acc[i] += v
+        add_sums(self.zsum, other.zsum)
         if other.prediction is not None:
             if self.prediction is None:
                 self.prediction = other.prediction.copy()
@@ -178,14 +220,20 @@ class TickPartial:
         if other.sample or other.sampled_out:
             self.sample, dropped = merge_samples(self.sample, other.sample, k)
             self.sampled_out += other.sampled_out + dropped
+        for t, x in other.ticks.items():
+            have = self.ticks.get(t)
+            if have is None:
+                self.ticks[t] = x.copy()
+            else:
+                have.absorb(x, k)
         return self
 
-    def merge(self, other: TickPartial, k: int = 5000) -> TickPartial:
+    def merge(self, other: WindowPartial, k: int = 5000) -> WindowPartial:
         """A new partial equal to one fed both (see :meth:`absorb`)."""
         return self.copy().absorb(other, k)
 
-    def copy(self) -> TickPartial:
-        return TickPartial(
+    def copy(self) -> WindowPartial:
+        return WindowPartial(
             self.count,
             {p: list(s) for p, s in self.offsets.items()},
             dict(self.present),
@@ -199,33 +247,49 @@ class TickPartial:
             None if self.score is None else self.score.copy(),
             list(self.sample),
             self.sampled_out,
+            {t: x.copy() for t, x in self.ticks.items()},
         )
 
 
 @dataclass
 class OutcomePartial:
-    """What one source saw of one monitor's joined outcomes in one tick (by label time)."""
+    """What one source saw of one monitor's joined outcomes in one window (by label time)."""
 
     labelled: int = 0
     correct: int = 0
     abs_error: float = 0.0
     numeric_pairs: int = 0  # outcomes whose prediction and label are both numbers (MAE)
     labels: CategoricalSketch = field(default_factory=CategoricalSketch)
-    cal_n: list[int] = field(default_factory=lambda: [0] * CONFIDENCE_BINS)
-    cal_conf: list[int] = field(default_factory=lambda: [0] * CONFIDENCE_BINS)  # millionths
-    cal_correct: list[int] = field(default_factory=lambda: [0] * CONFIDENCE_BINS)
+    # confidence bin -> [labelled, sum of confidence in millionths, correct]
+    cal: dict[int, list[int]] = field(default_factory=dict)
+    ticks: dict[float, list[int]] = field(default_factory=dict)  # tick -> [labelled, correct]
+
+    def absorb(self, other: OutcomePartial) -> OutcomePartial:
+        """Merge ``other`` in place; returns this partial."""
+        self.labelled += other.labelled
+        self.correct += other.correct
+        self.abs_error += other.abs_error
+        self.numeric_pairs += other.numeric_pairs
+        self.labels += other.labels
+        for b, (n, conf, right) in other.cal.items():
+            acc = self.cal.setdefault(b, [0, 0, 0])
+            acc[0] += n
+            acc[1] += conf
+            acc[2] += right
+        for t, (n, right) in other.ticks.items():
+            acc = self.ticks.setdefault(t, [0, 0])
+            acc[0] += n
+            acc[1] += right
+        return self
 
     def merge(self, other: OutcomePartial) -> OutcomePartial:
+        return self.copy().absorb(other)
+
+    def copy(self) -> OutcomePartial:
         return OutcomePartial(
-            self.labelled + other.labelled,
-            self.correct + other.correct,
-            self.abs_error + other.abs_error,
-            self.numeric_pairs + other.numeric_pairs,
-            self.labels.merge(other.labels),
-            [a + b for a, b in zip(self.cal_n, other.cal_n, strict=True)],
-            [a + b for a, b in zip(self.cal_conf, other.cal_conf, strict=True)],
-            [a + b for a, b in zip(self.cal_correct, other.cal_correct, strict=True)],
-        )
+            self.labelled, self.correct, self.abs_error, self.numeric_pairs, self.labels.copy(),
+            {b: list(v) for b, v in self.cal.items()}, {t: list(v) for t, v in self.ticks.items()},
+        )  # fmt: skip
 
     def calibration(self, edges: Iterable[float]) -> tuple[list[int], list[int], list[int]]:
         """Per bin of a reference's calibration ``edges``: labelled, confidence sum
@@ -233,19 +297,27 @@ class OutcomePartial:
         100), as :func:`~streamproc.sketch.calibration_edges` gives."""
         e = np.asarray(list(edges), dtype=np.float64)
         uppers = np.append(CONFIDENCE_EDGES, np.inf)
-        target = np.searchsorted(e, uppers, side="left")
-        out = []
-        for part in (self.cal_n, self.cal_conf, self.cal_correct):
-            acc = np.zeros(e.size + 1, dtype=np.int64)
-            np.add.at(acc, target, np.asarray(part, dtype=np.int64))
-            out.append(acc.tolist())
+        target = np.searchsorted(e, uppers, side="left").tolist()
+        out = [[0] * (e.size + 1) for _ in range(3)]
+        for b, values in self.cal.items():
+            for part, v in zip(out, values, strict=True):
+                part[target[b]] += v
         return out[0], out[1], out[2]
 
 
 # -- stored form ----------------------------------------------------------------------------------
 
 
-class TickState(msgspec.Struct, array_like=True, omit_defaults=True):
+class SummaryState(msgspec.Struct, array_like=True, omit_defaults=True):
+    count: int = 0
+    fp: str | None = None
+    zsum: dict[str, list[int]] = {}
+    offsets: dict[str, list[int]] = {}
+    sample: list[list[Any]] = []
+    sampled_out: int = 0
+
+
+class PartialState(msgspec.Struct, array_like=True, omit_defaults=True):
     count: int = 0
     offsets: dict[str, list[int]] = {}
     present: dict[str, int] = {}
@@ -259,6 +331,7 @@ class TickState(msgspec.Struct, array_like=True, omit_defaults=True):
     score: bytes = b""
     sample: list[list[Any]] = []
     sampled_out: int = 0
+    ticks: dict[float, SummaryState] = {}
 
 
 class OutcomeState(msgspec.Struct, array_like=True, omit_defaults=True):
@@ -267,13 +340,23 @@ class OutcomeState(msgspec.Struct, array_like=True, omit_defaults=True):
     abs_error: float = 0.0
     numeric_pairs: int = 0
     labels: bytes = b""
-    cal_n: list[int] = []
-    cal_conf: list[int] = []
-    cal_correct: list[int] = []
+    cal: dict[int, list[int]] = {}
+    ticks: dict[float, list[int]] = {}
 
 
-def encode_tick(p: TickPartial) -> TickState:
-    return TickState(
+def encode_summary(t: TickSummary) -> SummaryState:
+    return SummaryState(t.count, t.fp, t.zsum, t.offsets, t.sample, t.sampled_out)
+
+
+def decode_summary(s: SummaryState) -> TickSummary:
+    return TickSummary(
+        s.count, s.fp, {k: list(v) for k, v in s.zsum.items()},
+        {p: list(v) for p, v in s.offsets.items()}, [list(r) for r in s.sample], s.sampled_out,
+    )  # fmt: skip
+
+
+def encode_partial(p: WindowPartial) -> PartialState:
+    return PartialState(
         p.count,
         p.offsets,
         p.present,
@@ -287,16 +370,17 @@ def encode_tick(p: TickPartial) -> TickState:
         b"" if p.score is None else p.score.to_bytes(),
         p.sample,
         p.sampled_out,
+        {t: encode_summary(x) for t, x in p.ticks.items()},
     )
 
 
-def decode_tick(s: TickState) -> TickPartial:
+def decode_partial(s: PartialState) -> WindowPartial:
     pred: NumericSketch | CategoricalSketch | None = None
     if s.prediction[:4] == NumericSketch.MAGIC:
         pred = NumericSketch.from_bytes(s.prediction)
     elif s.prediction:
         pred = CategoricalSketch.from_bytes(s.prediction)
-    return TickPartial(
+    return WindowPartial(
         s.count,
         {p: list(v) for p, v in s.offsets.items()},
         dict(s.present),
@@ -310,31 +394,23 @@ def decode_tick(s: TickState) -> TickPartial:
         NumericSketch.from_bytes(s.score) if s.score else None,
         [list(r) for r in s.sample],
         s.sampled_out,
+        {t: decode_summary(x) for t, x in s.ticks.items()},
     )
 
 
 def encode_outcome(p: OutcomePartial) -> OutcomeState:
     return OutcomeState(
-        p.labelled,
-        p.correct,
-        p.abs_error,
-        p.numeric_pairs,
-        p.labels.to_bytes(),
-        p.cal_n,
-        p.cal_conf,
-        p.cal_correct,
+        p.labelled, p.correct, p.abs_error, p.numeric_pairs, p.labels.to_bytes(), p.cal, p.ticks
     )
 
 
 def decode_outcome(s: OutcomeState) -> OutcomePartial:
-    zeros = [0] * CONFIDENCE_BINS
     return OutcomePartial(
         s.labelled,
         s.correct,
         s.abs_error,
         s.numeric_pairs,
         CategoricalSketch.from_bytes(s.labels) if s.labels else CategoricalSketch(),
-        list(s.cal_n) or list(zeros),
-        list(s.cal_conf) or list(zeros),
-        list(s.cal_correct) or list(zeros),
+        {b: list(v) for b, v in s.cal.items()},
+        {t: list(v) for t, v in s.ticks.items()},
     )

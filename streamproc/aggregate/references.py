@@ -79,9 +79,6 @@ class TimelineBook:
         start = (tick // window_s) * window_s
         return self.cache.get(tl.select_raw(version, raw_key, start))
 
-    def by_fp(self, fp: str) -> Reference | None:
-        return self.cache.get(fp)
-
     async def refresh(
         self, client: Any, prefix: str, models: Iterable[str], now: float, force: bool = False
     ) -> bool:

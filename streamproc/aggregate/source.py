@@ -35,14 +35,22 @@ from streamproc.aggregate.fold import FoldGroup, fold_outcomes, fold_predictions
 from streamproc.aggregate.partials import (
     OutcomePartial,
     OutcomeState,
-    TickPartial,
-    TickState,
+    PartialState,
+    TickSummary,
+    WindowPartial,
     decode_outcome,
-    decode_tick,
+    decode_partial,
     encode_outcome,
-    encode_tick,
+    encode_partial,
+    encode_summary,
 )
-from streamproc.aggregate.wire import PartialsMessage, ProgressMessage, TickEntry
+from streamproc.aggregate.wire import (
+    PartialsMessage,
+    ProgressMessage,
+    TickEntry,
+    WindowEntry,
+    pack,
+)
 from streamproc.baseline.reference import Reference
 from streamproc.config import MonitoringConfig
 from streamproc.contracts import Prediction
@@ -52,7 +60,7 @@ from streamproc.sketch import OTHER
 
 ALL: Final = "all"
 RAW_VALUES_CAP: Final = 100
-_MAGIC: Final = b"SPA2"
+_MAGIC: Final = b"SPA3"
 
 
 class ReferenceLookup(Protocol):
@@ -63,11 +71,6 @@ class ReferenceLookup(Protocol):
     def lookup(
         self, model_id: str, version: str, raw_key: str, tick: float
     ) -> Reference | None: ...
-
-    def by_fp(self, fp: str) -> Reference | None:
-        """A reference this lookup handed out before, by fingerprint (a tick keeps the
-        reference it started with when a newer one arrives halfway through it)."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,9 +118,9 @@ def raw_keys(segments: dict[str, str], dims: Sequence[str] | None) -> list[str]:
     return keys
 
 
-class _TickStored(msgspec.Struct, array_like=True):
-    predictions: list[tuple[str, str, str, TickState]] = []  # model, version, raw key, state
-    outcomes: list[tuple[str, str, str, OutcomeState]] = []
+class _WindowStored(msgspec.Struct, array_like=True):
+    predictions: list[tuple[str, str, PartialState]] = []  # version, raw key, state
+    outcomes: list[tuple[str, str, OutcomeState]] = []
 
 
 class _HeadStored(msgspec.Struct, array_like=True):
@@ -155,10 +158,12 @@ class SourceAggregator:
         # `noticed_generation`: everything it binned with a reference before is older.
         self.noticed_generation = 0
         self.noticed = -math.inf
-        self.ticks: dict[float, dict[tuple[str, str, str], TickPartial]] = {}
-        self.outcome_ticks: dict[float, dict[tuple[str, str, str], OutcomePartial]] = {}
-        self._dirty: set[float] = set()
-        self._gone: set[float] = set()
+        # (model, version, raw segment key, window start, reference fp or "") -> open partial:
+        # a window binned with a reference, then sampled while a change is pending, has two
+        self.windows: dict[tuple[str, str, str, float, str], WindowPartial] = {}
+        self.outcome_windows: dict[tuple[str, str, str, float], OutcomePartial] = {}
+        self._dirty: set[tuple[str, float]] = set()  # (model, window start) to checkpoint
+        self._gone: set[tuple[str, float]] = set()
         self._model_cfg: dict[str, MonitoringConfig] = {}
 
     def model_cfg(self, model: str) -> MonitoringConfig:
@@ -244,28 +249,31 @@ class SourceAggregator:
 
     _flushed_before = -math.inf
 
+    def _window_s(self, model: str) -> float:
+        return self.model_cfg(model).window_s
+
+    def window_of(self, model: str, t: float) -> float:
+        """The start of ``model``'s window holding event time ``t``."""
+        window_s = self.model_cfg(model).window_s
+        return float(math.floor(t / window_s) * window_s)
+
     def _partial(
-        self, tick: float, model: str, version: str, key: str, cap: Callable[[str], str]
-    ) -> tuple[TickPartial, Reference | None]:
-        cell = self.ticks.setdefault(tick, {})
+        self, window: float, model: str, version: str, key: str, cap: Callable[[str], str]
+    ) -> tuple[WindowPartial, Reference | None]:
         key = cap(key)
-        p = cell.get((model, version, key))
-        ref = self.refs.lookup(model, version, key, tick)
+        ref = self.refs.lookup(model, version, key, window)
+        at = (model, version, key, window, "" if ref is None else ref.fp)
+        p = self.windows.get(at)
         if p is None:
-            p = cell[(model, version, key)] = TickPartial()
+            p = self.windows[at] = WindowPartial()
             prepare(p, ref)
-        elif p.fp != (None if ref is None else ref.fp):
-            ref = None if p.fp is None else self.refs.by_fp(p.fp)
-            if ref is None and p.fp is not None:
-                raise StateEncodingError(f"reference {p.fp} of an open tick is not known")
         return p, ref
 
-    def _capper(self, tick: float, model: str) -> Callable[[str], str]:
-        """Map a raw key to itself, or to ``dim=__other__`` past the per-tick value cap."""
-        cell = self.ticks.get(tick, {})
+    def _capper(self, window: float, model: str) -> Callable[[str], str]:
+        """Map a raw key to itself, or to ``dim=__other__`` past the per-window value cap."""
         seen: dict[str, set[str]] = {}
-        for m, _, key in cell:
-            if m == model and key != ALL:
+        for m, _, key, w, _ in self.windows:
+            if m == model and w == window and key != ALL:
                 dim, _, value = key.partition("=")
                 seen.setdefault(dim, set()).add(value)
 
@@ -289,6 +297,7 @@ class SourceAggregator:
         ticks = (np.floor(np.array([a.event_time for a in kept]) / tick_s) * tick_s).tolist()
         rows: dict[tuple[str, str, str, float], list[int]] = {}
         keys_cache: dict[tuple[Any, ...], list[str]] = {}
+        windows: dict[tuple[str, float], float] = {}
         folded: Counter[str] = Counter()
         for i, (a, tick) in enumerate(zip(kept, ticks, strict=True)):
             ev = a.event
@@ -297,24 +306,45 @@ class SourceAggregator:
             if keys is None:
                 dims = self.model_cfg(ev.model_id).segment_dims
                 keys = keys_cache[ck] = raw_keys(ev.segments, dims)
+            window = windows.get((ev.model_id, tick))
+            if window is None:
+                window = windows[(ev.model_id, tick)] = self.window_of(ev.model_id, tick)
             for key in keys:
-                rows.setdefault((ev.model_id, ev.model_version, key, tick), []).append(i)
+                rows.setdefault((ev.model_id, ev.model_version, key, window), []).append(i)
             folded[ev.model_id] += 1
         by_k: dict[int, list[FoldGroup]] = {}
         cappers: dict[tuple[float, str], Callable[[str], str]] = {}
-        merged: dict[int, FoldGroup] = {}
-        for (model, version, key, tick), idx in rows.items():
-            capper = cappers.get((tick, model))
+        merged: dict[int, tuple[FoldGroup, list[np.ndarray]]] = {}
+        for (model, version, key, window), idx in rows.items():
+            capper = cappers.get((window, model))
             if capper is None:
-                capper = cappers[(tick, model)] = self._capper(tick, model)
-            p, ref = self._partial(tick, model, version, key, capper)
-            g = merged.get(id(p))
-            if g is None:  # several raw values pooled into one partial: one group
-                g = merged[id(p)] = FoldGroup(p, ref, np.asarray(idx, dtype=np.int64))
+                capper = cappers[(window, model)] = self._capper(window, model)
+            p, ref = self._partial(window, model, version, key, capper)
+            have = merged.get(id(p))
+            if have is None:
+                g = FoldGroup(p, ref, np.asarray(idx, dtype=np.int64))
+                merged[id(p)] = (g, [g.idx])
                 by_k.setdefault(self.model_cfg(model).warmup_sample, []).append(g)
+            else:  # several raw values pooled into one partial
+                have[1].append(np.asarray(idx, dtype=np.int64))
+            self._dirty.add((model, window))
+        for g, parts in merged.values():
+            if len(parts) > 1:
+                g.idx = np.sort(np.concatenate(parts))
+            row_ticks = [ticks[i] for i in g.idx.tolist()]
+            starts = sorted(set(row_ticks))
+            summaries = []
+            for t in starts:
+                x = g.partial.ticks.get(t)
+                if x is None:
+                    x = g.partial.ticks[t] = TickSummary(fp=g.partial.fp)
+                summaries.append(x)
+            g.summaries = summaries
+            if len(starts) == 1:
+                g.codes = np.zeros(len(row_ticks), np.int64)
             else:
-                g.idx = np.sort(np.concatenate([g.idx, np.asarray(idx, dtype=np.int64)]))
-            self._dirty.add(tick)
+                code_of = {t: c for c, t in enumerate(starts)}
+                g.codes = np.array([code_of[t] for t in row_ticks], dtype=np.int64)
         cols = Columns(
             [a.event.features for a in kept],
             [a.event.prediction for a in kept],
@@ -330,53 +360,67 @@ class SourceAggregator:
 
     def _fold_outcomes(self, kept: Sequence[Completed]) -> Counter[str]:
         tick_s = self.clock.tick_s
-        items = []
+        outcomes = []
+        groups: dict[tuple[int, float], tuple[OutcomePartial, float, list[int]]] = {}
         folded: Counter[str] = Counter()
-        for c in kept:
+        for i, c in enumerate(kept):
             rec, label = c.joined.prediction, c.joined.label
+            model = rec.model_id
             tick = tick_start(label.event_time, tick_s)
-            cell = self.outcome_ticks.setdefault(tick, {})
-            conf = confidence_of(rec.scores, rec.confidence)
-            dims = self.model_cfg(rec.model_id).segment_dims
+            window = self.window_of(model, label.event_time)
+            outcomes.append(
+                (rec.prediction, label.label, confidence_of(rec.scores, rec.confidence))
+            )
+            dims = self.model_cfg(model).segment_dims
             for key in raw_keys(rec.segments, dims):
-                p = cell.get((rec.model_id, rec.model_version, key))
+                at = (model, rec.model_version, key, window)
+                p = self.outcome_windows.get(at)
                 if p is None:
-                    p = cell[(rec.model_id, rec.model_version, key)] = OutcomePartial()
-                items.append((p, rec.prediction, label.label, conf))
-            self._dirty.add(tick)
-            folded[rec.model_id] += 1
-        fold_outcomes(items)
+                    p = self.outcome_windows[at] = OutcomePartial()
+                g = groups.get((id(p), tick))
+                if g is None:
+                    g = groups[(id(p), tick)] = (p, tick, [])
+                g[2].append(i)
+            self._dirty.add((model, window))
+            folded[model] += 1
+        fold_outcomes(outcomes, list(groups.values()))
         return folded
 
     # -- completion ------------------------------------------------------------------------------
 
     def complete(self) -> list[PartialsMessage]:
-        """Take every tick the watermark has passed: one message per model, ticks in order."""
+        """Take the ticks and windows the watermark has passed: per model, messages of the
+        ticks' summaries, then one message per window partial (a window's last tick completes
+        with it)."""
         until = self.clock.flushed_until
         tick_s = self.clock.tick_s
-        done = sorted(
-            {t for t in self.ticks if t + tick_s <= until}
-            | {t for t in self.outcome_ticks if t + tick_s <= until}
-        )
-        if not done:
-            return []
-        by_model: dict[str, dict[float, TickEntry]] = {}
-        for t in done:
-            preds = self.ticks.pop(t, {})
-            outs = self.outcome_ticks.pop(t, {})
-            per: dict[str, tuple[list[Any], list[Any]]] = {}
-            for (model, version, key), p in sorted(preds.items()):
-                per.setdefault(model, ([], []))[0].append((version, key, encode_tick(p)))
-            for (model, version, key), o in sorted(outs.items()):
-                per.setdefault(model, ([], []))[1].append((version, key, encode_outcome(o)))
-            for model, (p_items, o_items) in per.items():
-                by_model.setdefault(model, {})[t] = TickEntry(t, p_items, o_items)
-            self._dirty.discard(t)
-            self._gone.add(t)
-        return [
-            PartialsMessage(self.source, model, [entries[t] for t in sorted(entries)])
-            for model, entries in sorted(by_model.items())
-        ]
+        ticks: dict[str, dict[float, tuple[list[Any], list[Any]]]] = {}
+        windows: dict[str, dict[float, tuple[list[Any], list[Any]]]] = {}
+        for (model, version, key, w, _), p in sorted(self.windows.items()):
+            for t in sorted(t for t in p.ticks if t + tick_s <= until):
+                cell = ticks.setdefault(model, {}).setdefault(t, ([], []))
+                cell[0].append((version, key, encode_summary(p.ticks.pop(t))))
+                self._dirty.add((model, w))
+        for (model, version, key, w), o in sorted(self.outcome_windows.items()):
+            for t in sorted(t for t in o.ticks if t + tick_s <= until):
+                cell = ticks.setdefault(model, {}).setdefault(t, ([], []))
+                cell[1].append((version, key, o.ticks.pop(t)))
+                self._dirty.add((model, w))
+        for done, kind in ((self.windows, 0), (self.outcome_windows, 1)):
+            due = sorted(k for k in done if k[3] + self._window_s(k[0]) <= until)
+            for at in due:
+                model, version, key, w = at[:4]
+                part = done.pop(at)  # type: ignore[call-overload]
+                state = encode_partial(part) if kind == 0 else encode_outcome(part)  # type: ignore[arg-type]
+                cell = windows.setdefault(model, {}).setdefault(w, ([], []))
+                cell[kind].append((version, key, state))
+                self._gone.add((model, w))
+        out = []
+        for model in sorted(set(ticks) | set(windows)):
+            entries = [TickEntry(t, *ticks[model][t]) for t in sorted(ticks.get(model, {}))]
+            parts = [WindowEntry(w, *windows[model][w]) for w in sorted(windows.get(model, {}))]
+            out += pack(self.source, model, entries, parts)
+        return out
 
     def notice(self) -> None:
         """Note the newest event time as of the references' current generation (call before
@@ -389,9 +433,12 @@ class SourceAggregator:
         """The source has been quiet for ``idle_timeout_s`` with nothing left to read: every
         tick it holds is complete now (an event that comes later for one of them is late), so
         the windows holding its last events can close. Returns their partials."""
+        ends = [w + self.model_cfg(m).window_s for m, _, _, w, _ in self.windows]
+        ends += [w + self.model_cfg(m).window_s for m, _, _, w in self.outcome_windows]
         if self.clock.newest > -math.inf:
-            end = tick_start(self.clock.newest, self.clock.tick_s) + self.clock.tick_s
-            self.clock.flushed_until = max(self.clock.flushed_until, end)
+            ends.append(tick_start(self.clock.newest, self.clock.tick_s) + self.clock.tick_s)
+        if ends:
+            self.clock.flushed_until = max(self.clock.flushed_until, *ends)
         return self.complete()
 
     def quiet_for(self, now_s: float, first_record_s: float) -> float:
@@ -416,7 +463,8 @@ class SourceAggregator:
     def checkpoint(self) -> tuple[dict[str, bytes], list[str]]:
         """What changed since the last checkpoint: hash fields to set and to delete.
 
-        Fields: ``"head"`` (clock and last offset) and one ``"t:<tick>"`` per open tick.
+        Fields: ``"head"`` (clock and last offsets) and one ``"w:<window start>:<model>"`` per
+        model's open window (its partials and the summaries of its ticks not sent yet).
         """
         enc = msgspec.msgpack.Encoder()
         head = _HeadStored(
@@ -424,16 +472,22 @@ class SourceAggregator:
             self.last_offset, self.last_record_s,
         )  # fmt: skip
         fields = {"head": _MAGIC + enc.encode(head)}
-        for t in sorted(self._dirty):
-            stored = _TickStored(
-                [(m, v, k, encode_tick(p)) for (m, v, k), p in self.ticks.get(t, {}).items()],
-                [
-                    (m, v, k, encode_outcome(o))
-                    for (m, v, k), o in self.outcome_ticks.get(t, {}).items()
-                ],
-            )
-            fields[f"t:{t!r}"] = _MAGIC + enc.encode(stored)
-        gone = [f"t:{t!r}" for t in sorted(self._gone - self._dirty)]
+        for model, w in sorted(self._dirty):
+            preds = [
+                (v, k, encode_partial(p))
+                for (m, v, k, ws, _), p in self.windows.items()
+                if m == model and ws == w
+            ]
+            outs = [
+                (v, k, encode_outcome(o))
+                for (m, v, k, ws), o in self.outcome_windows.items()
+                if m == model and ws == w
+            ]
+            if preds or outs:
+                fields[f"w:{w!r}:{model}"] = _MAGIC + enc.encode(_WindowStored(preds, outs))
+            else:
+                self._gone.add((model, w))
+        gone = [f"w:{w!r}:{m}" for m, w in sorted(self._gone) if f"w:{w!r}:{m}" not in fields]
         self._dirty.clear()
         self._gone.clear()
         return fields, gone
@@ -463,22 +517,24 @@ class SourceAggregator:
                 raise StateEncodingError(
                     f"written with tick_s={head.tick_s:g}, lateness_s={head.lateness_s:g}"
                 )
-            ticks: dict[float, dict[tuple[str, str, str], TickPartial]] = {}
-            outs: dict[float, dict[tuple[str, str, str], OutcomePartial]] = {}
+            windows: dict[tuple[str, str, str, float, str], WindowPartial] = {}
+            outs: dict[tuple[str, str, str, float], OutcomePartial] = {}
             for name, blob in fields.items():
-                if not name.startswith("t:"):
+                if not name.startswith("w:"):
                     continue
                 if blob[:4] != _MAGIC:
-                    raise StateEncodingError(f"tick {name}: header {blob[:4]!r}")
-                t = float(name[2:])
-                stored = msgspec.msgpack.decode(blob[4:], type=_TickStored)
-                ticks[t] = {(m, v, k): decode_tick(s) for m, v, k, s in stored.predictions}
-                outs[t] = {(m, v, k): decode_outcome(s) for m, v, k, s in stored.outcomes}
+                    raise StateEncodingError(f"window {name}: header {blob[:4]!r}")
+                start, _, model = name[2:].partition(":")
+                w = float(start)
+                stored = msgspec.msgpack.decode(blob[4:], type=_WindowStored)
+                for v, k, st in stored.predictions:
+                    windows[(model, v, k, w, st.fp or "")] = decode_partial(st)
+                for v, k, ost in stored.outcomes:
+                    outs[(model, v, k, w)] = decode_outcome(ost)
         except (StateEncodingError, msgspec.DecodeError, msgspec.ValidationError, ValueError) as e:
             return cls(source, cfg, refs), f"source {source}: checkpoint discarded ({e})"
         agg.clock = SourceClock.restore(cfg.tick_s, cfg.lateness_s, head.clock)
         agg.last_offset = head.last_offset
         agg.last_record_s = head.last_record_s
-        agg.ticks = {t: c for t, c in ticks.items() if c}
-        agg.outcome_ticks = {t: c for t, c in outs.items() if c}
+        agg.windows, agg.outcome_windows = windows, outs
         return agg, None

@@ -1,12 +1,13 @@
-"""A model judge's state as versioned bytes: ``b"SPM3"`` + msgpack, never pickle.
+"""A model judge's state as versioned bytes: ``b"SPM4"`` + msgpack, never pickle.
 
 What is stored: the reference timeline (fingerprints only: references themselves live in Redis
-by fingerprint), the partials of ticks not closed yet, every open window, detectors, warm-up
+by fingerprint), the tick summaries and window partials not closed yet, detectors, warm-up
 samples, which segment values have monitors, and the alert tracker. Settings that shape the
 state (window, tick, lateness) are stored with it.
 
 :func:`restore` never raises on a checkpoint it cannot use: one of another format (``SPM1`` and
-``SPM2`` were the single-process engine's), another code version, or other window settings is
+``SPM2`` were the single-process engine's, ``SPM3`` held tick partials), another code version,
+or other window settings is
 discarded and the reason returned, so the caller logs it and the model starts afresh from the
 partials still to come, instead of a worker that crashes on start.
 """
@@ -18,14 +19,7 @@ from typing import Any, Final
 
 import msgspec
 
-from streamproc.aggregate.partials import (
-    OutcomeState,
-    TickState,
-    decode_outcome,
-    decode_tick,
-    encode_outcome,
-    encode_tick,
-)
+from streamproc.aggregate.partials import OutcomeState, PartialState, SummaryState
 from streamproc.baseline.reference import ReferenceCache
 from streamproc.config import MonitoringConfig
 from streamproc.errors import StateEncodingError
@@ -37,24 +31,17 @@ from streamproc.judge.engine import (
     OutcomeSegment,
     PendingBaseline,
     Segment,
-    WindowState,
 )
 from streamproc.judge.timeline import ReferenceTimeline, TimelineState
 
-MAGIC: Final = b"SPM3"
+MAGIC: Final = b"SPM4"
 _NEVER = -math.inf
-
-
-class _WindowStored(msgspec.Struct, array_like=True):
-    common: TickState
-    by_fp: list[tuple[str | None, TickState]]
 
 
 class _SegmentStored(msgspec.Struct, array_like=True):
     version: str
     key: str
     created_at: float
-    windows: dict[float, _WindowStored]
     detectors: dict[str, tuple[str, bytes, bytes]]
     detections: dict[str, dict[str, list[float]]]
     warm_windows: int
@@ -67,7 +54,6 @@ class _SegmentStored(msgspec.Struct, array_like=True):
 class _OutcomeStored(msgspec.Struct, array_like=True):
     version: str
     key: str
-    windows: dict[float, OutcomeState]
     error_fp: str | None
     error_adwin: bytes
     error_detections: list[float]
@@ -91,8 +77,10 @@ class _JudgeStored(msgspec.Struct, array_like=True):
     model_id: str
     settings: _Settings
     timeline: TimelineState
-    pending: dict[float, dict[str, list[tuple[str, str, TickState]]]]
-    pending_outcomes: dict[float, dict[str, list[tuple[str, str, OutcomeState]]]]
+    pending_ticks: dict[float, dict[str, list[tuple[str, str, SummaryState]]]]
+    pending_outcome_ticks: dict[float, dict[str, list[tuple[str, str, list[int]]]]]
+    pending_windows: dict[float, dict[str, list[tuple[str, str, PartialState]]]]
+    pending_outcome_windows: dict[float, dict[str, list[tuple[str, str, OutcomeState]]]]
     closed_until: float
     outcome_closed_until: float
     window_cursor: float
@@ -122,12 +110,6 @@ def to_bytes(j: ModelJudge) -> bytes:
             s.key,
             s.created_at,
             {
-                w: _WindowStored(
-                    encode_tick(win.common), [(fp, encode_tick(p)) for fp, p in win.by_fp.items()]
-                )
-                for w, win in s.windows.items()
-            },
-            {
                 f: (d.fp, d.adwin.to_bytes(), d.page_hinkley.to_bytes())
                 for f, d in s.detectors.items()
             },
@@ -144,7 +126,6 @@ def to_bytes(j: ModelJudge) -> bytes:
         _OutcomeStored(
             v,
             k,
-            {w: encode_outcome(o) for w, o in seg.windows.items()},
             seg.error_fp,
             seg.error_adwin.to_bytes() if seg.error_adwin is not None else b"",
             seg.error_detections,
@@ -155,8 +136,10 @@ def to_bytes(j: ModelJudge) -> bytes:
         j.model_id,
         _settings(j.cfg),
         j.timeline.state(),
-        j.pending,
-        j.pending_outcomes,
+        j.pending_ticks,
+        j.pending_outcome_ticks,
+        j.pending_windows,
+        j.pending_outcome_windows,
         j.closed_until,
         j.outcome_closed_until,
         j.window_cursor,
@@ -199,12 +182,16 @@ def restore(
     return j, None
 
 
+def _pending(stored: dict[float, dict[str, list[Any]]]) -> dict[float, dict[str, list[Any]]]:
+    return {end: {src: list(items) for src, items in c.items()} for end, c in stored.items()}
+
+
 def _restore(s: _JudgeStored, j: ModelJudge) -> ModelJudge:
     j.timeline = ReferenceTimeline.restore(s.timeline)
-    j.pending = {t: {src: list(items) for src, items in c.items()} for t, c in s.pending.items()}
-    j.pending_outcomes = {
-        t: {src: list(items) for src, items in c.items()} for t, c in s.pending_outcomes.items()
-    }
+    j.pending_ticks = _pending(s.pending_ticks)
+    j.pending_outcome_ticks = _pending(s.pending_outcome_ticks)
+    j.pending_windows = _pending(s.pending_windows)
+    j.pending_outcome_windows = _pending(s.pending_outcome_windows)
     j.closed_until = s.closed_until
     j.outcome_closed_until = s.outcome_closed_until
     j.window_cursor = s.window_cursor
@@ -212,10 +199,6 @@ def _restore(s: _JudgeStored, j: ModelJudge) -> ModelJudge:
     j.known_values = {dim: dict(v) for dim, v in s.known_values.items()}
     for ss in s.segments:
         seg = Segment(ss.version, ss.key, ss.created_at)
-        for w, ws in ss.windows.items():
-            win = WindowState(decode_tick(ws.common))
-            win.by_fp = {fp: decode_tick(st) for fp, st in ws.by_fp}
-            seg.windows[w] = win
         seg.detectors = {
             f: DetectorPair(fp, ADWINDetector.from_bytes(a), PageHinkleyDetector.from_bytes(p))
             for f, (fp, a, p) in ss.detectors.items()
@@ -228,7 +211,6 @@ def _restore(s: _JudgeStored, j: ModelJudge) -> ModelJudge:
         j.segments[(ss.version, ss.key)] = seg
     for so in s.outcome_segments:
         oseg = OutcomeSegment(
-            {w: decode_outcome(o) for w, o in so.windows.items()},
             so.error_fp,
             ADWINDetector.from_bytes(so.error_adwin) if so.error_adwin else None,
             list(so.error_detections),

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from streamproc.aggregate.partials import Z_SCALE, OutcomePartial, TickPartial, moments_of
+from streamproc.aggregate.partials import Z_SCALE, OutcomePartial, WindowPartial, moments_of
 from streamproc.baseline import CategoricalReference, NumericReference
 from streamproc.baseline.reference import Reference
 from streamproc.config import MonitoringConfig, Tiers
@@ -107,7 +107,7 @@ def _categorical_arrays(
 def features(
     cfg: MonitoringConfig,
     ref: Reference,
-    window: TickPartial,
+    window: WindowPartial,
     window_events: int,
     n_tests: int,
     judge: Judge,
@@ -326,8 +326,8 @@ def new_features(
 def outputs(
     cfg: MonitoringConfig,
     ref: Reference,
-    window: TickPartial,
-    latency_window: TickPartial,
+    window: WindowPartial,
+    latency_window: WindowPartial,
     n_segments: int,
     judge: Judge,
 ) -> Row:

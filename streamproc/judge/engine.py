@@ -1,15 +1,16 @@
 """The judge of one model: merge partials into windows, compare, detect, alert.
 
-A :class:`ModelJudge` receives the complete ticks of every source
-(:class:`~streamproc.aggregate.wire.PartialsMessage`) and, when the sources' progress allows
-(:class:`~streamproc.judge.progress.Bounds`), closes ticks and windows in event-time order:
+A :class:`ModelJudge` receives what every source completed
+(:class:`~streamproc.aggregate.wire.PartialsMessage`: tick summaries and window partials) and,
+when the sources' progress allows (:class:`~streamproc.judge.progress.Bounds`), closes ticks and
+windows in event-time order:
 
-- a **tick** closes once every source has passed it: its partials are merged (sources in a
-  fixed order), raw segment values are mapped to monitors, every numeric feature's
-  standardised tick mean feeds that monitor's ADWIN and Page-Hinkley detectors, and the tick is
-  added to its window;
-- a **window** closes once its last tick has: it is judged against its reference (see
-  :mod:`streamproc.judge.timeline`) by :mod:`streamproc.judge.checks`, verdicts go through the
+- a **tick** closes once every source has passed it: its summaries are merged (sources in a
+  fixed order), raw segment values are mapped to monitors, and every numeric feature's
+  standardised tick mean feeds that monitor's ADWIN and Page-Hinkley detectors;
+- a **window** closes once its last tick has: the sources' window partials are merged, judged
+  against the window's reference (see :mod:`streamproc.judge.timeline`) by
+  :mod:`streamproc.judge.checks`, verdicts go through the
   :class:`~streamproc.judge.alerts.AlertTracker`, and one ``metrics.v1`` record per monitor
   is emitted. A monitor without a reference yet warms up on its first windows' samples.
 
@@ -34,15 +35,20 @@ from typing import Any, Final
 
 import msgspec
 
-from streamproc.aggregate.fold import fold_rows, prepare
+from streamproc.aggregate.fold import fold_rows, prepare, tick_zsums
 from streamproc.aggregate.partials import (
     Z_SCALE,
     OutcomePartial,
     OutcomeState,
-    TickPartial,
-    TickState,
+    PartialState,
+    SummaryState,
+    TickSummary,
+    WindowPartial,
+    add_sums,
     decode_outcome,
-    decode_tick,
+    decode_partial,
+    decode_summary,
+    merge_spans,
 )
 from streamproc.aggregate.wire import PartialsMessage
 from streamproc.baseline.reference import Reference, ReferenceCache
@@ -61,6 +67,11 @@ ALL: Final = "all"
 EMPTY_WINDOWS_CAP: Final = 12
 """Empty windows judged in a row for a model that went silent; after that the judge skips
 ahead to its next data (volume alerts keep firing, nothing else could change)."""
+
+
+def _part_of(source: str, part: int) -> str:
+    """Who sent an item: its source, and the part of the tick or window it came in."""
+    return source if part == 0 else f"{source}#{part}"
 
 
 def segment_of(key: str) -> dict[str, str]:
@@ -95,19 +106,18 @@ class Output:
 
 @dataclass
 class WindowState:
-    """A monitor's open window: the ticks closed into it so far."""
+    """A monitor's closing window: its sources' partials merged, per reference they used."""
 
-    common: TickPartial = field(default_factory=TickPartial)  # every event: counts, offsets
-    by_fp: dict[str | None, TickPartial] = field(default_factory=dict)  # None: samples
+    common: WindowPartial = field(default_factory=WindowPartial)  # every event: counts, offsets
+    by_fp: dict[str | None, WindowPartial] = field(default_factory=dict)  # None: samples
 
-    def add(self, common: TickPartial, by_fp: dict[str | None, TickPartial], k: int) -> None:
-        self.common.merge_common(common)
-        for fp, p in by_fp.items():
-            have = self.by_fp.get(fp)
-            if have is None:
-                self.by_fp[fp] = p
-            else:
-                have.absorb(p, k)
+    def add(self, p: WindowPartial, k: int) -> None:
+        self.common.merge_common(p)
+        have = self.by_fp.get(p.fp)
+        if have is None:
+            self.by_fp[p.fp] = p
+        else:
+            have.absorb(p, k)
 
 
 @dataclass
@@ -126,7 +136,6 @@ class Segment:
     version: str
     key: str
     created_at: float
-    windows: dict[float, WindowState] = field(default_factory=dict)
     detectors: dict[str, DetectorPair] = field(default_factory=dict)
     detections: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # det -> f -> t
     warm_windows: int = 0
@@ -149,15 +158,14 @@ class PendingBaseline:
 
 @dataclass
 class OutcomeSegment:
-    """One outcome monitor: its open label windows and its error-stream detector."""
+    """One outcome monitor: its error-stream detector."""
 
-    windows: dict[float, OutcomePartial] = field(default_factory=dict)
     error_fp: str | None = None
     error_adwin: ADWINDetector | None = None
     error_detections: list[float] = field(default_factory=list)
 
 
-Hook = Callable[[str, str, float, Reference, TickPartial], None]
+Hook = Callable[[str, str, float, Reference, WindowPartial], None]
 
 
 class ModelJudge:
@@ -189,8 +197,13 @@ class ModelJudge:
         self.timeline = ReferenceTimeline()
         self.pending_baselines: dict[str, PendingBaseline] = {}
         self.hold = math.inf  # no prediction window from here closes: a change is pending
-        self.pending: dict[float, dict[str, list[tuple[str, str, TickState]]]] = {}
-        self.pending_outcomes: dict[float, dict[str, list[tuple[str, str, OutcomeState]]]] = {}
+        # end -> source -> [(version, raw segment key, state)], until the tick/window closes
+        self.pending_ticks: dict[float, dict[str, list[tuple[str, str, SummaryState]]]] = {}
+        self.pending_outcome_ticks: dict[float, dict[str, list[tuple[str, str, list[int]]]]] = {}
+        self.pending_windows: dict[float, dict[str, list[tuple[str, str, PartialState]]]] = {}
+        self.pending_outcome_windows: dict[
+            float, dict[str, list[tuple[str, str, OutcomeState]]]
+        ] = {}
         self.closed_until = -math.inf
         self.outcome_closed_until = -math.inf
         self.window_cursor = -math.inf  # start of the next prediction window to close
@@ -206,42 +219,50 @@ class ModelJudge:
     # -- intake ----------------------------------------------------------------------------------
 
     def add(self, msg: PartialsMessage) -> None:
-        """Take one source's complete ticks; late or repeated ones are counted and dropped.
+        """Take one source's complete ticks and windows; late or repeated ones are counted and
+        dropped.
 
-        A tick of a source arrives once, complete (the aggregation stage never sends a tick
-        twice but after a crash, and then the same). Only its first copy counts.
+        A source sends a tick or a window once, complete, in one or more numbered parts (twice
+        only after a crash, and then the same). Only the first copy of a part counts.
         """
-        tick_s = self.cfg.tick_s
-        for entry in msg.ticks:
-            t = entry.start
-            for items, pending, closed in (
-                (entry.predictions, self.pending, self.closed_until),
-                (entry.outcomes, self.pending_outcomes, self.outcome_closed_until),
-            ):
-                if not items:
-                    continue
-                if t + tick_s <= closed:
-                    self.late_partials += 1
-                    continue
-                cell = pending.setdefault(t, {})  # type: ignore[attr-defined]
-                if msg.source in cell:
-                    self.duplicate_partials += 1
-                    continue
-                cell[msg.source] = list(items)
+        tick_s, window_s = self.cfg.tick_s, self.cfg.window_s
+        entries: list[tuple[str, Any, float, dict[Any, Any], float]] = []
+        for tick in msg.ticks:
+            end, who = tick.start + tick_s, _part_of(msg.source, tick.part)
+            entries.append((who, tick.predictions, end, self.pending_ticks, self.closed_until))
+            entries.append(
+                (who, tick.outcomes, end, self.pending_outcome_ticks, self.outcome_closed_until)
+            )
+        for win in msg.windows:
+            end, who = win.start + window_s, _part_of(msg.source, win.part)
+            entries.append((who, win.predictions, end, self.pending_windows, self.window_cursor))
+            entries.append(
+                (who, win.outcomes, end, self.pending_outcome_windows, self.outcome_closed_until)
+            )
+        for who, items, end, pending, closed in entries:
+            if not items:
+                continue
+            if end <= closed:
+                self.late_partials += 1
+                continue
+            cell = pending.setdefault(end, {})
+            if who in cell:
+                self.duplicate_partials += 1
+                continue
+            cell[who] = list(items)
 
     def needed_fps(self) -> set[str]:
         """Every reference fingerprint the next :meth:`advance` may need."""
         fps = self.timeline.fps()
-        for cell in self.pending.values():
-            for items in cell.values():
-                fps.update(s.fp for _, _, s in items if s.fp is not None)
+        for pending in (self.pending_ticks, self.pending_windows):
+            for cell in pending.values():
+                for items in cell.values():
+                    fps.update(st.fp for _, _, st in items if st.fp is not None)
         for seg in self.segments.values():
-            for win in seg.windows.values():
-                fps.update(fp for fp in win.by_fp if fp is not None)
             fps.update(d.fp for d in seg.detectors.values())
+        fps.update(o.error_fp for o in self.outcome_segments.values() if o.error_fp)
         for p in self.pending_baselines.values():
             fps.update(p.refs.values())
-        fps.update(o.error_fp for o in self.outcome_segments.values() if o.error_fp)
         return fps
 
     # -- references ------------------------------------------------------------------------------
@@ -392,15 +413,11 @@ class ModelJudge:
         b_o = min(b_o, b_p)
         tick_s, window_s = cfg.tick_s, cfg.window_s
         items: list[tuple[float, int, float]] = []
-        items += [(t + tick_s, 0, t) for t in self.pending if t + tick_s <= b_p]
-        items += [(t + tick_s, 2, t) for t in self.pending_outcomes if t + tick_s <= b_o]
+        items += [(end, 0, end - tick_s) for end in self.pending_ticks if end <= b_p]
+        items += [(end, 2, end - tick_s) for end in self.pending_outcome_ticks if end <= b_o]
         for w in self._windows_to_close(items, b_p, final):
             items.append((w + window_s, 1, w))
-        o_windows = {
-            w for o in self.outcome_segments.values() for w in o.windows if w + window_s <= b_o
-        }
-        o_windows |= {self._window_start(t) for _, kind, t in items if kind == 2}
-        items += [(w + window_s, 3, w) for w in o_windows if w + window_s <= b_o]
+        items += [(end, 3, end - window_s) for end in self.pending_outcome_windows if end <= b_o]
         for end, kind, start in sorted(items):
             if kind == 0:
                 self._close_tick(start, emitted_at, out)
@@ -447,22 +464,19 @@ class ModelJudge:
         self, items: list[tuple[float, int, float]], b_p: float, final: bool
     ) -> list[float]:
         window_s = self.cfg.window_s
-        with_data = {w for s in self.segments.values() for w in s.windows}
+        with_data = {end - window_s for end in self.pending_windows}
         with_data |= {self._window_start(t) for _, kind, t in items if kind == 0}
-        if not with_data and self.window_cursor == -math.inf:
+        if not with_data and (self.window_cursor == -math.inf or not self.segments):
             return []
         start = (
             min([self.window_cursor, *with_data])
             if self.window_cursor > -math.inf
             else (min(with_data))
         )
-        last = max(with_data, default=-math.inf)
-        limit = last + window_s if final else b_p
+        limit = max(with_data, default=-math.inf) + window_s if final else b_p
         out: list[float] = []
         w = start
         run = self.empty_run
-        if not self.segments and not with_data:
-            return out
         while w + window_s <= limit:
             if w in with_data:
                 run = 0
@@ -480,57 +494,57 @@ class ModelJudge:
         return out
 
     def _close_tick(self, t: float, emitted_at: str, out: Output) -> None:
+        """Merge the tick's summaries per monitor and reference; feed the detectors."""
         cfg = self.cfg
-        cell = self.pending.pop(t)
-        groups: dict[tuple[str, str], list[TickPartial]] = {}
+        cell = self.pending_ticks.pop(t + cfg.tick_s)
+        groups: dict[tuple[str, str], dict[str | None, TickSummary]] = {}
         for source in sorted(cell):
             for version, raw, state in cell[source]:
                 key = self._monitored(version, raw, t, admit=True)
-                groups.setdefault((version, key), []).append(decode_tick(state))
+                x = decode_summary(state)
+                by_fp = groups.setdefault((version, key), {})
+                have = by_fp.get(x.fp)
+                if have is None:
+                    by_fp[x.fp] = x
+                else:
+                    have.absorb(x, cfg.warmup_sample)
         if self.window_cursor == -math.inf:
             self.window_cursor = self._window_start(t)
-        k = cfg.warmup_sample
+        closing = []
         for version, key in sorted(groups):
             seg = self._segment(version, key, t)
-            common = TickPartial()
-            by_fp: dict[str | None, TickPartial] = {}
-            for p in groups[(version, key)]:
-                common.merge_common(p)
-                have = by_fp.get(p.fp)
-                if have is None:
-                    by_fp[p.fp] = p
-                else:
-                    have.absorb(p, k)
             ref = self._ref(self.timeline.select(version, key, self._window_start(t)))
             if ref is not None:
-                self._bin_samples(by_fp, ref)
-                binned = by_fp.get(ref.fp)
-                if binned is not None:
-                    window = (t, t + cfg.tick_s)
-                    self._feed_detectors(seg, t, binned, ref, common, window, emitted_at, out)
-            seg.windows.setdefault(self._window_start(t), WindowState()).add(common, by_fp, k)
-
-    def _bin_samples(self, by_fp: dict[str | None, TickPartial], ref: Reference) -> None:
-        """Bin complete samples with ``ref``, as the aggregation stage would have."""
-        sample = by_fp.get(None)
-        if sample is None or not sample.complete_sample:
-            return
-        binned = TickPartial(sample.count, sample.offsets, sample.present, sample.latency)
-        fold_rows(sample.sample, binned, ref)
-        del by_fp[None]
-        have = by_fp.get(ref.fp)
-        if have is None:
-            by_fp[ref.fp] = binned
-        else:
-            have.absorb(binned)
+                closing.append((seg, groups[(version, key)], ref))
+        # Sampled summaries (their sources had no reference yet) binned as the sources would
+        # have: all of the tick's in one pass.
+        sampled = [
+            (by_fp[None].sample, ref)
+            if None in by_fp and by_fp[None].sampled_out == 0 else ([], ref)
+            for _, by_fp, ref in closing
+        ]  # fmt: skip
+        binned_samples = tick_zsums(sampled) if any(rows for rows, _ in sampled) else None
+        for i, (seg, by_fp, ref) in enumerate(closing):
+            zsum: dict[str, list[int]] = {}
+            offsets: dict[str, list[int]] = {}
+            for x in by_fp.values():
+                merge_spans(offsets, x.offsets)
+            binned = by_fp.get(ref.fp)
+            if binned is not None:
+                add_sums(zsum, binned.zsum)
+            if binned_samples is not None:
+                add_sums(zsum, binned_samples[i])
+            if zsum:
+                window = (t, t + cfg.tick_s)
+                self._feed_detectors(seg, t, zsum, ref, offsets, window, emitted_at, out)
 
     def _feed_detectors(
         self,
         seg: Segment,
         t: float,
-        p: TickPartial,
+        zsum: dict[str, list[int]],
         ref: Reference,
-        common: TickPartial,
+        offsets: dict[str, list[int]],
         window: tuple[float, float],
         emitted_at: str,
         out: Output,
@@ -538,7 +552,7 @@ class ModelJudge:
         """Feed each feature's standardised tick mean to its ADWIN and Page-Hinkley detectors;
         alert at the tick one fires."""
         cfg = self.cfg
-        for name, (total_fixed, n, *_) in sorted(p.zsum.items()):
+        for name, (total_fixed, n, *_) in sorted(zsum.items()):
             if n <= 0 or name not in ref.numeric or ref.scales[name][1] <= 0:
                 continue
             total = total_fixed / Z_SCALE
@@ -572,7 +586,7 @@ class ModelJudge:
                     **extra,
                 }
                 verdict = Verdict(
-                    "warning", False, round(total / n, 6), 0.0, window, evidence, common.offsets
+                    "warning", False, round(total / n, 6), 0.0, window, evidence, offsets
                 )
                 self._observe(
                     seg.version, seg.key, name, detector, "feature_drift", verdict, emitted_at, out
@@ -602,9 +616,20 @@ class ModelJudge:
         out.alerts.extend(self.tracker.observe(akey, verdict, self.topic, emitted_at))
 
     def _close_window(self, w: float, emitted_at: str, out: Output, complete: bool) -> None:
-        window = (w, w + self.cfg.window_s)
+        cfg = self.cfg
+        window = (w, w + cfg.window_s)
         self.window_cursor = max(self.window_cursor, window[1])
-        closing = {key: seg.windows.pop(w, None) for key, seg in self.segments.items()}
+        last_tick = window[1] - cfg.tick_s
+        closing: dict[tuple[str, str], WindowState | None] = dict.fromkeys(self.segments)
+        cell = self.pending_windows.pop(window[1], {})
+        for source in sorted(cell):
+            for version, raw, state in cell[source]:
+                key = self._monitored(version, raw, last_tick, admit=False)
+                self._segment(version, key, w)
+                win = closing.get((version, key))
+                if win is None:
+                    win = closing[(version, key)] = WindowState()
+                win.add(decode_partial(state), cfg.warmup_sample)
         counts: dict[str, Counter[str]] = {}
         for (version, key), win in closing.items():
             counts.setdefault(key, Counter())[version] = win.common.count if win else 0
@@ -662,11 +687,11 @@ class ModelJudge:
             return
         part = win.by_fp.get(ref.fp)
         if part is None:
-            part = TickPartial()
+            part = WindowPartial()
             prepare(part, ref)
         sample = win.by_fp.get(None)
         if sample is not None and sample.complete_sample:
-            binned = TickPartial(sample.count)
+            binned = WindowPartial(sample.count)
             fold_rows(sample.sample, binned, ref)
             part = part.merge(binned)
         offsets = win.common.offsets
@@ -765,29 +790,26 @@ class ModelJudge:
 
     def _close_outcome_tick(self, t: float, emitted_at: str, out: Output) -> None:
         cfg = self.cfg
-        cell = self.pending_outcomes.pop(t)
-        groups: dict[tuple[str, str], OutcomePartial] = {}
+        cell = self.pending_outcome_ticks.pop(t + cfg.tick_s)
+        groups: dict[tuple[str, str], list[int]] = {}
         for source in sorted(cell):
-            for version, raw, state in cell[source]:
+            for version, raw, (labelled, correct) in cell[source]:
                 key = self._monitored(version, raw, t, admit=False)
-                o = decode_outcome(state)
-                have = groups.get((version, key))
-                groups[(version, key)] = o if have is None else have.merge(o)
+                acc_n = groups.setdefault((version, key), [0, 0])
+                acc_n[0] += labelled
+                acc_n[1] += correct
         w = self._window_start(t)
         for version, key in sorted(groups):
-            o = groups[(version, key)]
+            n, correct = groups[(version, key)]
             oseg = self.outcome_segments.setdefault((version, key), OutcomeSegment())
-            have = oseg.windows.get(w)
-            oseg.windows[w] = o if have is None else have.merge(o)
             fp = self.timeline.select(version, key, w)
             ref = self._ref(fp)
             acc = ref.accuracy if ref is not None else None
-            if acc is None or not 0.0 < acc < 1.0 or o.labelled <= 0:
+            if acc is None or not 0.0 < acc < 1.0 or n <= 0:
                 continue
             # Concept drift between windows: ADWIN on the standardised error rate per tick.
-            n = o.labelled
             err, sd = 1.0 - acc, math.sqrt(acc * (1.0 - acc))
-            total = ((n - o.correct) - n * err) / sd
+            total = ((n - correct) - n * err) / sd
             if oseg.error_adwin is None or oseg.error_fp != fp:
                 delta = cfg.adwin_error_delta / self._n_segments(version, t)
                 oseg.error_adwin, oseg.error_fp = ADWINDetector(delta=delta, clock=1), fp
@@ -813,10 +835,16 @@ class ModelJudge:
     def _close_outcome_window(self, w: float, emitted_at: str, out: Output) -> None:
         cfg = self.cfg
         window = (w, w + cfg.window_s)
-        for (version, key), oseg in sorted(self.outcome_segments.items()):
-            o = oseg.windows.pop(w, None)
-            if o is None:
-                continue
+        groups: dict[tuple[str, str], OutcomePartial] = {}
+        cell = self.pending_outcome_windows.pop(window[1], {})
+        for source in sorted(cell):
+            for version, raw, state in cell[source]:
+                key = self._monitored(version, raw, window[1] - cfg.tick_s, admit=False)
+                o = decode_outcome(state)
+                have = groups.get((version, key))
+                groups[(version, key)] = o if have is None else have.absorb(o)
+        for (version, key), o in sorted(groups.items()):
+            oseg = self.outcome_segments.setdefault((version, key), OutcomeSegment())
             ref = self._ref(self.timeline.select(version, key, w))
 
             def judge(

@@ -43,7 +43,9 @@ def ensure_partials_topic(cfg: Config) -> int:
     name = partials_topic(cfg)
     meta = admin.list_topics(timeout=30).topics.get(name)
     if meta is None or not meta.partitions:
-        config = {"retention.ms": str(7 * 86_400_000)}
+        # Messages are packed under 512 KiB (aggregate.wire.pack); one item alone may be bigger
+        # (a sample of wide rows): allow what the producer allows.
+        config = {"retention.ms": str(7 * 86_400_000), "max.message.bytes": str(8_388_608)}
         topic = NewTopic(name, cfg.monitoring.partials_partitions, 1, config=config)
         for fut in admin.create_topics([topic]).values():
             try:

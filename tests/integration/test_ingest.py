@@ -137,9 +137,9 @@ def _folded_outcomes(cfg: Config) -> tuple[Counter[tuple[str, float]], int]:
                 again += 1
                 continue
             sent.add((msg.source, msg.model_id, entry.start))
-            for _version, key, state in entry.outcomes:
+            for _version, key, (labelled, _correct) in entry.outcomes:
                 if key == ALL:
-                    folded[(msg.source, entry.start)] += state.labelled
+                    folded[(msg.source, entry.start)] += labelled
     client = redis.Redis.from_url(cfg.redis.url)
     try:
         for key in client.scan_iter(Keys(cfg.redis.key_prefix).source("*"), count=1000):
@@ -149,10 +149,10 @@ def _folded_outcomes(cfg: Config) -> tuple[Counter[tuple[str, float]], int]:
             fields = {k.decode(): v for k, v in client.hgetall(key).items()}
             agg, why = SourceAggregator.restore(source, cfg.monitoring, _NoReferences(), fields)
             assert why is None, why
-            for t, cell in agg.outcome_ticks.items():
-                for (_model, _version, k), partial in cell.items():
-                    if k == ALL:
-                        folded[(source, t)] += partial.labelled
+            for (_model, _version, k, _window), partial in agg.outcome_windows.items():
+                if k == ALL:
+                    for t, (labelled, _correct) in partial.ticks.items():
+                        folded[(source, t)] += labelled
     finally:
         client.close()
     return +folded, again

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from streamproc.aggregate.columns import Columns
 from streamproc.aggregate.fold import FoldGroup, fold_outcomes, fold_predictions, prepare
-from streamproc.aggregate.partials import OutcomePartial, TickPartial
+from streamproc.aggregate.partials import OutcomePartial, TickSummary, WindowPartial
 from streamproc.baseline.reference import Reference
 from streamproc.dev.synthetic import WorkloadSpec, reference_profile
 from streamproc.sketch import NumericSketch, QuantileSketch
@@ -73,10 +73,12 @@ def rows(draw: st.DrawFn) -> Row:
 row_lists = st.lists(rows(), max_size=25)
 
 
-def fed(rows: list[Row], ref: Reference | None, first_offset: int = 0) -> TickPartial:
-    """One partial fed ``rows`` (at offsets ``first_offset``.. of partition 0) in one fold."""
-    p = TickPartial()
+def fed(rows: list[Row], ref: Reference | None, first_offset: int = 0) -> WindowPartial:
+    """One partial fed ``rows`` (at offsets ``first_offset``.. of partition 0) in one fold,
+    all in its tick 0.0."""
+    p = WindowPartial()
     prepare(p, ref)
+    summary = p.ticks[0.0] = TickSummary(fp=p.fp)
     if rows:
         n = len(rows)
         cols = Columns(
@@ -88,7 +90,8 @@ def fed(rows: list[Row], ref: Reference | None, first_offset: int = 0) -> TickPa
             list(range(first_offset, first_offset + n)),
             [-1] * n,
         )
-        fold_predictions(cols, [FoldGroup(p, ref, np.arange(n))], SAMPLE_K)
+        g = FoldGroup(p, ref, np.arange(n), [summary], np.zeros(n, np.int64))
+        fold_predictions(cols, [g], SAMPLE_K)
     return p
 
 
@@ -102,7 +105,7 @@ outcome_lists = st.lists(outcome, max_size=30)
 
 def outcomes(items: list[tuple[Any, Any, float | None]]) -> OutcomePartial:
     p = OutcomePartial()
-    fold_outcomes([(p, pred, label, conf) for pred, label, conf in items])
+    fold_outcomes(items, [(p, 0.0, range(len(items)))])
     return p
 
 
@@ -137,7 +140,12 @@ def assert_same_quantiles(got: QuantileSketch, want: QuantileSketch) -> None:
         assert _close(got.sum, want.sum, want.count * max(abs(want.min), abs(want.max)))
 
 
-def assert_same_tick(got: TickPartial, want: TickPartial) -> None:
+def assert_same_summary(got: TickSummary, want: TickSummary) -> None:
+    """Summaries are integers and samples: equal exactly."""
+    assert got == want
+
+
+def assert_same_partial(got: WindowPartial, want: WindowPartial) -> None:
     """``got`` equals ``want``: integer parts exactly, moments to rounding."""
     exact = (
         "count",
@@ -149,6 +157,7 @@ def assert_same_tick(got: TickPartial, want: TickPartial) -> None:
         "categorical",
         "sample",
         "sampled_out",
+        "ticks",
     )
     assert {k: getattr(got, k) for k in exact} == {k: getattr(want, k) for k in exact}
     assert got.numeric.keys() == want.numeric.keys()
@@ -166,6 +175,6 @@ def assert_same_tick(got: TickPartial, want: TickPartial) -> None:
 
 
 def assert_same_outcome(got: OutcomePartial, want: OutcomePartial) -> None:
-    exact = ("labelled", "correct", "numeric_pairs", "labels", "cal_n", "cal_conf", "cal_correct")
+    exact = ("labelled", "correct", "numeric_pairs", "labels", "cal", "ticks")
     assert {k: getattr(got, k) for k in exact} == {k: getattr(want, k) for k in exact}
     assert _close(got.abs_error, want.abs_error, max(want.numeric_pairs, 1) * 10.0)

@@ -15,22 +15,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamproc.aggregate.fold import prepare
+from streamproc.aggregate.fold import prepare, tick_zsums
 from streamproc.aggregate.partials import (
     OutcomePartial,
     OutcomeState,
-    TickPartial,
-    TickState,
+    PartialState,
+    WindowPartial,
     decode_outcome,
-    decode_tick,
+    decode_partial,
     encode_outcome,
-    encode_tick,
+    encode_partial,
+    encode_summary,
     merge_samples,
 )
 from streamproc.aggregate.wire import (
     PartialsMessage,
     ProgressMessage,
     TickEntry,
+    WindowEntry,
     decode_message,
     encode_message,
 )
@@ -40,7 +42,7 @@ from tests.property.partial_rows import (
     SAMPLE_K,
     Row,
     assert_same_outcome,
-    assert_same_tick,
+    assert_same_partial,
     fed,
     outcome_lists,
     outcomes,
@@ -56,34 +58,34 @@ def _ref(with_reference: bool) -> Reference | None:
     return reference() if with_reference else None
 
 
-def _stored(p: TickPartial) -> bytes:
-    return msgspec.msgpack.encode(encode_tick(p))
+def _stored(p: WindowPartial) -> bytes:
+    return msgspec.msgpack.encode(encode_partial(p))
 
 
-# -- TickPartial ---------------------------------------------------------------------------------
+# -- WindowPartial ---------------------------------------------------------------------------------
 
 
 @SETTINGS
 @given(binned, row_lists, row_lists)
-def test_merge_of_two_tick_partials_equals_one_fed_both(
+def test_merge_of_two_window_partials_equals_one_fed_both(
     with_reference: bool, xs: list[Row], ys: list[Row]
 ) -> None:
     ref = _ref(with_reference)
     merged = fed(xs, ref).merge(fed(ys, ref, first_offset=len(xs)), SAMPLE_K)
-    assert_same_tick(merged, fed(xs + ys, ref))
+    assert_same_partial(merged, fed(xs + ys, ref))
 
 
 @SETTINGS
 @given(binned, row_lists, row_lists, row_lists)
-def test_tick_partial_merge_is_associative(
+def test_window_partial_merge_is_associative(
     with_reference: bool, xs: list[Row], ys: list[Row], zs: list[Row]
 ) -> None:
     ref = _ref(with_reference)
     a, b, c = fed(xs, ref), fed(ys, ref, len(xs)), fed(zs, ref, len(xs) + len(ys))
-    assert_same_tick(
+    assert_same_partial(
         a.merge(b, SAMPLE_K).merge(c, SAMPLE_K), a.merge(b.merge(c, SAMPLE_K), SAMPLE_K)
     )
-    assert_same_tick(a.merge(b, SAMPLE_K).merge(c, SAMPLE_K), fed(xs + ys + zs, ref))
+    assert_same_partial(a.merge(b, SAMPLE_K).merge(c, SAMPLE_K), fed(xs + ys + zs, ref))
 
 
 @SETTINGS
@@ -99,9 +101,9 @@ def test_absorb_is_merge_in_place_and_leaves_the_other_partial_alone(
     got = a.absorb(b, SAMPLE_K)
     assert got is a
     assert _stored(b) == before_b
-    assert_same_tick(a, want)
+    assert_same_partial(a, want)
     a.absorb(fed([], ref), SAMPLE_K)  # absorbing an empty partial changes nothing
-    assert_same_tick(a, want)
+    assert_same_partial(a, want)
 
 
 @SETTINGS
@@ -109,7 +111,7 @@ def test_absorb_is_merge_in_place_and_leaves_the_other_partial_alone(
 def test_an_empty_prepared_partial_is_the_identity(with_reference: bool, xs: list[Row]) -> None:
     ref = _ref(with_reference)
     a = fed(xs, ref)
-    empty = TickPartial()
+    empty = WindowPartial()
     prepare(empty, ref)
     assert _stored(a.merge(empty, SAMPLE_K)) == _stored(a)
     assert _stored(empty.merge(a, SAMPLE_K)) == _stored(a)
@@ -122,7 +124,7 @@ def test_merge_common_adds_only_the_reference_independent_parts(
 ) -> None:
     a, b = fed(xs, reference()), fed(ys, None, len(xs))
     both = fed(xs + ys, None)
-    common = TickPartial()
+    common = WindowPartial()
     common.merge_common(a)
     common.merge_common(b)
     assert (common.count, common.offsets) == (both.count, both.offsets)
@@ -138,13 +140,13 @@ def test_partials_of_different_references_do_not_merge() -> None:
 
 @SETTINGS
 @given(binned, row_lists)
-def test_tick_partial_round_trips_through_its_stored_form(
+def test_window_partial_round_trips_through_its_stored_form(
     with_reference: bool, xs: list[Row]
 ) -> None:
     a = fed(xs, _ref(with_reference))
     blob = _stored(a)
-    back = decode_tick(msgspec.msgpack.decode(blob, type=TickState))
-    assert_same_tick(back, a)
+    back = decode_partial(msgspec.msgpack.decode(blob, type=PartialState))
+    assert_same_partial(back, a)
     assert _stored(back) == blob
 
 
@@ -191,8 +193,10 @@ def test_outcome_partial_round_trips_and_its_calibration_bins_add_up(xs: list) -
     assert_same_outcome(back, a)
     assert msgspec.msgpack.encode(encode_outcome(back)) == blob
     n, conf, correct = a.calibration([0.1 * i for i in range(1, 10)])
-    assert (sum(n), sum(conf), sum(correct)) == (sum(a.cal_n), sum(a.cal_conf), sum(a.cal_correct))
-    assert sum(a.cal_n) == sum(1 for _, _, c in xs if c is not None)
+    bins = list(a.cal.values())
+    assert [sum(n), sum(conf), sum(correct)] == [sum(b[i] for b in bins) for i in range(3)]
+    assert sum(b[0] for b in bins) == sum(1 for _, _, c in xs if c is not None)
+    assert a.ticks == ({0.0: [a.labelled, a.correct]} if xs else {})
 
 
 # -- the internal topic's messages ---------------------------------------------------------------
@@ -203,13 +207,24 @@ def test_outcome_partial_round_trips_and_its_calibration_bins_add_up(xs: list) -
 def test_messages_of_the_partials_topic_round_trip(
     xs: list[Row], os: list, start: float, source: str
 ) -> None:
-    entry = TickEntry(
+    binned, sampled, o = fed(xs, reference()), fed(xs, None), outcomes(os)
+    tick = TickEntry(
         start,
-        [("1", "all", encode_tick(fed(xs, reference()))), ("1", "c=x", encode_tick(fed(xs, None)))],
-        [("1", "all", encode_outcome(outcomes(os)))],
+        [
+            ("1", "all", encode_summary(binned.ticks[0.0])),
+            ("1", "c=x", encode_summary(sampled.ticks[0.0])),
+        ],
+        [("1", "all", [o.labelled, o.correct])],
+    )
+    window = WindowEntry(
+        start,
+        [("1", "all", encode_partial(binned)), ("1", "c=x", encode_partial(sampled))],
+        [("1", "all", encode_outcome(o))],
     )
     for m in (
-        PartialsMessage(source, "churn", [entry]),
+        PartialsMessage(source, "churn", [tick]),
+        PartialsMessage(source, "churn", [], [window]),
+        PartialsMessage(source, "churn", [tick], [window]),
         ProgressMessage(source, start, start + 5.0, None),
         ProgressMessage(source, start, start + 5.0, 130.0),
     ):
@@ -220,3 +235,17 @@ def test_messages_of_the_partials_topic_round_trip(
 def test_a_message_of_another_format_or_corrupt_is_refused(blob: bytes) -> None:
     with pytest.raises(StateEncodingError):
         decode_message(blob)
+
+
+@SETTINGS
+@given(row_lists, row_lists)
+def test_the_judge_sums_a_sampled_tick_as_the_sources_would_have(
+    xs: list[Row], ys: list[Row]
+) -> None:
+    ref = reference()
+    items = []
+    for rows in (xs, ys):
+        sample = [[i, r.features, r.prediction, r.confidence] for i, r in enumerate(rows)]
+        items.append((sample, ref))
+    got = tick_zsums(items)
+    assert got == [fed(xs, ref).zsum, fed(ys, ref).zsum]

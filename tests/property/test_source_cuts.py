@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamproc.aggregate.clock import SourceClock
-from streamproc.aggregate.partials import decode_outcome, decode_tick
+from streamproc.aggregate.partials import decode_outcome, decode_partial, decode_summary
 from streamproc.aggregate.source import Accepted, Completed, SourceAggregator
 from streamproc.aggregate.wire import PartialsMessage
 from streamproc.baseline.reference import Reference
@@ -32,7 +32,8 @@ from tests.property.partial_rows import (
     SAMPLE_K,
     Row,
     assert_same_outcome,
-    assert_same_tick,
+    assert_same_partial,
+    assert_same_summary,
     reference,
     rows,
 )
@@ -126,9 +127,6 @@ class Lookup:
     ) -> Reference | None:
         return self.ref
 
-    def by_fp(self, fp: str) -> Reference | None:
-        return self.ref if self.ref is not None and self.ref.fp == fp else None
-
 
 @dataclass(frozen=True)
 class Item:
@@ -181,7 +179,7 @@ def _batch(
     return preds, outs, first + len(messages) - 1
 
 
-Sent = dict[tuple[str, float, str, str, str], Any]  # (model, tick, kind, version, key)
+Sent = dict[tuple[str, float, str, str, str], Any]  # (model, start, kind, version, key)
 
 
 def _aggregate(
@@ -217,11 +215,16 @@ def _aggregate(
             assert m.source == source
             for entry in m.ticks:
                 for version, key, state in entry.predictions:
-                    _keep(sent, (m.model_id, entry.start, "p", version, key), decode_tick(state))
-                for version, key, ostate in entry.outcomes:
-                    _keep(
-                        sent, (m.model_id, entry.start, "o", version, key), decode_outcome(ostate)
-                    )
+                    _keep(sent, (m.model_id, entry.start, "t", version, key), decode_summary(state))
+                for version, key, counts in entry.outcomes:
+                    _keep(sent, (m.model_id, entry.start, "u", version, key), counts)
+            for window in m.windows:
+                for version, key, pstate in window.predictions:
+                    at = (m.model_id, window.start, "p", version, key)
+                    _keep(sent, at, decode_partial(pstate))
+                for version, key, ostate in window.outcomes:
+                    at = (m.model_id, window.start, "o", version, key)
+                    _keep(sent, at, decode_outcome(ostate))
 
     for i, (lo, hi) in enumerate(cuts):
         before = checkpoint()
@@ -238,7 +241,7 @@ def _aggregate(
             agg = restore(checkpoint())
             agg.fold(preds, outs, through)  # a redelivery of what the checkpoint covers: skipped
             take(agg.complete())
-    ticks_sent = sorted({k[1] for k in sent})
+    ticks_sent = sorted({k[1] for k in sent if k[2] in "tu"})
     late = agg.clock.late
     agg.clock.flushed_until = math.inf  # the end: everything still open
     take(agg.complete())
@@ -256,8 +259,12 @@ def _keep(sent: Sent, key: tuple[str, float, str, str, str], partial: Any) -> No
 def _assert_same(got: Any, want: Any) -> None:
     if hasattr(want, "labelled"):
         assert_same_outcome(got, want)
+    elif hasattr(want, "latency"):
+        assert_same_partial(got, want)
+    elif hasattr(want, "zsum"):
+        assert_same_summary(got, want)
     else:
-        assert_same_tick(got, want)
+        assert got == want  # a tick's labelled and correct outcomes
 
 
 @st.composite
@@ -297,3 +304,27 @@ def test_any_cut_restart_or_crash_of_a_source_sends_the_same_complete_partials(
     admitted = sum(p.count for k, p in whole.items() if k[2] == "p" and k[4] == "all")
     judged = sum(p.labelled for k, p in whole.items() if k[2] == "o" and k[4] == "all")
     assert admitted + judged + late == sum(len(m) for m in messages)
+    _assert_ticks_add_up_to_their_windows(whole)
+
+
+def _assert_ticks_add_up_to_their_windows(sent: Sent) -> None:
+    """A window's partial and the summaries of its ticks count the same events and sums."""
+    window_s = CFG.window_s
+    from_ticks: dict[tuple[str, float, str, str], list[Any]] = {}
+    for (model, start, kind, version, key), x in sent.items():
+        at = (model, math.floor(start / window_s) * window_s, version, key)
+        if kind == "t":
+            acc = from_ticks.setdefault(at, [0, {}, 0])
+            acc[0] += x.count
+            for name, sums in x.zsum.items():
+                have = acc[1].setdefault(name, [0, 0, 0])
+                acc[1][name] = [a + b for a, b in zip(have, sums, strict=True)]
+        elif kind == "u":
+            acc = from_ticks.setdefault(at, [0, {}, 0])
+            acc[2] += x[0]
+    windows = {(m, s, v, k): x for (m, s, kind, v, k), x in sent.items() if kind == "p"}
+    outcomes = {(m, s, v, k): x for (m, s, kind, v, k), x in sent.items() if kind == "o"}
+    for at, (count, zsum, labelled) in from_ticks.items():
+        partial, o = windows.get(at), outcomes.get(at)
+        assert (count, zsum) == ((partial.count, partial.zsum) if partial else (0, {}))
+        assert labelled == (o.labelled if o else 0)
