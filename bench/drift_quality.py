@@ -22,7 +22,7 @@ Methods:
 
 * ``streamproc``: the two-phase engine in one process
   (:class:`streamproc.tools.inprocess.InProcessPipeline`: the worker's ingest with an in-memory
-  join, the aggregation into per-tick partials and the model's judge) with the worker's default
+  join, the aggregation into window partials and the model's judge) with the worker's default
   ``monitoring`` configuration and a baseline from
   :func:`streamproc.dev.synthetic.reference_profile`, fed as a worker consumes: the merged
   stream in event-time order, in batches of ``BATCH`` events, each split into the predictions

@@ -13,7 +13,7 @@ consumed batches of ``--batch`` events, each split by topic into JSON arrays of 
 Each pass runs in a subprocess pinned to one core and measures, with ``time.process_time``:
 
 * **end to end**: a fresh :class:`~streamproc.tools.inprocess.InProcessPipeline` fed every
-  batch (``feed``: decode, in-memory join, aggregation into per-tick partials, the judge's
+  batch (``feed``: decode, in-memory join, aggregation into window partials, the judge's
   ``add`` and ``advance``), then ``finish``. Its judge share is the CPU inside the pipeline's
   ``deliver`` and ``advance`` (merging partials into windows, statistics, detectors, alerts);
 * **fold alone**: the aggregation stage by itself

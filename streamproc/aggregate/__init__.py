@@ -1,1 +1,2 @@
-"""Per source partition: fold accepted events into mergeable per-tick partials."""
+"""Per source partition: fold accepted events into mergeable window partials
+with per-tick summaries."""

@@ -2,18 +2,19 @@
 
 A :class:`SourceAggregator` is the whole monitor state a partition-parallel agent keeps for one
 source partition: its :class:`~streamproc.aggregate.clock.SourceClock` and the partials of the
-ticks that are still open. Each consumed batch is folded in (:meth:`SourceAggregator.fold`);
-ticks that the source's watermark has passed are complete and leave as one
-:class:`~streamproc.aggregate.wire.PartialsMessage` per model (:meth:`~SourceAggregator.complete`).
+windows that are still open, each with the summaries of its ticks not sent yet. Each consumed
+batch is folded in (:meth:`SourceAggregator.fold`); ticks and windows that the source's
+watermark has passed are complete and leave in :class:`~streamproc.aggregate.wire.PartialsMessage`
+s per model (:meth:`~SourceAggregator.complete`).
 
-Nothing here does I/O. The caller persists :meth:`~SourceAggregator.checkpoint` (only the ticks
-that changed since the last one) before it lets the batch's offsets be committed, and restores
-it when the partition is assigned again: a re-read message whose offset the checkpoint covers
-is skipped (``last_offset``), so every event is folded exactly once.
+Nothing here does I/O. The caller persists :meth:`~SourceAggregator.checkpoint` (only the
+windows that changed since the last one) before it lets the batch's offsets be committed, and
+restores it when the partition is assigned again: a re-read message whose offset the checkpoint
+covers is skipped (``last_offset``), so every event is folded exactly once.
 
 Raw segment keys
     Partials keep each segment value as it came (``"country=DE"``); which values get a monitor
-    of their own is the judge's decision. Per tick, model and dimension at most
+    of their own is the judge's decision. Per window, model and dimension at most
     :data:`RAW_VALUES_CAP` values are kept apart and the rest pooled as ``dim=__other__``, in
     offset order, so one upstream sending ids as segment values cannot blow up the partials.
 """

@@ -16,7 +16,8 @@ Aggregation (an agent on ``predictions`` or ``labels``; :mod:`streamproc.publish
 6. return: the batch may be committed.
 
 A crash between 4 and 5 re-folds the batch from the previous checkpoint and sends the same
-complete ticks again; the judge keeps the first copy of a source's tick and drops the other.
+complete ticks and windows again; the judge keeps the first copy of each (of each part) and
+drops the other.
 
 Judging (the agent on ``<app_id>-partials``; :mod:`streamproc.publish.judging`)
 

@@ -4,7 +4,7 @@ Agents (one per topic, each over the partitions the group gives this worker):
 
 - ``predictions`` and ``labels``: :class:`~streamproc.ingest.ingestor.Ingestor` decodes,
   dead-letters and joins each batch, then :class:`~streamproc.publish.sources.SourceStage`
-  folds it into per-tick partials and sends the complete ones on;
+  folds it into window partials (with per-tick summaries) and sends the complete ones on;
 - ``partials``: :class:`~streamproc.publish.judging.JudgeStage` merges the partials of the models
   on its partitions, judges windows and publishes alerts and metrics.
 
