@@ -166,6 +166,7 @@ class SourceAggregator:
         self._dirty: set[tuple[str, float]] = set()  # (model, window start) to checkpoint
         self._gone: set[tuple[str, float]] = set()
         self._model_cfg: dict[str, MonitoringConfig] = {}
+        self.late: Counter[str] = Counter()  # events too late to fold, per model (for metrics)
 
     def model_cfg(self, model: str) -> MonitoringConfig:
         got = self._model_cfg.get(model)
@@ -202,6 +203,16 @@ class SourceAggregator:
         if o_ok.any():
             kept_o = [c for c, ok in zip(outs, o_ok.tolist(), strict=True) if ok]
             folded.update(self._fold_outcomes(kept_o))
+        if not p_ok.all():
+            self.late.update(
+                a.event.model_id for a, ok in zip(preds, p_ok.tolist(), strict=True) if not ok
+            )
+        if not o_ok.all():
+            self.late.update(
+                c.joined.prediction.model_id
+                for c, ok in zip(outs, o_ok.tolist(), strict=True)
+                if not ok
+            )
         return folded
 
     def _admit_outcomes(self, outs: Sequence[Completed]) -> np.ndarray:

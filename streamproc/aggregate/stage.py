@@ -45,6 +45,7 @@ class AggregateStage:
         self.refs = refs
         self.sources: dict[str, SourceAggregator] = {}
         self.folded: Counter[str] = Counter()  # events folded per model, for metrics
+        self.late: Counter[str] = Counter()  # events too late to fold, per model, for metrics
         self.first_record_s = math.inf  # the first record time any source had
         self._outbox: list[PartialsMessage] = []
         self._moved: set[str] = set()
@@ -90,6 +91,9 @@ class AggregateStage:
             # A redelivered join comes back in its batch order; sort outcomes into offset order.
             ocs = sorted(outs.get(src, []), key=lambda c: (c.offset, c.index))
             self.folded.update(agg.fold(preds.get(src, []), ocs, through[src]))
+            if agg.late:
+                self.late.update(agg.late)
+                agg.late.clear()
             if agg.clock.flushed_until > before:
                 self._moved.add(src)
             self._outbox += agg.complete()

@@ -10,6 +10,7 @@ outgoing records as compact JSON.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,6 +50,8 @@ _AT = re.compile(r" - at `\$\.?([A-Za-z0-9_]*)[^`]*`$")
 _MISSING = re.compile(r"^Object missing required field `([^`]+)`")
 _DECODERS: dict[type, msgspec.json.Decoder[Any]] = {}
 _BATCH = msgspec.json.Decoder(list[msgspec.Raw])
+_FIELDS = frozenset(Prediction.__struct_fields__) | frozenset(Label.__struct_fields__)
+MAX_DEPTH = 1000  # about where msgspec and the stdlib parser stop
 
 
 def _decoder(kind: type[E]) -> msgspec.json.Decoder[E]:
@@ -58,17 +61,72 @@ def _decoder(kind: type[E]) -> msgspec.json.Decoder[E]:
     return dec
 
 
+class _Bad:
+    """A value the stdlib parser takes but an event cannot hold (it marks where it was)."""
+
+    __slots__ = ("problem", "text")
+
+    def __init__(self, problem: str, text: str) -> None:
+        self.problem, self.text = problem, text
+
+
+def _nan(name: str) -> _Bad:
+    return _Bad("non_finite", name)
+
+
+def _float(text: str) -> float | _Bad:
+    x = float(text)
+    return _Bad("out_of_range", text[:40]) if math.isinf(x) else x
+
+
+def _first_bad(parsed: Any) -> tuple[str, str, str] | None:
+    """``(field, problem, text)`` of the first unholdable value, depth-first, iteratively (the
+    parser accepted the nesting, a recursive walk might not). ``field`` is the top-level field
+    it sits in (``$`` for a value that is not in an object's field)."""
+    stack: list[tuple[str | None, Any]] = [(None, parsed)]
+    while stack:
+        field, value = stack.pop()
+        if isinstance(value, _Bad):
+            return field or "$", value.problem, value.text
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return field or "$", "invalid_unicode", ""
+        elif isinstance(value, dict):
+            for k, v in reversed(value.items()):
+                at = field
+                if at is None and isinstance(parsed, dict):  # a field of the event, by name
+                    at = k if k in _FIELDS else "$"  # (never a name that came in: metric label)
+                stack.append((at, v))
+                stack.append((at, k))
+        elif isinstance(value, list):
+            stack.extend((field, v) for v in reversed(value))
+    return None
+
+
 def _json_reason(value: bytes, exc: Exception) -> tuple[str, str]:
-    """Classify bytes msgspec could not parse: not UTF-8, non-finite literals, or bad JSON."""
+    """Classify bytes msgspec could not parse: not UTF-8, too deep, NaN/Infinity, a number
+    beyond a 64-bit float, a lone UTF-16 surrogate, or bad JSON."""
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as err:
         return "not_utf8", f"value is not UTF-8: {err.reason} at byte {err.start}"
-    try:
-        json.loads(text)  # accepts NaN/Infinity, which JSON (and msgspec) do not
+    try:  # the stdlib parser takes NaN, Infinity, 1e999 and "\ud800", which msgspec refuses
+        parsed = json.loads(text, parse_constant=_nan, parse_float=_float)
+    except RecursionError:
+        return "too_deep", f"nested deeper than {MAX_DEPTH} levels"
     except ValueError:
         return "invalid_json", str(exc)
-    return "non_finite_number", "NaN or Infinity is not a JSON number"
+    bad = _first_bad(parsed)
+    if bad is None:
+        return "invalid_json", str(exc)
+    field, problem, shown = bad
+    if problem == "non_finite":
+        return "non_finite_number", f"{shown} in {field} is not a JSON number"
+    if problem == "out_of_range":
+        return f"schema:{field}:out_of_range", f"{shown} in {field} does not fit a 64-bit float"
+    return f"schema:{field}:invalid_unicode", f"a string in {field} holds a lone UTF-16 surrogate"
 
 
 def _schema_reason(exc: msgspec.ValidationError) -> tuple[str, str]:
@@ -79,9 +137,9 @@ def _schema_reason(exc: msgspec.ValidationError) -> tuple[str, str]:
     at = _AT.search(msg)
     path = at.group(1) if at and at.group(1) else "$"
     if msg.startswith("Number out of range"):
-        return "non_finite_number", msg
+        return f"schema:{path}:out_of_range", msg
     if msg.startswith("Expected `object`"):
-        return "schema:$:not_an_object", msg
+        return f"schema:{path}:not_an_object", msg
     if msg.startswith("Expected"):
         problem = (
             "out_of_range" if any(op in msg for op in ("<=", ">=", " < ", " > ")) else "wrong_type"
@@ -92,6 +150,13 @@ def _schema_reason(exc: msgspec.ValidationError) -> tuple[str, str]:
     return f"schema:{path}:invalid", msg
 
 
+def _unexpected(exc: BaseException) -> tuple[str, str]:
+    """Reason for an exception no rule above expects: the message still gets its dead letter."""
+    if isinstance(exc, RecursionError):
+        return "too_deep", f"nested deeper than {MAX_DEPTH} levels"
+    return f"internal:{type(exc).__name__}", f"{type(exc).__name__}: {exc}"[:500]
+
+
 def _decode_one(raw: bytes, kind: type[E], index: int | None, out: Decoded[E]) -> None:
     try:
         event = _decoder(kind).decode(raw)
@@ -99,7 +164,13 @@ def _decode_one(raw: bytes, kind: type[E], index: int | None, out: Decoded[E]) -
         reason, msg = _schema_reason(exc)
         out.rejections.append(Rejection(reason, msg, raw, index))
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        reason, msg = _json_reason(raw, exc)
+        try:
+            reason, msg = _json_reason(raw, exc)
+        except Exception as err:
+            reason, msg = _unexpected(err)
+        out.rejections.append(Rejection(reason, msg, raw, index))
+    except Exception as exc:
+        reason, msg = _unexpected(exc)
         out.rejections.append(Rejection(reason, msg, raw, index))
     else:
         out.events.append(event)
@@ -133,7 +204,14 @@ def decode_message(
     try:
         elements = _BATCH.decode(value)
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
-        reason, msg = _json_reason(value, exc)
+        try:
+            reason, msg = _json_reason(value, exc)
+        except Exception as err:
+            reason, msg = _unexpected(err)
+        out.rejections.append(Rejection(reason, msg, value))
+        return out
+    except Exception as exc:
+        reason, msg = _unexpected(exc)
         out.rejections.append(Rejection(reason, msg, value))
         return out
     if not elements:

@@ -159,6 +159,46 @@ def check_join_layout(cfg: Config) -> None:
     asyncio.run(check())
 
 
+# The datetimes an alert or a window can name: 1970-01-01 to 9999-12-31.
+_TIME_RANGE = (0.0, 253402300799.0)
+
+
+def time_rejection(
+    t: float, record_ms: int | None, max_ahead_s: float | None, max_age_s: float | None
+) -> tuple[str, str] | None:
+    """Why an event at event time ``t`` is refused, or ``None``: its time must be a date (1970
+    to 9999), at most ``max_ahead_s`` past its Kafka record's timestamp and, if ``max_age_s``
+    is set, at most that much before it.
+
+    The record's timestamp (when the producer sent it, or when the broker appended it) is the
+    wall clock the event is checked against, so a replay of the same offsets refuses exactly
+    what the live worker refused. A refused event moves no watermark.
+
+    >>> time_rejection(1704067200.0, 1704067200_000, 300.0, None) is None
+    True
+    >>> time_rejection(4102444800.0, 1704067200_000, 300.0, None)[0]
+    'timestamp:ahead_of_record'
+    >>> time_rejection(1e300, None, 300.0, None)[0]
+    'schema:timestamp:out_of_range'
+    """
+    if not _TIME_RANGE[0] <= t <= _TIME_RANGE[1]:
+        return "schema:timestamp:out_of_range", f"event time {t:g} is not between 1970 and 9999"
+    if record_ms is None or record_ms <= 0:
+        return None
+    lead = t - record_ms / 1000.0
+    if max_ahead_s is not None and lead > max_ahead_s:
+        return "timestamp:ahead_of_record", (
+            f"event time is {lead:.0f} s ahead of its record's timestamp "
+            f"(worker.max_future_skew_s={max_ahead_s:g}): a producer's clock is wrong"
+        )
+    if max_age_s is not None and -lead > max_age_s:
+        return "timestamp:too_old", (
+            f"event time is {-lead:.0f} s before its record's timestamp "
+            f"(worker.max_age_s={max_age_s:g})"
+        )
+    return None
+
+
 def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -201,15 +241,28 @@ class Ingestor:
         self.metrics.events.labels(topic=role, outcome="deadletter").inc()
 
     def _decode(self, msgs: Sequence[RawMessage], kind: type, role: str) -> list[tuple]:
+        """Decoded events as ``(event, message, index, raw bytes, origin, event time)``; the
+        rest dead-lettered, including events whose time :func:`time_rejection` refuses."""
         accepted = []
-        max_bytes, max_batch = self.cfg.worker.max_message_bytes, self.cfg.worker.max_batch_events
+        worker = self.cfg.worker
+        ahead, age = worker.max_future_skew_s, worker.max_age_s
         for msg in msgs:
-            decoded = decode_message(msg.value, kind, max_bytes=max_bytes, max_batch=max_batch)
+            decoded = decode_message(
+                msg.value,
+                kind,
+                max_bytes=worker.max_message_bytes,
+                max_batch=worker.max_batch_events,
+            )
             for rejection in decoded.rejections:
                 self._dead_letter(msg, rejection, role)
             for ev, idx, raw in zip(decoded.events, decoded.indexes, decoded.raws, strict=True):
+                t = event_time(ev.timestamp, msg.timestamp_ms)
+                refused = time_rejection(t, msg.timestamp_ms, ahead, age)
+                if refused is not None:
+                    self._dead_letter(msg, Rejection(*refused, raw, idx), role)
+                    continue
                 origin = f"{msg.partition}:{msg.offset}:{'' if idx is None else idx}"
-                accepted.append((ev, msg, idx, raw, origin))
+                accepted.append((ev, msg, idx, raw, origin, t))
         self.metrics.messages.labels(topic=role).inc(len(msgs))
         return accepted
 
@@ -218,7 +271,7 @@ class Ingestor:
     ) -> list[int]:
         """Dead-letter duplicates, count outcomes; return the indexes of events to observe."""
         keep = []
-        for i, ((_, msg, idx, raw, _), result) in enumerate(zip(accepted, results, strict=True)):
+        for i, ((_, msg, idx, raw, _, _), result) in enumerate(zip(accepted, results, strict=True)):
             if result == "duplicate":
                 self.metrics.join.labels(result="duplicate").inc()
                 reason = f"duplicate:{what}"
@@ -247,8 +300,7 @@ class Ingestor:
         started = time.perf_counter()
         accepted = self._decode(msgs, Prediction, "predictions")
         items = []
-        for ev, msg, _, _, origin in accepted:
-            t = event_time(ev.timestamp, msg.timestamp_ms)
+        for ev, _, _, _, origin, t in accepted:
             features = {k: v for k, v in ev.features.items() if k in self._perf}
             rec = JoinRecord(
                 ev.model_id, ev.model_version, t, ev.prediction, ev.confidence, ev.scores,
@@ -283,8 +335,8 @@ class Ingestor:
         accepted = self._decode(msgs, Label, "labels")
         items = [
             (ev.prediction_id, origin,
-             LabelRecord(ev.label, event_time(ev.timestamp, msg.timestamp_ms), ev.model_id))
-            for ev, msg, _, _, origin in accepted
+             LabelRecord(ev.label, t, ev.model_id))
+            for ev, _, _, _, origin, t in accepted
         ]  # fmt: skip
         results, joined = await retry(lambda: self.join.add_labels(items), "redis", self.metrics)
         self._count_results(accepted, results, "labels", "label")

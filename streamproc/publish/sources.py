@@ -159,13 +159,16 @@ class SourceStage:
             await self.client.set(self.keys.first_record, repr(earliest), nx=True)
             self.first_record_s = float(await self.client.get(self.keys.first_record))
         self._touched |= set(first)
-        before = dict(self.stage.folded)
+        before, late_before = dict(self.stage.folded), dict(self.stage.late)
         # Quiet is measured from the records' own time (when they were produced), so a replay
         # that reads the same records finds the same silences.
         self.stage.on_batch(role, observed, joined, record_ms)  # type: ignore[arg-type]
         for model, n in self.stage.folded.items():
             if n != before.get(model, 0):
                 self.metrics.aggregated.labels(model=model).inc(n - before.get(model, 0))
+        for model, n in self.stage.late.items():
+            if n != late_before.get(model, 0):
+                self.metrics.late_events.labels(model=model).inc(n - late_before.get(model, 0))
         partials, progress = self.stage.take()
         # A baseline changed: say at once that these sources know (the judge applies the
         # change once every source does); the timer covers the others.

@@ -9,6 +9,7 @@ import random
 import re
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -424,6 +425,11 @@ BAD_INPUTS: list[tuple[bytes, str]] = [
     (b'{"prediction_id": "b5", "model_id": "m", "model_version": "1", "prediction": "' +
      b"x" * (5 * 1024 * 1024) + b'"}', "too_large"),
     (b"\xff\xfe\x00garbage", "not_utf8"),
+    (b"[" * 1000 + b"]" * 1000, "too_deep"),  # ~2 KB, ~1,000 levels: a RecursionError inside
+    (b'{"prediction_id": "b7", "model_id": "m", "model_version": "1", "prediction": "\\ud800"}',
+     "schema:prediction:invalid_unicode"),
+    (b'{"prediction_id": "b8", "model_id": "m", "model_version": "1", "prediction": 1,'
+     b' "features": null}', "schema:features:not_an_object"),
     (b"", "empty"),
     (b"[]", "empty_batch"),
     (json.dumps(_prediction(1)).encode(), "duplicate:prediction_id"),  # p1 repeated, below
@@ -442,9 +448,10 @@ def test_bad_inputs_land_in_deadletter_with_reason_and_bytes_while_good_traffic_
 
     worker = WorkerProcess(applied, tmp_path)
     try:
-        # 202 accepted events + 12 dead letters (11 bad messages, 1 bad batch element)
+        # 202 accepted events + a dead letter per bad message and 1 for a bad batch element
         worker.wait_for(
-            lambda: worker.metric("streamproc_events_total", topic="predictions") >= 214,
+            lambda: worker.metric("streamproc_events_total", topic="predictions")
+            >= 202 + len(BAD_INPUTS) + 1,
             120, "all messages",
         )  # fmt: skip
         assert worker.metric("streamproc_messages_total", topic="predictions") == len(values)
@@ -470,6 +477,37 @@ def test_bad_inputs_land_in_deadletter_with_reason_and_bytes_while_good_traffic_
     batch_letter = next(d for d in letters if d["error"]["code"] == "schema:model_id:missing")
     assert batch_letter["batch_index"] == 1
     assert json.loads(base64.b64decode(batch_letter["value_b64"]))["prediction_id"] == "b6"
+
+
+def test_events_stamped_far_ahead_of_their_record_are_dead_lettered_and_make_nothing_late(
+    applied: Config, tmp_path: Path
+) -> None:
+    """One producer with a clock years ahead, on the same partition as good traffic: its
+    events are refused, and every good event after them is still folded (none counted late)."""
+    ahead = time.time() + 10 * 365 * 86400
+    values = []
+    for i in range(2_000):
+        values.append((b"k", json.dumps(_prediction(i)).encode()))
+        if i % 10 == 5:
+            bad = _prediction(100_000 + i, timestamp=ahead + i)
+            values.append((b"k", json.dumps(bad).encode()))
+    produce(applied, applied.topics.predictions, values)
+
+    worker = WorkerProcess(applied, tmp_path)
+    try:
+        worker.wait_for(
+            lambda: worker.metric("streamproc_aggregated_events_total") >= 2_000,
+            120, "every good event folded",
+        )  # fmt: skip
+        assert worker.metric("streamproc_events_total", outcome="deadletter") == 200
+        assert worker.metric("streamproc_late_events_total") == 0
+        assert worker.metric("streamproc_aggregated_events_total") == 2_000
+        worker.assert_healthy()
+    finally:
+        worker.stop()
+    letters = [json.loads(m.value()) for m in consume_all(applied, applied.topics.deadletter, 200)]
+    assert Counter(d["error"]["code"] for d in letters) == {"timestamp:ahead_of_record": 200}
+    assert "max_future_skew_s=300" in letters[0]["error"]["message"]
 
 
 @pytest.mark.slow

@@ -95,8 +95,28 @@ def test_batch_keeps_valid_elements_and_rejects_each_bad_one_alone() -> None:
         ),
         (
             b'{"prediction_id":"p","model_id":"m","model_version":"1","prediction":1e999}',
-            "non_finite_number",
+            "schema:prediction:out_of_range",
         ),
+        (
+            b'{"prediction_id":"p","model_id":"m","model_version":"1","prediction":"\\ud800"}',
+            "schema:prediction:invalid_unicode",
+        ),
+        (
+            b'{"prediction_id":"p","model_id":"m","model_version":"1","features":{"\\udc00":1}}',
+            "schema:features:invalid_unicode",
+        ),
+        (
+            b'{"prediction_id":"p","model_id":"m","model_version":"1","features":null}',
+            "schema:features:not_an_object",
+        ),
+        (
+            b'{"prediction_id":"p","model_id":"m","model_version":"1","prediction":1,'
+            b'"features":{"x":' + b"1" * 400 + b"}}",
+            "schema:features:out_of_range",
+        ),
+        (b"[" * 5_000 + b"]" * 5_000, "too_deep"),
+        (b'{"a":' * 5_000 + b"1" + b"}" * 5_000, "too_deep"),
+        (b'{"prediction_id":"p","extra":' + b"[" * 5_000 + b"]" * 5_000 + b"}", "too_deep"),
         (
             b'[{"prediction_id":"p","model_id":"m","model_version":"1","prediction":Infinity}]',
             "non_finite_number",
@@ -106,7 +126,9 @@ def test_batch_keeps_valid_elements_and_rejects_each_bad_one_alone() -> None:
         (b"[1, 2", "invalid_json"),
     ],
 )
-def test_malformed_values_get_a_precise_reason(value: bytes | None, reason: str) -> None:
+def test_malformed_values_get_a_reason_naming_the_problem_and_field(
+    value: bytes | None, reason: str
+) -> None:
     decoded = decode_message(value, Prediction)
     assert decoded.events == []
     assert [r.reason for r in decoded.rejections] == [reason]
