@@ -136,6 +136,9 @@ class MonitoringConfig(_Section):
     segment_dims: list[str] | None = None  # None: every dimension found in events
     max_segment_values: PositiveInt = 20
     features: list[str] | None = None  # None: every feature of the baseline or the events
+    # /metrics exports the drift gauges of this many features per (model, segment), the most
+    # drifted first; the metrics topic keeps every feature.
+    metrics_top_features: PositiveInt = 20
     warmup_windows: PositiveInt = 1
     warmup_sample: PositiveInt = 5000
     warmup_min_rows: PositiveInt = 1000  # keep warming up over more windows until this many

@@ -22,11 +22,12 @@ Baselines
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import traceback
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -130,6 +131,7 @@ class JudgeStage:
         self._refreshed_at = -float("inf")
         self._changes: bytes | None = None
         self._stored_fps: set[str] = set()
+        self._exported: dict[tuple[str, str], set[str]] = {}
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -442,7 +444,19 @@ class JudgeStage:
             seg = ",".join(f"{k}={v}" for k, v in sorted(record.segment.items())) or "all"
             if record.count:
                 g.windows_closed.labels(model=model).inc()
-            for feature, row in record.features.items():
+            # A window without drift figures (no events, warm-up) leaves the last window's gauges
+            # as they are; otherwise only the top-K features keep their series.
+            judged = {f: row for f, row in record.features.items() if _has_gauge_value(row)}
+            shown = top_features(judged, self.cfg.monitoring.metrics_top_features)
+            if shown:
+                series_key = (model, seg)
+                for feature in self._exported.get(series_key, set()) - set(shown):
+                    for gauge in (g.feature_psi, g.feature_js, g.feature_null_rate):
+                        with contextlib.suppress(KeyError):
+                            gauge.remove(model, feature, seg)
+                self._exported[series_key] = set(shown)
+            for feature in shown:
+                row = record.features[feature]
                 labels = {"model": model, "feature": feature, "segment": seg}
                 for gauge, name in (
                     (g.feature_psi, "psi"),
@@ -484,6 +498,36 @@ class JudgeStage:
             if part is not None:
                 for model in part.models:
                     self.judges.pop(model, None)
+
+
+_GAUGED = ("psi", "js", "null_rate")
+
+
+def _has_gauge_value(row: Mapping[str, Any]) -> bool:
+    return any(row.get(name) is not None for name in _GAUGED)
+
+
+def top_features(rows: Mapping[str, Mapping[str, Any]], k: int) -> list[str]:
+    """The ``k`` most drifted features of one window's rows: by PSI, then JS, then null rate.
+
+    What ``/metrics`` exports per (model, segment), so that its series stay bounded however
+    many features a model has; the metrics topic keeps every row.
+
+    >>> rows = {"a": {"psi": 0.01}, "b": {"psi": 0.3}, "c": {"js": 0.2}, "d": {"psi": 0.01}}
+    >>> top_features(rows, 3)
+    ['b', 'a', 'd']
+    """
+
+    def score(name: str) -> tuple[float, float, float, str]:
+        row = rows[name]
+        return (
+            -float(row.get("psi") or 0.0),
+            -float(row.get("js") or 0.0),
+            -float(row.get("null_rate") or 0.0),
+            name,
+        )
+
+    return sorted(rows, key=score)[:k]
 
 
 def _timeline_bytes(judge: ModelJudge) -> bytes:

@@ -21,8 +21,9 @@ import yaml
 from streamproc.config import Config
 from streamproc.dev.synthetic import WorkloadSpec, generate
 from streamproc.kafka import topics
+from streamproc.publish.judging import top_features
 from tests.integration.test_monitoring import MONITOR_ENV
-from tests.integration.workers import WorkerProcess, free_port, produce
+from tests.integration.workers import WorkerProcess, free_port, produce, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -139,8 +140,13 @@ def applied(config: Config) -> Config:
 
 def _psi_series(text: str, model: str) -> set[tuple[str, str]]:
     """(feature, segment) of every streamproc_feature_psi sample of ``model`` in /metrics."""
+    return _series(text, "streamproc_feature_psi", model)
+
+
+def _series(text: str, metric: str, model: str) -> set[tuple[str, str]]:
+    """(feature, segment) of every ``metric`` sample of ``model`` in /metrics."""
     found = set()
-    for labels in re.findall(r"^streamproc_feature_psi\{([^}]*)\}", text, re.M):
+    for labels in re.findall(rf"^{metric}\{{([^}}]*)\}}", text, re.M):
         got = dict(re.findall(r'(\w+)="([^"]*)"', labels))
         if got.get("model") == model:
             found.add((got["feature"], got["segment"]))
@@ -208,7 +214,7 @@ def test_prometheus_scrapes_the_worker_and_evaluates_every_rule(
         worker.stop()
 
 
-def test_prometheus_scrapes_the_drift_gauge_of_a_warmed_up_monitor(
+def test_prometheus_scrapes_the_drift_gauges_of_the_top_features_of_a_warmed_up_monitor(
     applied: Config, tmp_path: Path
 ) -> None:
     # Twenty minutes of event time at 5 events/s with labels: several monitor windows close.
@@ -223,8 +229,13 @@ def test_prometheus_scrapes_the_drift_gauge_of_a_warmed_up_monitor(
 
     produce(applied, applied.topics.predictions, batches(predictions))
     produce(applied, applied.topics.labels, batches(labels))
-    # Partitions this small workload leaves empty stop holding the watermark after 5 s.
-    env = {**MONITOR_ENV, "STREAMPROC_MONITORING_IDLE_TIMEOUT_S": "5"}
+    # Partitions this small workload leaves empty stop holding the watermark after 5 s; the
+    # model has 23 features, /metrics shows the 5 most drifted per segment.
+    env = {
+        **MONITOR_ENV,
+        "STREAMPROC_MONITORING_IDLE_TIMEOUT_S": "5",
+        "STREAMPROC_MONITORING_METRICS_TOP_FEATURES": "5",
+    }
     worker = WorkerProcess(applied, tmp_path, **env)
     try:
         worker.wait_for(
@@ -247,5 +258,32 @@ def test_prometheus_scrapes_the_drift_gauge_of_a_warmed_up_monitor(
         scraped = {(r["metric"]["feature"], r["metric"]["segment"]) for r in series}
         assert scraped <= _psi_series(worker.metrics_text(), "psi-check")
         assert all(float(r["value"][1]) >= 0 for r in series)
+
+        # Once every window is judged, each segment exports exactly the top 5 features of its
+        # last window on the metrics topic (which keeps all 23).
+        closed = lambda: worker.metric("streamproc_windows_closed_total")  # noqa: E731
+        last = -1.0
+        while (now := closed()) != last:
+            last = now
+            time.sleep(8)
+        text = worker.metrics_text()
+        exported: dict[str, set[str]] = {}
+        for name in ("psi", "js", "null_rate"):
+            for feature, seg in _series(text, f"streamproc_feature_{name}", "psi-check"):
+                exported.setdefault(seg, set()).add(feature)
+        expected: dict[str, set[str]] = {}
+        for record in read_topic(applied, applied.topics.metrics):
+            rows = {
+                feature: row
+                for feature, row in record["features"].items()
+                if any(row.get(n) is not None for n in ("psi", "js", "null_rate"))
+            }
+            if record["model_id"] != "psi-check" or not rows:
+                continue  # a window without drift figures leaves the gauges as they were
+            seg = ",".join(f"{k}={v}" for k, v in sorted(record["segment"].items())) or "all"
+            assert len(rows) > 5
+            expected[seg] = set(top_features(rows, 5))
+        assert exported == expected
+        assert max(len(f) for f in exported.values()) == 5
     finally:
         worker.stop()
