@@ -93,6 +93,23 @@ class Completed:
     index: int = -1
 
 
+_SLOTS = 1 << 24  # elements per message a position can tell apart
+
+
+def _positions(at: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Offset-order positions of (offset, index in the message) pairs, as sortable integers
+    (index -1, a single-event message, sorts first).
+
+    >>> _positions([(3, -1), (3, 0), (3, 499), (4, 0)]).tolist() == sorted(
+    ...     _positions([(3, -1), (3, 0), (3, 499), (4, 0)]).tolist())
+    True
+    """
+    if not at:
+        return np.zeros(0, np.int64)
+    pairs = np.array(at, dtype=np.int64)
+    return pairs[:, 0] * _SLOTS + np.minimum(pairs[:, 1] + 1, _SLOTS - 1)
+
+
 def confidence_of(scores: dict[str, float] | None, confidence: float | None) -> float | None:
     """The confidence the monitors see: the largest class score, else ``confidence``.
 
@@ -221,21 +238,25 @@ class SourceAggregator:
             return self.clock.admit(times)
         # A prediction partition's clock follows its predictions only; an outcome completed
         # there is judged against the clock as of its own message.
-        return self._outcomes_at(outs, times, self.clock.newest, np.zeros(0), np.zeros(0))
+        return self._outcomes_at(outs, times, self.clock.newest, _positions([]), np.zeros(0))
 
     def _outcomes_at(
         self,
         outs: Sequence[Completed],
         times: np.ndarray,
         newest: float,
-        pred_offsets: np.ndarray,
+        pred_positions: np.ndarray,
         pred_times: np.ndarray,
     ) -> np.ndarray:
         if not outs:
             return np.zeros(0, bool)
         tick_s, lateness = self.clock.tick_s, self.clock.lateness_s
         runmax = np.maximum.accumulate(np.concatenate(([newest], pred_times)))
-        at = np.searchsorted(pred_offsets, [c.offset for c in outs], side="right")
+        # Each outcome sees the clock as of the prediction element that completed it, not as of
+        # the end of its message: a 500-event message spans minutes of event time.
+        at = np.searchsorted(
+            pred_positions, _positions([(c.offset, c.index) for c in outs]), side="right"
+        )
         newest_then = runmax[at]
         with np.errstate(invalid="ignore"):
             bound = np.floor((newest_then - lateness) / tick_s) * tick_s
@@ -256,8 +277,8 @@ class SourceAggregator:
         if not outs:
             return p_ok, np.zeros(0, bool)
         o_times = np.array([c.joined.label.event_time for c in outs], dtype=np.float64)
-        offsets = np.array([a.offset for a in preds], dtype=np.int64)
-        return p_ok, self._outcomes_at(outs, o_times, newest, offsets, times)
+        positions = _positions([(a.offset, a.index) for a in preds])
+        return p_ok, self._outcomes_at(outs, o_times, newest, positions, times)
 
     _flushed_before = -math.inf
 

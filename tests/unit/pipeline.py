@@ -18,7 +18,7 @@ import dataclasses
 import functools
 import random
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,9 +114,10 @@ def batches(
     edit: Edit | None = None,
     batch: int = BATCH,
     first_offset: int = 0,
+    per_message: int = PER_MESSAGE,
 ) -> Iterator[tuple[str, list[RawMessage], int]]:
     """``(topic, records, events)`` per consumed batch; labels after the predictions."""
-    cut = {t: Cutter(t, first_offset=first_offset) for t in ("predictions", "labels")}
+    cut = {t: Cutter(t, per_message, first_offset) for t in ("predictions", "labels")}
     pending: dict[str, list[dict[str, Any]]] = {"predictions": [], "labels": []}
 
     def take() -> Iterator[tuple[str, list[RawMessage], int]]:
@@ -144,14 +145,19 @@ def batches(
 
 
 def shuffled(
-    work: Workload, labels: bool, rng: random.Random
+    work: Workload,
+    labels: bool,
+    rng: random.Random,
+    overtake: bool = False,
+    per_message: int = PER_MESSAGE,
 ) -> Iterator[tuple[str, list[RawMessage], int]]:
     """The records of :func:`batches` consumed in another order: each batch takes a few
     messages from the heads of a few partitions of one topic. Every partition is read in offset
     order, and a label message only once every prediction message of an earlier record time
-    was read (labels do not overtake their predictions)."""
+    was read (labels do not overtake their predictions), unless ``overtake``: then the labels
+    topic may be read ahead of the predictions by any amount."""
     queues: dict[tuple[str, int], list[RawMessage]] = {}
-    for topic, records, _ in batches(work, labels):
+    for topic, records, _ in batches(work, labels, per_message=per_message):
         for r in records:
             queues.setdefault((topic, r.partition), []).append(r)
     for q in queues.values():
@@ -159,7 +165,9 @@ def shuffled(
 
     def due(key: tuple[str, int], oldest: int | None) -> bool:
         q = queues[key]
-        return bool(q) and (key[0] == "predictions" or oldest is None or _ms(q[-1]) <= oldest)
+        return bool(q) and (
+            key[0] == "predictions" or overtake or oldest is None or _ms(q[-1]) <= oldest
+        )
 
     while any(queues.values()):
         heads = [_ms(q[-1]) for (t, _), q in queues.items() if t == "predictions" and q]
@@ -200,7 +208,10 @@ def run(
     restart_every: int = 0,
     redeliver: int = 0,
     shuffle: random.Random | None = None,
+    overtake: bool = False,
+    labels_first: bool = False,
     batch: int = BATCH,
+    per_message: int = PER_MESSAGE,
     finish: bool = True,
 ) -> Run:
     """``n`` events of ``spec`` through a pipeline judging against :func:`baseline`, then
@@ -211,18 +222,22 @@ def run(
     ``redeliver=k``, the one taken ``k`` batches before, and those ``k`` batches are fed again,
     as after a crash before their state was committed. What the first attempt emitted stays in
     the outputs (it was published): compare them with :func:`once`. ``shuffle``: consume the
-    records in another order (:func:`shuffled`).
+    records in another order (:func:`shuffled`, with ``overtake``); ``labels_first``: every
+    label message before any prediction message (a worker catching up on both topics whose
+    labels consumer ran ahead).
     """
     work = Workload(spec, n, seed=seed)
     result = Run(pipeline(spec, cfg, labels), work)
     pipe = result.pipe
 
     async def drive() -> None:
-        feed = (
-            shuffled(work, labels, shuffle)
+        feed: Iterable[tuple[str, list[RawMessage], int]] = (
+            shuffled(work, labels, shuffle, overtake, per_message)
             if shuffle is not None
-            else batches(work, labels, edit, batch)
+            else batches(work, labels, edit, batch, per_message=per_message)
         )
+        if labels_first:
+            feed = sorted(feed, key=lambda item: item[0] != "labels")
         snapshot = b""
         since: list[tuple[str, list[RawMessage]]] = []
         for i, (topic, records, count) in enumerate(feed, 1):
