@@ -12,7 +12,9 @@ Aggregation (an agent on ``predictions`` or ``labels``; :mod:`streamproc.publish
 3. produce those partials (each to its model's partition of ``<app_id>-partials``), then each
    moved source's progress (to every partition), and the batch's dead letters;
 4. wait for Kafka to acknowledge every record (:meth:`OutputProducer.flush`);
-5. write each changed source's checkpoint to Redis (:func:`checkpoint_sources`);
+5. write each changed source's checkpoint to Redis (:func:`checkpoint_sources`), fenced by the
+   sources' owner epochs (:func:`take_ownership`; a source another worker restored since is
+   refused and forgotten);
 6. return: the batch may be committed.
 
 A crash between 4 and 5 re-folds the batch from the previous checkpoint and sends the same
@@ -29,7 +31,8 @@ Judging (the agent on ``<app_id>-partials``; :mod:`streamproc.publish.judging`)
    partition's state (sources' progress, applied offset, models, quarantine), the reference
    timelines that changed (a baseline decided, a warm-up built: the aggregation stage bins
    with them), the alert ids about to be published, messages parked for quarantined models,
-   and an *outbox* of every record to publish;
+   and an *outbox* of every record to publish; fenced by the partitions' owner epochs (a
+   partition another worker loaded since is refused, forgotten and not published);
 4. publish the outbox and wait for Kafka's acknowledgement (:func:`publish_outbox`);
 5. delete the outbox;
 6. return: the batch may be committed.
@@ -41,10 +44,11 @@ content-derived alert ids.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
+import redis.exceptions
 
 from streamproc.kafka.producer import OutputProducer
 from streamproc.publish.keys import Keys
@@ -55,20 +59,69 @@ _OUTBOX = msgspec.msgpack.Encoder()
 _OUTBOX_DEC = msgspec.msgpack.Decoder(list[tuple[str, bytes | None, bytes]])
 
 
-async def checkpoint_sources(
-    client: Any, keys: Keys, changes: Mapping[str, tuple[dict[str, bytes], list[str]]]
+class Fenced(Exception):
+    """Another worker loaded some of this stage's state since this one did: the write was
+    refused, and ``lost`` names the owner keys (:meth:`Keys.owner`) whose state is no longer
+    this worker's."""
+
+    def __init__(self, lost: Sequence[str]) -> None:
+        super().__init__(f"state taken over by another worker: {', '.join(lost)}")
+        self.lost = list(lost)
+
+
+async def take_ownership(client: Any, keys: Keys, state: str) -> int:
+    """Before loading ``state`` (``judgepart:<k>``, ``agg:<source>``): move its owner epoch on,
+    so that every earlier holder's next write is refused (:class:`Fenced`)."""
+    return int(await client.incr(keys.owner(state)))
+
+
+async def _fenced_transaction(
+    client: Any, fence: Mapping[str, int], write: Callable[[Any], None]
 ) -> None:
-    """Aggregation step 5: each source's changed fields set, its completed ticks deleted."""
+    """``write`` queued on one MULTI/EXEC that runs only while every owner key in ``fence``
+    still holds the epoch this worker took (WATCH; a takeover in between aborts it)."""
+    owners = sorted(fence)
+    while True:
+        async with client.pipeline(transaction=True) as pipe:
+            try:
+                if owners:
+                    await pipe.watch(*owners)
+                    held = await pipe.mget(owners)
+                    lost = [
+                        o
+                        for o, v in zip(owners, held, strict=True)
+                        if v is None or int(v) != fence[o]
+                    ]
+                    if lost:
+                        raise Fenced(lost)
+                    pipe.multi()
+                write(pipe)
+                await pipe.execute()
+                return
+            except redis.exceptions.WatchError:
+                continue  # an owner key moved: the next round says which
+
+
+async def checkpoint_sources(
+    client: Any,
+    keys: Keys,
+    changes: Mapping[str, tuple[dict[str, bytes], list[str]]],
+    fence: Mapping[str, int] | None = None,
+) -> None:
+    """Aggregation step 5: each source's changed fields set, its completed ticks deleted; only
+    while this worker still owns them (``fence``: owner key -> epoch, else :class:`Fenced`)."""
     if not changes:
         return
-    async with client.pipeline(transaction=True) as pipe:
+
+    def write(pipe: Any) -> None:
         for source, (fields, gone) in sorted(changes.items()):
             key = keys.source(source)
             if fields:
                 pipe.hset(key, mapping=fields)
             if gone:
                 pipe.hdel(key, *gone)
-        await pipe.execute()
+
+    await _fenced_transaction(client, fence or {}, write)
 
 
 async def persist_judgement(
@@ -81,9 +134,12 @@ async def persist_judgement(
     timelines: Mapping[str, bytes],
     parked: Mapping[str, Sequence[bytes]],
     unparked: Sequence[str],
+    fence: Mapping[str, int] | None = None,
 ) -> None:
-    """Judging step 3: everything the batch changed, in one transaction."""
-    async with client.pipeline(transaction=True) as pipe:
+    """Judging step 3: everything the batch changed, in one transaction, only while this worker
+    still owns the partitions (``fence``: owner key -> epoch, else :class:`Fenced`)."""
+
+    def write(pipe: Any) -> None:
         for alert_id in alert_ids:
             pipe.set(keys.alert(alert_id), b"1", ex=ALERT_MEMORY_S)
         for model, blob in sorted(judges.items()):
@@ -102,7 +158,8 @@ async def persist_judgement(
         for model, blobs in sorted(parked.items()):
             if blobs:
                 pipe.rpush(keys.parked(model), *blobs)
-        await pipe.execute()
+
+    await _fenced_transaction(client, fence or {}, write)
 
 
 async def published_before(client: Any, keys: Keys, alert_ids: Sequence[str]) -> set[str]:

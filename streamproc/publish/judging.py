@@ -23,6 +23,7 @@ Baselines
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 import traceback
@@ -51,11 +52,13 @@ from streamproc.judge.progress import ProgressState, SourceProgress
 from streamproc.kafka.producer import OutputProducer
 from streamproc.kafka.retry import retry
 from streamproc.publish.commit import (
+    Fenced,
     Record,
     owed_outbox,
     persist_judgement,
     publish_outbox,
     published_before,
+    take_ownership,
 )
 from streamproc.publish.keys import Keys
 from streamproc.worker.metrics import WorkerMetrics
@@ -83,6 +86,7 @@ class Partition:
     applied: int = -1
     models: set[str] = field(default_factory=set)
     quarantined: dict[str, str] = field(default_factory=dict)
+    epoch: int = 0  # this worker's owner epoch of the partition (not stored with it)
 
     def to_bytes(self) -> bytes:
         stored = _PartitionStored(
@@ -139,6 +143,9 @@ class JudgeStage:
         part = self.parts.get(k)
         if part is not None:
             return part
+        # Fence off whoever held it before (a worker that has not noticed the rebalance yet):
+        # its next write is refused.
+        epoch = await take_ownership(self.client, self.keys, f"judgepart:{k}")
         owed = await owed_outbox(self.client, self.keys, k)
         if owed:
             log.warning("publishing %d records owed by partition %d's last commit", len(owed), k)
@@ -158,6 +165,7 @@ class JudgeStage:
                 )
             except (StateEncodingError, msgspec.DecodeError, msgspec.ValidationError) as exc:
                 log.warning("partials partition %d: state discarded (%s)", k, exc)
+        part.epoch = epoch
         self.parts[k] = part
         for model in sorted(part.models):
             await self._judge(model, part, out)
@@ -248,7 +256,9 @@ class JudgeStage:
             await retry(lambda k=k: self._partition(k, outbox), "redis", self.metrics)
         new_models = False
         for k, offset, blob in messages:
-            part = self.parts[k]
+            part = self.parts.get(k)
+            if part is None:
+                continue  # revoked while this batch ran: its next owner reads it
             if offset <= part.applied:
                 continue  # in the partition's checkpoint already
             part.applied = offset
@@ -270,7 +280,9 @@ class JudgeStage:
                 parked[model].append(blob)
                 continue
             await retry(lambda m=model, p=part: self._judge(m, p, outbox), "redis", self.metrics)
-            judge = self.judges[model]
+            judge = self.judges.get(model)
+            if judge is None or self.parts.get(k) is not part:
+                continue  # revoked while this batch ran
             late, dup = judge.late_partials, judge.duplicate_partials
             added[model].append(blob)
             try:
@@ -295,6 +307,7 @@ class JudgeStage:
     ) -> None:
         """Judging steps 1 (closing) to 5; ``added``: per model, this batch's messages it took
         (parked with the model if judging it fails now: its memory of them is lost)."""
+        touched = {k for k in touched if k in self.parts}  # not what was revoked meanwhile
         fps: set[str] = set()
         for k in touched:
             for model in self.parts[k].models:
@@ -351,8 +364,7 @@ class JudgeStage:
                 (cfg.topics.alerts, key, encode(a)) for a in out.alerts if a.alert_id not in seen
             ]
             outbox[k] += [(cfg.topics.metrics, key, encode(r)) for r in out.metrics]
-        fresh_ids = [r[2] for rs in outbox.values() for r in rs if r[0] == cfg.topics.alerts]
-        alert_ids = [msgspec.json.decode(v)["alert_id"] for v in fresh_ids]
+        alert_ids = [msgspec.json.decode(r[2])["alert_id"] for r in _alerts_of(outbox, cfg)]
         new_refs = [ref for out in outputs.values() for _, _, ref in out.references]
         if new_refs:
             await retry(
@@ -360,6 +372,16 @@ class JudgeStage:
                 "redis",
                 self.metrics,
             )
+        revoked = {k for k in set(touched) | set(outbox) if k not in self.parts}
+        if revoked:  # while this batch ran: what it derived for them is their next owner's
+            touched -= revoked
+            outbox = defaultdict(list, {k: r for k, r in outbox.items() if k not in revoked})
+            outputs = {m: o for m, o in outputs.items() if self._owner(m) not in revoked}
+            timelines = {m: b for m, b in timelines.items() if self._owner(m) not in revoked}
+            parked = defaultdict(
+                list, {m: b for m, b in parked.items() if self._owner(m) not in revoked}
+            )
+            alert_ids = [msgspec.json.decode(r[2])["alert_id"] for r in _alerts_of(outbox, cfg)]
         judges = {
             m: checkpoint.to_bytes(self.judges[m])
             for k in touched
@@ -368,14 +390,37 @@ class JudgeStage:
         }
         partitions = {k: self.parts[k].to_bytes() for k in touched}
         unparked = list(self._unparked)
-        await retry(
-            lambda: persist_judgement(
-                self.client, self.keys, judges, partitions, outbox, alert_ids, timelines,
-                parked, unparked,
-            ),
-            "redis",
-            self.metrics,
-        )  # fmt: skip
+        held = {k: self.parts[k].epoch for k in set(touched) | set(outbox) if k in self.parts}
+        while True:
+            fence = {self.keys.owner(f"judgepart:{k}"): e for k, e in held.items()}
+            try:
+                persist = functools.partial(
+                    persist_judgement, self.client, self.keys, judges, partitions, outbox,
+                    alert_ids, timelines, parked, unparked, fence,
+                )  # fmt: skip
+                await retry(persist, "redis", self.metrics)
+                break
+            except Fenced as exc:
+                # Another worker loaded these partitions since: theirs now. Forget them and
+                # what this batch derived for them (the new owner re-reads it); keep the rest.
+                lost = {int(owner.rsplit(":", 1)[1]) for owner in exc.lost}
+                self.metrics.fenced.labels(stage="judge").inc()
+                log.warning(
+                    "partials partitions %s were taken over by another worker: this batch's "
+                    "judgement of them is dropped", sorted(lost),
+                )  # fmt: skip
+                gone = {m for m in judges | timelines | parked if self._owner(m) in lost}
+                gone |= {m for k in lost if k in self.parts for m in self.parts[k].models}
+                self.revoke(sorted(lost))
+                held = {k: e for k, e in held.items() if k not in lost}
+                judges = {m: b for m, b in judges.items() if m not in gone}
+                timelines = {m: b for m, b in timelines.items() if m not in gone}
+                parked = defaultdict(list, {m: b for m, b in parked.items() if m not in gone})
+                unparked = [m for m in unparked if m not in gone]
+                partitions = {k: b for k, b in partitions.items() if k not in lost}
+                outbox = defaultdict(list, {k: r for k, r in outbox.items() if k not in lost})
+                outputs = {m: o for m, o in outputs.items() if m not in gone}
+                alert_ids = [msgspec.json.decode(r[2])["alert_id"] for r in _alerts_of(outbox, cfg)]
         await retry(
             lambda: publish_outbox(self.client, self.keys, self.output, outbox),
             "kafka",
@@ -491,6 +536,9 @@ class JudgeStage:
                 )
         g.monitors.set(sum(len(j.segments) for j in self.judges.values()))
 
+    def _owner(self, model: str) -> int:
+        return partition_of(model, self.partitions)
+
     def revoke(self, partitions: Sequence[int]) -> None:
         """Partitions taken away: forget them and their models (the next owner restores)."""
         for k in partitions:
@@ -528,6 +576,10 @@ def top_features(rows: Mapping[str, Mapping[str, Any]], k: int) -> list[str]:
         )
 
     return sorted(rows, key=score)[:k]
+
+
+def _alerts_of(outbox: Mapping[int, Sequence[Record]], cfg: Config) -> list[Record]:
+    return [r for records in outbox.values() for r in records if r[0] == cfg.topics.alerts]
 
 
 def _timeline_bytes(judge: ModelJudge) -> bytes:

@@ -17,6 +17,8 @@
 ``P:baselines:changes``             counter, moved by every baseline put or delete (see
                                     :mod:`streamproc.baseline.store`)
 ``P:worker:<id>``                   hash: a worker's stages' progress (``status``), 2 min
+``P:owner:<state key>``             the owner epoch of ``judgepart:<k>`` or ``agg:<source>``:
+                                    moved by every load, checked by every write (fencing)
 =================================  =====================================================
 """
 
@@ -36,6 +38,14 @@ class Keys:
     def first_record(self) -> str:
         """The record time of the first record any source had (idleness of empty sources)."""
         return f"{self.prefix}:firstrecord"
+
+    def owner(self, state: str) -> str:
+        """The owner epoch of one unit of state: ``judgepart:<k>`` or ``agg:<source>``.
+
+        >>> Keys("sp").owner("judgepart:3")
+        'sp:owner:judgepart:3'
+        """
+        return f"{self.prefix}:owner:{state}"
 
     def judge(self, model: str) -> str:
         return f"{self.prefix}:judge:{model}"

@@ -130,6 +130,11 @@ class WorkerMetrics:
             "Exceptions while judging a model; the model is quarantined, its input kept",
             ["model"], registry=r,
         )  # fmt: skip
+        self.fenced = Counter(
+            "streamproc_fenced_writes",
+            "Checkpoint writes refused because another worker took the state over (by stage)",
+            ["stage"], registry=r,
+        )  # fmt: skip
         self.quarantined = Gauge(
             "streamproc_models_quarantined", "Models whose judging stopped on an error",
             registry=r,
