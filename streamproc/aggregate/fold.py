@@ -25,11 +25,13 @@ import numpy as np
 from streamproc.aggregate.columns import Columns, group_counts, is_number
 from streamproc.aggregate.partials import (
     CONFIDENCE_EDGES,
+    SAMPLE_VALUES,
     Z_SCALE,
     OutcomePartial,
     TickSummary,
     WindowPartial,
     merge_spans,
+    sample_prefix,
 )
 from streamproc.baseline import category_value
 from streamproc.baseline.reference import Reference
@@ -217,8 +219,11 @@ def fold_predictions(cols: Columns, groups: Sequence[FoldGroup], sample_k: int) 
                 if len(summaries) == 1:
                     _sample(cols, summaries[0], rows, sample_k)
                 else:
+                    by_code: dict[int, list[int]] = {}
                     for code, i in zip(g.codes.tolist(), rows, strict=True):
-                        _sample(cols, summaries[code], [i], sample_k)
+                        by_code.setdefault(code, []).append(i)
+                    for code, some in by_code.items():
+                        _sample(cols, summaries[code], some, sample_k)
             continue
         _present(cols, rows, p, ref.watched)
         for name in ref.numeric:
@@ -365,6 +370,9 @@ def _fold_numeric(
 def _sample(cols: Columns, p: WindowPartial | TickSummary, rows: list[int], k: int) -> None:
     """Keep the ``k`` rows of smallest position hash: the same whatever the order or cut."""
     sample = p.sample
+    values = p.sample_values
+    if values < 0:
+        values = sum(len(r[1]) + 1 for r in sample)
     for i in rows:
         h = cols.row_hash(i)
         if len(sample) >= k and h >= sample[-1][0]:
@@ -372,9 +380,16 @@ def _sample(cols: Columns, p: WindowPartial | TickSummary, rows: list[int], k: i
             continue
         row = [h, dict(cols.features[i]), cols.predictions[i], cols.confidences[i]]
         bisect.insort(sample, row, key=lambda r: r[0])
+        values += len(row[1]) + 1
         if len(sample) > k:
-            sample.pop()
+            values -= len(sample.pop()[1]) + 1
             p.sampled_out += 1
+    if values > SAMPLE_VALUES:  # wide rows: the sample is bounded in values too
+        keep = sample_prefix(sample, k)
+        p.sampled_out += len(sample) - keep
+        del sample[keep:]
+        values = sum(len(r[1]) + 1 for r in sample)
+    p.sample_values = values
 
 
 def fold_rows(rows: Sequence[list[Any]], partial: WindowPartial, ref: Reference) -> None:

@@ -100,14 +100,36 @@ def _add_counts(into: dict[str, int], other: dict[str, int]) -> None:
         into[k] = into.get(k, 0) + n
 
 
+SAMPLE_VALUES = 250_000
+"""At most this many feature values in one sample (a window's or a tick's): with 1,000 features
+a partial samples 250 rows, so that it stays a few MiB on the partials topic (the rows are
+sent there until a reference exists). ``warmup_sample`` bounds the rows."""
+
+
+def sample_prefix(sample: list[Row], k: int) -> int:
+    """How many of ``sample``'s first rows (sorted by hash) a sample keeps: at most ``k`` rows
+    and :data:`SAMPLE_VALUES` values. A prefix rule, so keeping it piecewise and merging gives
+    the same rows as keeping it once over everything.
+
+    >>> rows = [[h, {f"x{i}": 0.0 for i in range(100_000)}, "yes", 0.9] for h in range(4)]
+    >>> sample_prefix(rows, 3), sample_prefix(rows[:1], 3)
+    (2, 1)
+    """
+    n = min(len(sample), k)
+    values = 0
+    for i in range(n):
+        values += len(sample[i][1]) + 1
+        if values > SAMPLE_VALUES and i:
+            return i
+    return n
+
+
 def merge_samples(a: list[Row], b: list[Row], k: int) -> tuple[list[Row], int]:
-    """The ``k`` rows of smallest hash of both (each sorted by hash), and how many fell out."""
-    if not b:
-        return a[:k], max(len(a) - k, 0)
-    if not a:
-        return b[:k], max(len(b) - k, 0)
-    merged = list(heapq.merge(a, b, key=lambda r: r[0]))
-    return merged[:k], max(len(merged) - k, 0)
+    """The rows of smallest hash of both (each sorted by hash) that a sample keeps
+    (:func:`sample_prefix`), and how many fell out."""
+    merged = a if not b else b if not a else list(heapq.merge(a, b, key=lambda r: r[0]))
+    keep = sample_prefix(merged, k)
+    return merged[:keep], len(merged) - keep
 
 
 def add_sums(into: dict[str, list[int]], other: dict[str, list[int]]) -> None:
@@ -128,6 +150,8 @@ class TickSummary:
     offsets: dict[str, list[int]] = field(default_factory=dict)
     sample: list[Row] = field(default_factory=list)  # as WindowPartial.sample, when fp is None
     sampled_out: int = 0
+    # values in ``sample`` (feature values + 1 per row), kept as rows come; -1: not known yet
+    sample_values: int = field(default=-1, compare=False, repr=False)
 
     def absorb(self, other: TickSummary, k: int = 5000) -> TickSummary:
         """Merge ``other`` in place (same ``fp``); returns this summary."""
@@ -138,6 +162,7 @@ class TickSummary:
         add_sums(self.zsum, other.zsum)
         if other.sample or other.sampled_out:
             self.sample, dropped = merge_samples(self.sample, other.sample, k)
+            self.sample_values = -1
             self.sampled_out += other.sampled_out + dropped
         return self
 
@@ -167,6 +192,8 @@ class WindowPartial:
     sample: list[Row] = field(default_factory=list)  # ascending hash, when fp is None
     sampled_out: int = 0  # rows that did not fit the sample
     ticks: dict[float, TickSummary] = field(default_factory=dict)  # not sent yet (source side)
+    # values in ``sample`` (feature values + 1 per row), kept as rows come; -1: not known yet
+    sample_values: int = field(default=-1, compare=False, repr=False)
 
     @property
     def complete_sample(self) -> bool:
@@ -219,6 +246,7 @@ class WindowPartial:
                 self.score += other.score
         if other.sample or other.sampled_out:
             self.sample, dropped = merge_samples(self.sample, other.sample, k)
+            self.sample_values = -1
             self.sampled_out += other.sampled_out + dropped
         for t, x in other.ticks.items():
             have = self.ticks.get(t)

@@ -366,11 +366,14 @@ def outputs(
                 },
             )  # fmt: skip
             limit = max(cfg.top1_rate, ref_top1 + 0.1)
-            # Beyond the limit by more than 3 binomial standard errors: not sampling noise.
-            margin = 3.0 * math.sqrt(limit * (1.0 - limit) / pred.count)
+            # Beyond the limit by more than 3 binomial standard errors: not sampling noise. A
+            # model whose reference already puts over 90% on one class (fraud, churn) cannot
+            # collapse further by 0.1: no limit, the check stays quiet.
+            margin = 3.0 * math.sqrt(limit * (1.0 - limit) / pred.count) if limit < 1 else 0.0
             judge(
                 None, "top1_rate", "prediction_drift",
-                "critical" if top1 > limit + margin else None, top1 < limit - 0.05, top1, limit,
+                "critical" if limit < 1 and top1 > limit + margin else None,
+                limit >= 1 or top1 < limit - 0.05, top1, min(limit, 1.0),
                 {"window_count": pred.count, "reference_top1_rate": round(ref_top1, 4)},
             )  # fmt: skip
     elif (

@@ -10,6 +10,8 @@ merges are given the same ``k`` the rows were folded with (the stages both use
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 import pytest
 from hypothesis import given, settings
@@ -17,6 +19,7 @@ from hypothesis import strategies as st
 
 from streamproc.aggregate.fold import prepare, tick_zsums
 from streamproc.aggregate.partials import (
+    SAMPLE_VALUES,
     OutcomePartial,
     OutcomeState,
     PartialState,
@@ -27,6 +30,7 @@ from streamproc.aggregate.partials import (
     encode_partial,
     encode_summary,
     merge_samples,
+    sample_prefix,
 )
 from streamproc.aggregate.wire import (
     PartialsMessage,
@@ -159,11 +163,50 @@ def test_window_partial_round_trips_through_its_stored_form(
 def test_merged_samples_keep_the_smallest_hashes_of_both(
     xs: list[int], ys: list[int], k: int
 ) -> None:
-    a, b = [[h] for h in sorted(xs)], [[h] for h in sorted(set(ys) - set(xs))]
+    a = [[h, {"f": 0.0}, "yes", None] for h in sorted(xs)]
+    b = [[h, {"f": 0.0}, "yes", None] for h in sorted(set(ys) - set(xs))]
     kept, dropped = merge_samples(a, b, k)
     everything = sorted(r[0] for r in a + b)
     assert [r[0] for r in kept] == everything[:k]
     assert dropped == max(len(everything) - k, 0)
+
+
+_WIDE = {f"x{i}": 0.0 for i in range(SAMPLE_VALUES // 3)}
+
+
+@SETTINGS
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 2**63), st.sampled_from([0, 1, 10, 40, 100]), st.integers(0, 2)),
+        unique_by=lambda t: t[0],
+        max_size=12,
+    ),
+    st.integers(1, 10),
+)
+def test_samples_of_wide_rows_keep_a_value_bounded_prefix_however_merged(
+    rows: list[tuple[int, int, int]], k: int
+) -> None:
+    """Rows of up to a third of ``SAMPLE_VALUES`` values, split three ways: a sample keeps the
+    longest prefix by hash within ``k`` rows and the value budget, however it was merged."""
+    wide = list(_WIDE.items())
+
+    def row(h: int, percent: int) -> list[Any]:
+        return [h, dict(wide[: len(wide) * percent // 100]), "yes", None]
+
+    full = sorted((row(h, w) for h, w, _ in rows), key=lambda r: r[0])
+    parts = [
+        [r for r, (_, _, p) in zip(full, sorted(rows), strict=True) if p == n] for n in range(3)
+    ]
+    left, _ = merge_samples(merge_samples(parts[0], parts[1], k)[0], parts[2], k)
+    right, _ = merge_samples(parts[0], merge_samples(parts[1], parts[2], k)[0], k)
+    kept = full[: sample_prefix(full, k)]
+    assert [r[0] for r in left] == [r[0] for r in right] == [r[0] for r in kept]
+
+    def values(rs: list[list[Any]]) -> int:
+        return sum(len(r[1]) + 1 for r in rs)
+
+    assert len(kept) <= k and (len(kept) <= 1 or values(kept) <= SAMPLE_VALUES)
+    assert len(kept) == min(len(full), k) or values(full[: len(kept) + 1]) > SAMPLE_VALUES
 
 
 # -- OutcomePartial ------------------------------------------------------------------------------

@@ -261,6 +261,16 @@ def test_labels_read_ahead_of_their_predictions_give_the_same_verdicts(order: st
     assert sorted(encoded(other.records)) == sorted(encoded(straight.records))
 
 
+def test_a_model_that_puts_over_90_percent_on_one_class_is_judged_and_stays_quiet() -> None:
+    """A fraud-like model (97% of predictions one class in its baseline): the top-1 check has
+    no room above the reference and says nothing (it raised a math domain error before, so the
+    model was quarantined on its first judged window)."""
+    imbalanced = WorkloadSpec(rate=50.0, positive_rate=0.97, accuracy=0.98)
+    result = run(imbalanced, 9_000)
+    assert len(result.records) == 24 and result.alerts == []
+    assert all(m.outputs.get("top1_rate", 0) > 0.9 for m in result.records if m.segment == {})
+
+
 # -- silence ---------------------------------------------------------------------------------------
 
 
