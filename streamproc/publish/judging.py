@@ -22,6 +22,7 @@ Baselines
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -45,6 +46,7 @@ from streamproc.baseline.reference import ReferenceCache, references_of
 from streamproc.config import Config
 from streamproc.contracts import Alert, Source, Window, encode
 from streamproc.errors import StateEncodingError
+from streamproc.ingest.ingestor import OFFLOAD_BYTES
 from streamproc.judge import checkpoint
 from streamproc.judge.alerts import AlertKey, alert_id
 from streamproc.judge.engine import ModelJudge, Output
@@ -136,6 +138,8 @@ class JudgeStage:
         self._changes: bytes | None = None
         self._stored_fps: set[str] = set()
         self._exported: dict[tuple[str, str], set[str]] = {}
+        # One batch (or quarantine retry) at a time: judging runs in a thread, off the loop.
+        self._lock = asyncio.Lock()
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -239,6 +243,14 @@ class JudgeStage:
             await ReferenceCache.store(self.client, self.cfg.redis.key_prefix, new_refs)
             self._stored_fps.update(r.fp for r in new_refs)
 
+    def _advance(
+        self, model: str, judge: ModelJudge, part: Partition, bounds: Any, stamp: str
+    ) -> Output:
+        progress = part.progress
+        for line in judge.decide(progress.acknowledged, progress.binned_until):
+            self._picked(model, line)
+        return judge.advance(bounds, stamp)
+
     def _picked(self, model: str, what: str) -> None:
         log.warning("model %s %s", model, what)
         self.metrics.baseline_reloads.labels(model=model).inc()
@@ -247,6 +259,10 @@ class JudgeStage:
 
     async def on_messages(self, messages: Sequence[tuple[int, int, bytes]]) -> None:
         """One consumed batch of the partials topic: ``(partition, offset, value)``."""
+        async with self._lock:
+            await self._on_messages(messages)
+
+    async def _on_messages(self, messages: Sequence[tuple[int, int, bytes]]) -> None:
         self._unparked: list[str] = []
         outbox: dict[int, list[Record]] = defaultdict(list)
         parked: dict[str, list[bytes]] = defaultdict(list)
@@ -264,7 +280,11 @@ class JudgeStage:
             part.applied = offset
             touched.add(k)
             try:
-                msg = decode_message(blob)
+                msg = (  # a big one (a wide model's sample) off the loop
+                    await asyncio.to_thread(decode_message, blob)
+                    if len(blob) > OFFLOAD_BYTES // 8
+                    else decode_message(blob)
+                )
             except StateEncodingError as exc:
                 log.error("skipping partials message %d:%d: %s", k, offset, exc)
                 continue
@@ -286,7 +306,10 @@ class JudgeStage:
             late, dup = judge.late_partials, judge.duplicate_partials
             added[model].append(blob)
             try:
-                judge.add(msg)
+                if len(blob) > OFFLOAD_BYTES // 8:
+                    await asyncio.to_thread(judge.add, msg)
+                else:
+                    judge.add(msg)
             except Exception as exc:
                 self._quarantine(model, part, exc, outbox)
                 parked[model] += added.pop(model)  # this batch's, lost with the judge's memory
@@ -325,7 +348,9 @@ class JudgeStage:
         outputs: dict[str, Output] = {}
         timelines: dict[str, bytes] = {}
         for k in sorted(touched):
-            part = self.parts[k]
+            part = self.parts.get(k)
+            if part is None:
+                continue  # revoked meanwhile
             bounds = part.progress.bounds()
             for model in sorted(part.models):
                 judge = self.judges.get(model)
@@ -333,10 +358,9 @@ class JudgeStage:
                     continue
                 before = _timeline_bytes(judge)
                 try:
-                    progress = part.progress
-                    for line in judge.decide(progress.acknowledged, progress.binned_until):
-                        self._picked(model, line)
-                    out = judge.advance(bounds, stamp)
+                    # Off the event loop: closing the windows of a wide model takes seconds,
+                    # and /metrics, heartbeats and the other agents must not wait for it.
+                    out = await asyncio.to_thread(self._advance, model, judge, part, bounds, stamp)
                 except Exception as exc:
                     self._quarantine(model, part, exc, outbox)
                     parked[model] = (added or {}).get(model, []) + parked.get(model, [])
@@ -382,15 +406,18 @@ class JudgeStage:
                 list, {m: b for m, b in parked.items() if self._owner(m) not in revoked}
             )
             alert_ids = [msgspec.json.decode(r[2])["alert_id"] for r in _alerts_of(outbox, cfg)]
-        judges = {
-            m: checkpoint.to_bytes(self.judges[m])
+        held_judges = {
+            m: self.judges[m]
             for k in touched
             for m in self.parts[k].models
             if m in self.judges and m not in self.parts[k].quarantined
         }
         partitions = {k: self.parts[k].to_bytes() for k in touched}
-        unparked = list(self._unparked)
         held = {k: self.parts[k].epoch for k in set(touched) | set(outbox) if k in self.parts}
+        judges = await asyncio.to_thread(
+            lambda: {m: checkpoint.to_bytes(j) for m, j in held_judges.items()}
+        )
+        unparked = list(self._unparked)
         while True:
             fence = {self.keys.owner(f"judgepart:{k}"): e for k, e in held.items()}
             try:
@@ -471,9 +498,13 @@ class JudgeStage:
 
     async def retry_quarantined(self) -> None:
         """Try the quarantined models again (their parked messages onto their checkpoint)."""
+        async with self._lock:
+            await self._retry_quarantined()
+
+    async def _retry_quarantined(self) -> None:
         outbox: dict[int, list[Record]] = defaultdict(list)
         self._unparked = []
-        for part in self.parts.values():
+        for part in list(self.parts.values()):
             for model in sorted(part.quarantined):
                 self.judges.pop(model, None)
                 await self._judge(model, part, outbox)

@@ -8,6 +8,7 @@ is how windows close when traffic stops.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -102,6 +103,10 @@ class SourceStage:
         self._touched: set[str] = set()
         self._announced: dict[str, int] = {}  # source -> the store generation it announced
         self._epochs: dict[str, int] = {}  # source -> this worker's owner epoch of it
+        # The predictions and labels agents and the idle timer share the sources: one at a
+        # time, since folding runs in a thread, off the loop.
+        self._lock = asyncio.Lock()
+        self._revoked: set[str] = set()
 
     # -- references ------------------------------------------------------------------------------
 
@@ -139,6 +144,19 @@ class SourceStage:
         joined: Sequence[Joined],
         record_ms: Mapping[int, int],
     ) -> None:
+        async with self._lock:
+            try:
+                await self._on_batch(role, observed, joined, record_ms)
+            finally:
+                self._drop_revoked()
+
+    async def _on_batch(
+        self,
+        role: str,
+        observed: Sequence[Observed],
+        joined: Sequence[Joined],
+        record_ms: Mapping[int, int],
+    ) -> None:
         prefix = "p" if role == "predictions" else "l"
         new = {o.event.model_id for o in observed} | {j.prediction.model_id for j in joined}
         if not new <= self.models:
@@ -165,15 +183,16 @@ class SourceStage:
         self._touched |= set(first)
         before, late_before = dict(self.stage.folded), dict(self.stage.late)
         # Quiet is measured from the records' own time (when they were produced), so a replay
-        # that reads the same records finds the same silences.
-        self.stage.on_batch(role, observed, joined, record_ms)  # type: ignore[arg-type]
+        # that reads the same records finds the same silences. Folding a wide batch takes a
+        # while: off the loop.
+        await asyncio.to_thread(self.stage.on_batch, role, observed, joined, record_ms)  # type: ignore[arg-type]
         for model, n in self.stage.folded.items():
             if n != before.get(model, 0):
                 self.metrics.aggregated.labels(model=model).inc(n - before.get(model, 0))
         for model, n in self.stage.late.items():
             if n != late_before.get(model, 0):
                 self.metrics.late_events.labels(model=model).inc(n - late_before.get(model, 0))
-        partials, progress = self.stage.take()
+        partials, progress = await asyncio.to_thread(self.stage.take)
         # A baseline changed: say at once that these sources know (the judge applies the
         # change once every source does); the timer covers the others.
         gen = self.book.generation
@@ -185,17 +204,23 @@ class SourceStage:
         ]
         for p in progress:
             self._announced[p.source] = gen
-        self.send(partials, progress)
+        # Encoding a wide model's partials takes a while too: off the loop.
+        blobs = await asyncio.to_thread(_encoded, partials) if partials else []
+        self.send(partials, progress, blobs)
 
     def send(
-        self, partials: Sequence[PartialsMessage], progress: Sequence[ProgressMessage]
+        self,
+        partials: Sequence[PartialsMessage],
+        progress: Sequence[ProgressMessage],
+        blobs: Sequence[bytes] | None = None,
     ) -> None:
-        for msg in partials:
+        """Produce ``partials`` (already encoded as ``blobs``, or encoded here) to their models'
+        partitions, then each progress message to every partition."""
+        if blobs is None:
+            blobs = _encoded(partials)
+        for msg, blob in zip(partials, blobs, strict=True):
             self.output.produce(
-                self.topic,
-                encode_message(msg),
-                msg.model_id.encode(),
-                partition_of(msg.model_id, self.partitions),
+                self.topic, blob, msg.model_id.encode(), partition_of(msg.model_id, self.partitions)
             )
         if partials:
             self.metrics.partials.labels(result="sent").inc(len(partials))
@@ -206,12 +231,19 @@ class SourceStage:
 
     async def commit(self) -> None:
         """Aggregation step 5: checkpoint every source the batch touched."""
+        async with self._lock:
+            try:
+                await self._commit()
+            finally:
+                self._drop_revoked()
+
+    async def _commit(self) -> None:
         touched, self._touched = self._touched, set()
-        changes = {
-            name: self.stage.sources[name].checkpoint()
-            for name in touched
-            if name in self.stage.sources
-        }
+        held = [self.stage.sources[name] for name in sorted(touched) if name in self.stage.sources]
+        changes = await asyncio.to_thread(lambda: {a.source: a.checkpoint() for a in held})
+        # The other agent may have sent partials of these sources since this batch's flush:
+        # a checkpoint never covers partials Kafka has not acknowledged.
+        await retry(self.output.flush, "kafka", self.metrics)
         while True:
             fence = {
                 self.keys.owner(f"agg:{name}"): self._epochs[name]
@@ -242,6 +274,13 @@ class SourceStage:
         """Tell the judges which of the ``assigned`` sources (name -> nothing left to read)
         have had no record for ``idle_timeout_s``, and for how long, and (when a baseline
         changed) that every assigned source knows; returns how many were idle."""
+        async with self._lock:
+            try:
+                return await self._report_idle(assigned)
+            finally:
+                self._drop_revoked()
+
+    async def _report_idle(self, assigned: Mapping[str, bool]) -> int:
         now = self.wall()
         await retry(self.refresh, "redis", self.metrics)
         gen = self.book.generation
@@ -264,7 +303,7 @@ class SourceStage:
                 first = self.seen_at.setdefault(source, now)
             idle_for = agg.quiet_for(now, first)
             if idle_for >= timeout:
-                partials += agg.go_quiet()
+                partials += await asyncio.to_thread(agg.go_quiet)
                 quiet.append(agg.progress(idle_for))
                 self._touched.add(source)
         idle = len(quiet)
@@ -281,14 +320,25 @@ class SourceStage:
             # Aggregation steps 3-5 for what the silence completed.
             self.send(partials, quiet)
             await retry(self.output.flush, "kafka", self.metrics)
-            await self.commit()
+            await self._commit()
         return idle
 
     def revoke(self, sources: Sequence[str]) -> None:
-        """Partitions taken away: forget their sources (their next owner restores them)."""
-        for s in sources:
+        """Partitions taken away: forget their sources (their next owner restores them); once
+        the batch in progress (folding in a thread) is done, if there is one."""
+        self._revoked.update(sources)
+        if not self._lock.locked():
+            self._drop_revoked()
+
+    def _drop_revoked(self) -> None:
+        for s in sorted(self._revoked):
             self.stage.drop(s)
             self._epochs.pop(s, None)
+        self._revoked.clear()
 
     def roles(self) -> dict[str, Role]:
         return {s: ("predictions" if s[0] == "p" else "labels") for s in self.stage.sources}
+
+
+def _encoded(partials: Sequence[PartialsMessage]) -> list[bytes]:
+    return [encode_message(m) for m in partials]

@@ -264,6 +264,11 @@ def build_app(cfg: Config, metrics: WorkerMetrics | None = None) -> faust.App:
     async def quarantine() -> None:
         await guarded("judge", runtime.judges.retry_quarantined)
 
+    @app.task
+    async def loop_lag() -> None:
+        """Measure how long the event loop stays blocked: a 100 ms sleep that wakes late."""
+        await watch_loop_lag(metrics)
+
     @app.timer(interval=10.0)
     async def heartbeat() -> None:
         await guarded("heartbeat", lambda: write_heartbeat(runtime, assigned, metrics))
@@ -291,6 +296,20 @@ def build_app(cfg: Config, metrics: WorkerMetrics | None = None) -> faust.App:
         )  # fmt: skip
 
     return app
+
+
+async def watch_loop_lag(metrics: WorkerMetrics, interval: float = 0.1) -> None:
+    """Forever: sleep ``interval`` and record how much later than asked the loop woke."""
+    loop = asyncio.get_running_loop()
+    worst = 0.0
+    while True:
+        asked = loop.time()
+        await asyncio.sleep(interval)
+        lag = max(loop.time() - asked - interval, 0.0)
+        metrics.loop_lag.observe(lag)
+        if lag > worst:
+            worst = lag
+            metrics.loop_lag_max.set(lag)
 
 
 async def write_heartbeat(

@@ -130,6 +130,15 @@ class WorkerMetrics:
             "Exceptions while judging a model; the model is quarantined, its input kept",
             ["model"], registry=r,
         )  # fmt: skip
+        self.loop_lag = Histogram(
+            "streamproc_event_loop_lag_seconds",
+            "How late the event loop woke a 100 ms timer: time it was blocked (stalls)",
+            buckets=(0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0), registry=r,
+        )  # fmt: skip
+        self.loop_lag_max = Gauge(
+            "streamproc_event_loop_lag_max_seconds",
+            "The longest event-loop stall since the worker started", registry=r,
+        )  # fmt: skip
         self.fenced = Counter(
             "streamproc_fenced_writes",
             "Checkpoint writes refused because another worker took the state over (by stage)",
