@@ -69,6 +69,9 @@ log = logging.getLogger(__name__)
 _MAGIC = b"SPK1"
 
 
+HEAVY_DETECTORS = 2_000  # feature detectors from which a model is judged in a thread
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -243,6 +246,13 @@ class JudgeStage:
             await ReferenceCache.store(self.client, self.cfg.redis.key_prefix, new_refs)
             self._stored_fps.update(r.fp for r in new_refs)
 
+    def _heavy(self, model: str, judge: ModelJudge, added: dict[str, list[bytes]] | None) -> bool:
+        """Whether judging ``model`` now is worth a thread (~50 us): it took big partials in
+        this batch, or it holds many feature detectors (a wide model)."""
+        if sum(map(len, (added or {}).get(model, ()))) > OFFLOAD_BYTES // 4:
+            return True
+        return sum(len(seg.detectors) for seg in judge.segments.values()) > HEAVY_DETECTORS
+
     def _advance(
         self, model: str, judge: ModelJudge, part: Partition, bounds: Any, stamp: str
     ) -> Output:
@@ -345,6 +355,7 @@ class JudgeStage:
             log.warning("reference %s is not in Redis (expired?): windows binned with it are "
                         "judged on what else they hold", fp)  # fmt: skip
         stamp = self.emitted_at()
+        heavy: set[str] = set()
         outputs: dict[str, Output] = {}
         timelines: dict[str, bytes] = {}
         for k in sorted(touched):
@@ -360,7 +371,12 @@ class JudgeStage:
                 try:
                     # Off the event loop: closing the windows of a wide model takes seconds,
                     # and /metrics, heartbeats and the other agents must not wait for it.
-                    out = await asyncio.to_thread(self._advance, model, judge, part, bounds, stamp)
+                    if self._heavy(model, judge, added):
+                        heavy.add(model)
+                        args = (model, judge, part, bounds, stamp)
+                        out = await asyncio.to_thread(self._advance, *args)
+                    else:
+                        out = self._advance(model, judge, part, bounds, stamp)
                 except Exception as exc:
                     self._quarantine(model, part, exc, outbox)
                     parked[model] = (added or {}).get(model, []) + parked.get(model, [])
@@ -414,9 +430,11 @@ class JudgeStage:
         }
         partitions = {k: self.parts[k].to_bytes() for k in touched}
         held = {k: self.parts[k].epoch for k in set(touched) | set(outbox) if k in self.parts}
-        judges = await asyncio.to_thread(
-            lambda: {m: checkpoint.to_bytes(j) for m, j in held_judges.items()}
-        )
+
+        def checkpoints() -> dict[str, bytes]:
+            return {m: checkpoint.to_bytes(j) for m, j in held_judges.items()}
+
+        judges = await asyncio.to_thread(checkpoints) if heavy else checkpoints()
         unparked = list(self._unparked)
         while True:
             fence = {self.keys.owner(f"judgepart:{k}"): e for k, e in held.items()}

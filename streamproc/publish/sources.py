@@ -13,7 +13,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -32,6 +32,8 @@ from streamproc.publish.keys import Keys
 from streamproc.worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+OFFLOAD_CELLS = 50_000  # feature values in one batch from which folding leaves the loop
 
 
 def partials_topic(cfg: Config) -> str:
@@ -107,6 +109,9 @@ class SourceStage:
         # time, since folding runs in a thread, off the loop.
         self._lock = asyncio.Lock()
         self._revoked: set[str] = set()
+        # Once a batch was wide (a model with many features), the heavy steps run in a thread
+        # from then on; narrow traffic keeps them on the loop (a thread hop costs ~50 us).
+        self._offload = False
 
     # -- references ------------------------------------------------------------------------------
 
@@ -117,6 +122,12 @@ class SourceStage:
         await self.book.refresh(self.client, prefix, self.models, self.wall(), force)
 
     # -- the sink ---------------------------------------------------------------------------------
+
+    async def _off(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)``: in a thread once the traffic was wide, else on the loop."""
+        if self._offload:
+            return await asyncio.to_thread(fn, *args)
+        return fn(*args)
 
     async def restore(self, source: str) -> SourceAggregator:
         # Fence off whoever held the source before: its next checkpoint is refused.
@@ -185,14 +196,19 @@ class SourceStage:
         # Quiet is measured from the records' own time (when they were produced), so a replay
         # that reads the same records finds the same silences. Folding a wide batch takes a
         # while: off the loop.
-        await asyncio.to_thread(self.stage.on_batch, role, observed, joined, record_ms)  # type: ignore[arg-type]
+        cells = sum(len(o.event.features or ()) for o in observed) + 8 * len(joined)
+        self._offload = self._offload or cells > OFFLOAD_CELLS
+        if self._offload:
+            await asyncio.to_thread(self.stage.on_batch, role, observed, joined, record_ms)  # type: ignore[arg-type]
+        else:
+            self.stage.on_batch(role, observed, joined, record_ms)  # type: ignore[arg-type]
         for model, n in self.stage.folded.items():
             if n != before.get(model, 0):
                 self.metrics.aggregated.labels(model=model).inc(n - before.get(model, 0))
         for model, n in self.stage.late.items():
             if n != late_before.get(model, 0):
                 self.metrics.late_events.labels(model=model).inc(n - late_before.get(model, 0))
-        partials, progress = await asyncio.to_thread(self.stage.take)
+        partials, progress = await self._off(self.stage.take)
         # A baseline changed: say at once that these sources know (the judge applies the
         # change once every source does); the timer covers the others.
         gen = self.book.generation
@@ -205,7 +221,7 @@ class SourceStage:
         for p in progress:
             self._announced[p.source] = gen
         # Encoding a wide model's partials takes a while too: off the loop.
-        blobs = await asyncio.to_thread(_encoded, partials) if partials else []
+        blobs = await self._off(_encoded, partials) if partials else []
         self.send(partials, progress, blobs)
 
     def send(
@@ -240,7 +256,7 @@ class SourceStage:
     async def _commit(self) -> None:
         touched, self._touched = self._touched, set()
         held = [self.stage.sources[name] for name in sorted(touched) if name in self.stage.sources]
-        changes = await asyncio.to_thread(lambda: {a.source: a.checkpoint() for a in held})
+        changes = await self._off(lambda: {a.source: a.checkpoint() for a in held})
         # The other agent may have sent partials of these sources since this batch's flush:
         # a checkpoint never covers partials Kafka has not acknowledged.
         await retry(self.output.flush, "kafka", self.metrics)
@@ -303,7 +319,7 @@ class SourceStage:
                 first = self.seen_at.setdefault(source, now)
             idle_for = agg.quiet_for(now, first)
             if idle_for >= timeout:
-                partials += await asyncio.to_thread(agg.go_quiet)
+                partials += await self._off(agg.go_quiet)
                 quiet.append(agg.progress(idle_for))
                 self._touched.add(source)
         idle = len(quiet)
