@@ -99,13 +99,7 @@ def test_metrics_answer_within_a_second_while_a_wide_model_saturates_the_worker(
         )
         # Every window of the 80 s of traffic judged: the count of closed windows with events
         # stops moving (the sources go idle 5 s after the last record).
-        worker.wait_for(
-            lambda: worker.metric("streamproc_windows_closed_total") > 0, 300, "a window judged"
-        )
-        closed = -1.0
-        while (now := worker.metric("streamproc_windows_closed_total")) != closed:
-            closed = now
-            time.sleep(10)
+        worker.wait_until_judged(300, still_s=10)
         stall = worker.metric("streamproc_event_loop_lag_max_seconds")
         psi = re.findall(
             r'^streamproc_feature_psi\{.*segment="([^"]*)"', worker.metrics_text(), re.M

@@ -12,7 +12,6 @@ same, field for field but the replay offsets (which differ with the placement) a
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -87,13 +86,7 @@ def _alerts(cfg: Config, tmp_path: Path, labels_first: bool) -> list[dict[str, A
         worker.wait_for(
             lambda: worker.metric("streamproc_events_total") >= total, 240, "every event read"
         )
-        worker.wait_for(
-            lambda: worker.metric("streamproc_windows_closed_total") > 0, 120, "a window judged"
-        )
-        closed = -1.0
-        while (now := worker.metric("streamproc_windows_closed_total")) != closed:
-            closed = now
-            time.sleep(8)
+        worker.wait_until_judged(120)
         late = worker.metric("streamproc_late_events_total")
     finally:
         worker.stop()

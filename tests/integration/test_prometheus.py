@@ -261,11 +261,7 @@ def test_prometheus_scrapes_the_drift_gauges_of_the_top_features_of_a_warmed_up_
 
         # Once every window is judged, each segment exports exactly the top 5 features of its
         # last window on the metrics topic (which keeps all 23).
-        closed = lambda: worker.metric("streamproc_windows_closed_total")  # noqa: E731
-        last = -1.0
-        while (now := closed()) != last:
-            last = now
-            time.sleep(8)
+        worker.wait_until_judged(120)
         text = worker.metrics_text()
         exported: dict[str, set[str]] = {}
         for name in ("psi", "js", "null_rate"):

@@ -99,6 +99,17 @@ class WorkerProcess:
             time.sleep(0.25)
         raise AssertionError(f"timed out waiting for {what}; {self.tail()}")
 
+    def wait_until_judged(self, timeout: float, still_s: float = 8.0) -> float:
+        """Wait for a first closed window, then until ``streamproc_windows_closed_total`` stays
+        put for ``still_s`` (every window the traffic allows is judged); return the count."""
+        name = "streamproc_windows_closed_total"
+        self.wait_for(lambda: self.metric(name) > 0, timeout, "a window judged")
+        closed = -1.0
+        while (now := self.metric(name)) != closed:
+            closed = now
+            time.sleep(still_s)
+        return closed
+
     def tail(self) -> str:
         if not self._log.closed:
             self._log.flush()
