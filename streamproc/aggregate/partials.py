@@ -101,26 +101,31 @@ def _add_counts(into: dict[str, int], other: dict[str, int]) -> None:
 
 
 SAMPLE_VALUES = 250_000
-"""At most this many feature values in one sample (a window's or a tick's): with 1,000 features
-a partial samples 250 rows, so that it stays a few MiB on the partials topic (the rows are
-sent there until a reference exists). ``warmup_sample`` bounds the rows."""
+"""A sample (a window's or a tick's) stops at the row that brings it to this many feature
+values: with 1,000 features a partial samples 250 rows, so that it stays a few MiB on the
+partials topic (the rows are sent there until a reference exists). ``warmup_sample`` bounds
+the rows."""
 
 
 def sample_prefix(sample: list[Row], k: int) -> int:
-    """How many of ``sample``'s first rows (sorted by hash) a sample keeps: at most ``k`` rows
-    and :data:`SAMPLE_VALUES` values. A prefix rule, so keeping it piecewise and merging gives
-    the same rows as keeping it once over everything.
+    """How many of ``sample``'s first rows (sorted by hash) a sample keeps: at most ``k`` rows,
+    up to and including the row that reaches :data:`SAMPLE_VALUES` values.
 
-    >>> rows = [[h, {f"x{i}": 0.0 for i in range(100_000)}, "yes", 0.9] for h in range(4)]
+    Whether a row is kept depends only on the rows before it, so keeping the prefix piecewise
+    and merging gives the same rows as keeping it once over everything. (Stopping *before*
+    the row that overflows would not: a part that dropped a wide row forgets it, and a
+    narrower row of larger hash from another part would then fit.)
+
+    >>> rows = [[h, {f"x{i}": 0.0 for i in range(150_000)}, "yes", 0.9] for h in range(4)]
     >>> sample_prefix(rows, 3), sample_prefix(rows[:1], 3)
     (2, 1)
     """
     n = min(len(sample), k)
     values = 0
     for i in range(n):
-        values += len(sample[i][1]) + 1
-        if values > SAMPLE_VALUES and i:
+        if values >= SAMPLE_VALUES:
             return i
+        values += len(sample[i][1]) + 1
     return n
 
 
