@@ -54,6 +54,7 @@ from streamproc.ingest.join import (
 )
 from streamproc.kafka.producer import OutputProducer
 from streamproc.kafka.retry import retry
+from streamproc.offload import off_loop
 from streamproc.worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -246,7 +247,7 @@ class Ingestor:
         """:meth:`_decode`, in a thread when the batch is big enough to hold the event loop up
         (a few MiB of wide events take a second to decode)."""
         if sum(len(m.value or b"") for m in msgs) > OFFLOAD_BYTES:
-            return await asyncio.to_thread(self._decode, msgs, kind, role)
+            return await off_loop(self._decode, msgs, kind, role)
         return self._decode(msgs, kind, role)
 
     def _decode(self, msgs: Sequence[RawMessage], kind: type, role: str) -> list[tuple]:

@@ -10,11 +10,18 @@ state (window, tick, lateness) are stored with it.
 or other window settings is
 discarded and the reason returned, so the caller logs it and the model starts afresh from the
 partials still to come, instead of a worker that crashes on start.
+
+The worker stores a judge in two parts (:func:`split`): the blob without the pending cells,
+rewritten each batch, and one hash field per pending cell (one source's part of one tick or
+window), written once when it arrives and deleted when its tick or window closes. A wide model
+buffers tens of MB of partials, which would otherwise be rewritten on every batch.
+:func:`restore` takes the blob and those fields (a blob with its cells inline also restores).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Mapping
 from typing import Any, Final
 
 import msgspec
@@ -102,8 +109,44 @@ def _settings(cfg: MonitoringConfig) -> _Settings:
     return _Settings(cfg.window_s, cfg.tick_s, cfg.lateness_s)
 
 
-def to_bytes(j: ModelJudge) -> bytes:
-    """The checkpoint of ``j``."""
+# Pending cells by kind: the judge's attribute and the type of one cell (a source's items).
+_CELLS: Final[dict[str, tuple[str, Any]]] = {
+    "t": ("pending_ticks", msgspec.msgpack.Decoder(list[tuple[str, str, SummaryState]])),
+    "ot": ("pending_outcome_ticks", msgspec.msgpack.Decoder(list[tuple[str, str, list[int]]])),
+    "w": ("pending_windows", msgspec.msgpack.Decoder(list[tuple[str, str, PartialState]])),
+    "ow": (
+        "pending_outcome_windows",
+        msgspec.msgpack.Decoder(list[tuple[str, str, OutcomeState]]),
+    ),
+}
+
+
+def cell_names(j: ModelJudge) -> set[str]:
+    """The field name of every pending cell of ``j``: ``<kind>|<end>|<source part>``."""
+    return {
+        f"{kind}|{end!r}|{who}"
+        for kind, (attr, _) in _CELLS.items()
+        for end, cell in getattr(j, attr).items()
+        for who in cell
+    }
+
+
+def split(j: ModelJudge, stored: Collection[str]) -> tuple[bytes, dict[str, bytes], list[str]]:
+    """``j``'s checkpoint as its blob without the pending cells, the cells whose names are not
+    in ``stored`` (name -> bytes), and the names in ``stored`` that are gone (closed since).
+
+    A cell never changes once added (a repeated one is dropped), so a stored cell is current.
+    """
+    names = cell_names(j)
+    added = {}
+    for name in sorted(names.difference(stored)):
+        kind, end, who = name.split("|", 2)
+        added[name] = _ENC.encode(getattr(j, _CELLS[kind][0])[float(end)][who])
+    return to_bytes(j, cells=False), added, sorted(set(stored) - names)
+
+
+def to_bytes(j: ModelJudge, cells: bool = True) -> bytes:
+    """The checkpoint of ``j`` (without its pending cells if not ``cells``: :func:`split`)."""
     segments = [
         _SegmentStored(
             s.version,
@@ -136,10 +179,10 @@ def to_bytes(j: ModelJudge) -> bytes:
         j.model_id,
         _settings(j.cfg),
         j.timeline.state(),
-        j.pending_ticks,
-        j.pending_outcome_ticks,
-        j.pending_windows,
-        j.pending_outcome_windows,
+        _sorted(j.pending_ticks) if cells else {},
+        _sorted(j.pending_outcome_ticks) if cells else {},
+        _sorted(j.pending_windows) if cells else {},
+        _sorted(j.pending_outcome_windows) if cells else {},
         j.closed_until,
         j.outcome_closed_until,
         j.window_cursor,
@@ -159,9 +202,15 @@ def to_bytes(j: ModelJudge) -> bytes:
 
 
 def restore(
-    blob: bytes, model_id: str, cfg: MonitoringConfig, topic: str, refs: ReferenceCache
+    blob: bytes,
+    model_id: str,
+    cfg: MonitoringConfig,
+    topic: str,
+    refs: ReferenceCache,
+    cells: Mapping[Any, bytes] | None = None,
 ) -> tuple[ModelJudge, str | None]:
-    """The judge stored in ``blob``, or a fresh one and why the checkpoint was discarded."""
+    """The judge stored in ``blob`` and its pending ``cells`` (:func:`split`; names as str or
+    bytes), or a fresh one and why the checkpoint was discarded."""
     fresh = ModelJudge(model_id, cfg, topic, refs)
     if blob[:4] != MAGIC:
         return fresh, f"model {model_id}: checkpoint of another format ({blob[:4]!r}) discarded"
@@ -175,11 +224,30 @@ def restore(
                 f"lateness_s={s.settings.lateness_s:g}"
             )
         j = _restore(s, fresh)
+        if cells:
+            _restore_cells(j, cells)
     except (StateEncodingError, msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
         return ModelJudge(model_id, cfg, topic, refs), (
             f"model {model_id}: checkpoint discarded ({exc})"
         )
     return j, None
+
+
+def _restore_cells(j: ModelJudge, cells: Mapping[Any, bytes]) -> None:
+    for raw, blob in cells.items():
+        name = raw.decode() if isinstance(raw, bytes) else raw
+        kind, end, who = name.split("|", 2)
+        if kind not in _CELLS:
+            raise StateEncodingError(f"pending cell {name!r} of no known kind")
+        attr, decoder = _CELLS[kind]
+        getattr(j, attr).setdefault(float(end), {})[who] = list(decoder.decode(blob))
+    for attr, _ in _CELLS.values():
+        setattr(j, attr, _sorted(getattr(j, attr)))
+
+
+def _sorted(pending: dict[float, dict[str, Any]]) -> dict[float, dict[str, Any]]:
+    """``pending`` by end, then source part: one byte form whatever the arrival order."""
+    return {e: dict(sorted(pending[e].items())) for e in sorted(pending)}
 
 
 def _pending(stored: dict[float, dict[str, list[Any]]]) -> dict[float, dict[str, list[Any]]]:

@@ -127,7 +127,7 @@ async def checkpoint_sources(
 async def persist_judgement(
     client: Any,
     keys: Keys,
-    judges: Mapping[str, bytes],
+    judges: Mapping[str, tuple[bytes, Mapping[str, bytes], Sequence[str]]],
     partitions: Mapping[int, bytes],
     outbox: Mapping[int, Sequence[Record]],
     alert_ids: Sequence[str],
@@ -137,13 +137,18 @@ async def persist_judgement(
     fence: Mapping[str, int] | None = None,
 ) -> None:
     """Judging step 3: everything the batch changed, in one transaction, only while this worker
-    still owns the partitions (``fence``: owner key -> epoch, else :class:`Fenced`)."""
+    still owns the partitions (``fence``: owner key -> epoch, else :class:`Fenced`). A judge is
+    its blob, its new pending cells and the names of its closed ones (``checkpoint.split``)."""
 
     def write(pipe: Any) -> None:
         for alert_id in alert_ids:
             pipe.set(keys.alert(alert_id), b"1", ex=ALERT_MEMORY_S)
-        for model, blob in sorted(judges.items()):
+        for model, (blob, added, gone) in sorted(judges.items()):
             pipe.set(keys.judge(model), blob)
+            if gone:
+                pipe.hdel(keys.judge_cells(model), *gone)
+            if added:
+                pipe.hset(keys.judge_cells(model), mapping=dict(added))
         for k, blob in sorted(partitions.items()):
             pipe.set(keys.partition(k), blob)
         for k, records in sorted(outbox.items()):

@@ -53,6 +53,7 @@ from streamproc.judge.engine import ModelJudge, Output
 from streamproc.judge.progress import ProgressState, SourceProgress
 from streamproc.kafka.producer import OutputProducer
 from streamproc.kafka.retry import retry
+from streamproc.offload import off_loop
 from streamproc.publish.commit import (
     Fenced,
     Record,
@@ -136,6 +137,7 @@ class JudgeStage:
         self.refs = ReferenceCache()
         self.parts: dict[int, Partition] = {}
         self.judges: dict[str, ModelJudge] = {}
+        self._cells: dict[str, set[str]] = {}  # model -> its pending cells stored in Redis
         self.emitted_at: Callable[[], str] = now_iso
         self._refreshed_at = -float("inf")
         self._changes: bytes | None = None
@@ -184,9 +186,13 @@ class JudgeStage:
         if model in self.judges:
             return
         blob = await self.client.get(self.keys.judge(model))
+        cells = await self.client.hgetall(self.keys.judge_cells(model))
+        self._cells[model] = {name.decode() for name in cells}
         topic = self.cfg.topics.predictions
         if blob:
-            judge, why = checkpoint.restore(blob, model, self.cfg.monitoring, topic, self.refs)
+            judge, why = checkpoint.restore(
+                blob, model, self.cfg.monitoring, topic, self.refs, cells
+            )
             if why:
                 log.warning("judging: %s", why)
         else:
@@ -291,7 +297,7 @@ class JudgeStage:
             touched.add(k)
             try:
                 msg = (  # a big one (a wide model's sample) off the loop
-                    await asyncio.to_thread(decode_message, blob)
+                    await off_loop(decode_message, blob)
                     if len(blob) > OFFLOAD_BYTES // 8
                     else decode_message(blob)
                 )
@@ -317,7 +323,7 @@ class JudgeStage:
             added[model].append(blob)
             try:
                 if len(blob) > OFFLOAD_BYTES // 8:
-                    await asyncio.to_thread(judge.add, msg)
+                    await off_loop(judge.add, msg)
                 else:
                     judge.add(msg)
             except Exception as exc:
@@ -374,7 +380,7 @@ class JudgeStage:
                     if self._heavy(model, judge, added):
                         heavy.add(model)
                         args = (model, judge, part, bounds, stamp)
-                        out = await asyncio.to_thread(self._advance, *args)
+                        out = await off_loop(self._advance, *args)
                     else:
                         out = self._advance(model, judge, part, bounds, stamp)
                 except Exception as exc:
@@ -431,10 +437,10 @@ class JudgeStage:
         partitions = {k: self.parts[k].to_bytes() for k in touched}
         held = {k: self.parts[k].epoch for k in set(touched) | set(outbox) if k in self.parts}
 
-        def checkpoints() -> dict[str, bytes]:
-            return {m: checkpoint.to_bytes(j) for m, j in held_judges.items()}
+        def checkpoints() -> dict[str, tuple[bytes, dict[str, bytes], list[str]]]:
+            return {m: checkpoint.split(j, self._cells.get(m, ())) for m, j in held_judges.items()}
 
-        judges = await asyncio.to_thread(checkpoints) if heavy else checkpoints()
+        judges = await off_loop(checkpoints) if heavy else checkpoints()
         unparked = list(self._unparked)
         while True:
             fence = {self.keys.owner(f"judgepart:{k}"): e for k, e in held.items()}
@@ -444,6 +450,10 @@ class JudgeStage:
                     alert_ids, timelines, parked, unparked, fence,
                 )  # fmt: skip
                 await retry(persist, "redis", self.metrics)
+                for m, (_, added, gone) in judges.items():
+                    stored = self._cells.setdefault(m, set())
+                    stored.update(added)
+                    stored.difference_update(gone)
                 break
             except Fenced as exc:
                 # Another worker loaded these partitions since: theirs now. Forget them and
@@ -595,6 +605,7 @@ class JudgeStage:
             if part is not None:
                 for model in part.models:
                     self.judges.pop(model, None)
+                    self._cells.pop(model, None)
 
 
 _GAUGED = ("psi", "js", "null_rate")

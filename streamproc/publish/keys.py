@@ -4,7 +4,10 @@
 ``P:agg:<source>``                  hash: a source's aggregation checkpoint (``head`` and
                                     one field per open tick)
 ``P:firstrecord``                   the record time of the first record of any source
-``P:judge:<model>``                 a model judge's checkpoint (``SPM3``)
+``P:judge:<model>``                 a model judge's checkpoint (``SPM4``) without its pending
+                                    cells
+``P:judgecells:<model>``            hash: the judge's pending cells (one source's part of a
+                                    tick or window not closed yet), one field each
 ``P:judgepart:<k>``                 partition ``k`` of the partials topic: its sources'
                                     progress, applied offset, models, quarantined models
 ``P:outbox:<k>``                    records a commit of partition ``k`` still owes Kafka
@@ -49,6 +52,10 @@ class Keys:
 
     def judge(self, model: str) -> str:
         return f"{self.prefix}:judge:{model}"
+
+    def judge_cells(self, model: str) -> str:
+        """The pending cells of ``model``'s judge, one hash field each (``checkpoint.split``)."""
+        return f"{self.prefix}:judgecells:{model}"
 
     def partition(self, k: int) -> str:
         return f"{self.prefix}:judgepart:{k}"

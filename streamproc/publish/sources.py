@@ -27,6 +27,7 @@ from streamproc.ingest.ingestor import Observed
 from streamproc.ingest.join import Joined
 from streamproc.kafka.producer import OutputProducer
 from streamproc.kafka.retry import retry
+from streamproc.offload import off_loop
 from streamproc.publish.commit import Fenced, checkpoint_sources, take_ownership
 from streamproc.publish.keys import Keys
 from streamproc.worker.metrics import WorkerMetrics
@@ -126,7 +127,7 @@ class SourceStage:
     async def _off(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)``: in a thread once the traffic was wide, else on the loop."""
         if self._offload:
-            return await asyncio.to_thread(fn, *args)
+            return await off_loop(fn, *args)
         return fn(*args)
 
     async def restore(self, source: str) -> SourceAggregator:
@@ -199,7 +200,7 @@ class SourceStage:
         cells = sum(len(o.event.features or ()) for o in observed) + 8 * len(joined)
         self._offload = self._offload or cells > OFFLOAD_CELLS
         if self._offload:
-            await asyncio.to_thread(self.stage.on_batch, role, observed, joined, record_ms)  # type: ignore[arg-type]
+            await off_loop(self.stage.on_batch, role, observed, joined, record_ms)  # type: ignore[arg-type]
         else:
             self.stage.on_batch(role, observed, joined, record_ms)  # type: ignore[arg-type]
         for model, n in self.stage.folded.items():
@@ -220,9 +221,10 @@ class SourceStage:
         ]
         for p in progress:
             self._announced[p.source] = gen
-        # Encoding a wide model's partials takes a while too: off the loop.
+        # Encoding a wide model's partials takes a while too, and so does handing librdkafka
+        # tens of MB of them (it copies): off the loop.
         blobs = await self._off(_encoded, partials) if partials else []
-        self.send(partials, progress, blobs)
+        await self._off(self.send, partials, progress, blobs)
 
     def send(
         self,
@@ -334,7 +336,7 @@ class SourceStage:
             self._announced[q.source] = gen
         if quiet:
             # Aggregation steps 3-5 for what the silence completed.
-            self.send(partials, quiet)
+            await self._off(self.send, partials, quiet)
             await retry(self.output.flush, "kafka", self.metrics)
             await self._commit()
         return idle

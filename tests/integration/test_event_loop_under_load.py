@@ -2,7 +2,7 @@
 
 1,000 features and 5,000 customer values (capped to ``max_segment_values`` segments) in valid
 traffic, with a baseline, so every closed window is judged feature by feature in every segment.
-Decoding, folding, encoding partials and judging run off the event loop (threads), so a scrape
+Decoding, folding, encoding partials and judging run off the event loop (one thread), so a scrape
 of ``/metrics`` is answered within a second at any time, and the worker reports its longest
 event-loop stall (``streamproc_event_loop_lag_max_seconds``).
 """

@@ -408,6 +408,33 @@ def test_a_models_overrides_apply_to_its_judge_and_survive_its_checkpoint() -> N
     assert why is None and restored.cfg.window_s == 30.0
 
 
+def test_a_checkpoint_split_into_its_blob_and_pending_cells_restores_the_same_judge() -> None:
+    spec = WorkloadSpec(rate=50.0)
+    r = run(spec, 3_500, CFG, labels=True, finish=False)  # a window partly sent
+    judge = r.pipe.judges[spec.model_id]
+    whole = checkpoint.to_bytes(judge)
+    blob, cells, gone = checkpoint.split(judge, ())
+    assert gone == [] and set(cells) == checkpoint.cell_names(judge)
+    assert {name.split("|")[0] for name in cells} == {"t", "ot", "w", "ow"}  # all kinds pending
+    assert len(blob) < len(whole) // 2  # the partials not closed yet are most of it
+    scrambled = dict(reversed([(k.encode(), v) for k, v in cells.items()]))  # as HGETALL gives
+    restored, why = checkpoint.restore(
+        blob, spec.model_id, CFG, "predictions", r.pipe.refs, scrambled
+    )
+    assert why is None and checkpoint.to_bytes(restored) == whole
+    # A stored cell is not written again; a stored one no longer pending is to be deleted.
+    closed = "w|1.0|p9"
+    _, again, gone = checkpoint.split(judge, set(cells) | {closed})
+    assert again == {} and gone == [closed]
+    # Without its cells the blob is a judge with nothing pending, not the same one.
+    bare, _ = checkpoint.restore(blob, spec.model_id, CFG, "predictions", r.pipe.refs)
+    assert checkpoint.cell_names(bare) == set() and checkpoint.to_bytes(bare) != whole
+    _, why = checkpoint.restore(
+        blob, spec.model_id, CFG, "predictions", r.pipe.refs, {b"zz|1.0|p0": b"\x90"}
+    )
+    assert why is not None and "no known kind" in why
+
+
 def test_a_setting_every_model_of_a_source_shares_cannot_be_overridden_per_model() -> None:
     cfg = msgspec.structs.replace(CFG, models={"demo-churn": {"tick_s": 5.0}})
     with pytest.raises(ConfigError, match=r"monitoring\.models\.demo-churn\.tick_s"):

@@ -8,10 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 import uvloop
+from redis.asyncio.connection import Connection, SSLConnection
 
 from streamproc.config import load_config
 from streamproc.errors import ConfigError
-from streamproc.worker.app import use_event_loop
+from streamproc.worker.app import redis_client, use_event_loop
 
 
 @pytest.fixture(autouse=True)
@@ -56,3 +57,21 @@ def test_event_loop_defaults_to_uvloop_and_rejects_unknown_loops() -> None:
     )
     with pytest.raises(ConfigError, match=r"worker\.event_loop"):
         load_config(env={"STREAMPROC_WORKER_EVENT_LOOP": "trio"})
+
+
+@pytest.mark.parametrize(
+    ("url", "base"),
+    [("redis://127.0.0.1:6379/0", Connection), ("rediss://127.0.0.1:6380/0", SSLConnection)],
+)
+def test_the_stages_redis_client_sends_a_large_value_without_copying_it(
+    url: str, base: type
+) -> None:
+    """Packing a command must not copy a tens-of-MB checkpoint on the event loop (hiredis's
+    packer does); TLS URLs keep their TLS connections."""
+    conn = redis_client(load_config(env={"STREAMPROC_REDIS_URL": url})).connection_pool
+    made = conn.make_connection()
+    assert isinstance(made, base)
+    big = b"x" * 1_000_000
+    packed = made.pack_commands([("HSET", "k", "f", big), ("SET", "a", "b")])
+    assert any(chunk is big for chunk in packed)
+    assert b"".join(packed).endswith(b"*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\nb\r\n")
