@@ -262,6 +262,10 @@ class Kafka(_Service):
             "group.initial.rebalance.delay.ms": "0",
             "message.max.bytes": "8388608",
             "auto.create.topics.enable": "true",
+            # The demo's and the tests' traffic carries record times in the past (2024); the
+            # topics' retention (7-30 days) would delete it at the first check (every 5 min
+            # by default), under a test reading it back. A local stack checks once a week.
+            "log.retention.check.interval.ms": "604800000",
         }
         self.data.mkdir(parents=True, exist_ok=True)
         props.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamproc.aggregate.references import TimelineBook
@@ -58,8 +59,16 @@ def ensure_partials_topic(cfg: Config) -> int:
             except Exception as exc:
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
                     raise
-        meta = admin.list_topics(name, timeout=30).topics.get(name)
-    count = len(meta.partitions) if meta is not None and meta.partitions else 1
+        # A topic just created may list no partitions for a moment (no leader yet): wait.
+        deadline = time.monotonic() + 30
+        while True:
+            meta = admin.list_topics(name, timeout=30).topics.get(name)
+            if meta is not None and meta.partitions and meta.error is None:
+                break
+            if time.monotonic() > deadline:
+                raise KafkaException(f"topic {name}: created, but no partitions listed in 30 s")
+            time.sleep(0.1)
+    count = len(meta.partitions)
     if count != cfg.monitoring.partials_partitions:
         log.warning(
             "topic %s has %d partitions, monitoring.partials_partitions says %d: using %d",

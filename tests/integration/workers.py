@@ -99,16 +99,19 @@ class WorkerProcess:
             time.sleep(0.25)
         raise AssertionError(f"timed out waiting for {what}; {self.tail()}")
 
-    def wait_until_judged(self, timeout: float, still_s: float = 8.0) -> float:
-        """Wait for a first closed window, then until ``streamproc_windows_closed_total`` stays
-        put for ``still_s`` (every window the traffic allows is judged); return the count."""
+    def wait_until_judged(self, timeout: float, still_s: float = 10.0) -> float:
+        """Wait for a first closed window, then until nothing moves for ``still_s``: windows
+        closed, partials sent and taken, events read, labels joined, loop and batch timings
+        (every window the traffic allows is judged); return the count of closed windows."""
         name = "streamproc_windows_closed_total"
         self.wait_for(lambda: self.metric(name) > 0, timeout, "a window judged")
-        closed = -1.0
-        while (now := self.metric(name)) != closed:
-            closed = now
+        moving = (name, "streamproc_partials_total", "streamproc_events_total",
+                  "streamproc_join_total", "streamproc_batch_seconds_count")  # fmt: skip
+        before: tuple[float, ...] = ()
+        while (now := tuple(self.metric(n) for n in moving)) != before:
+            before = now
             time.sleep(still_s)
-        return closed
+        return before[0]
 
     def tail(self) -> str:
         if not self._log.closed:
