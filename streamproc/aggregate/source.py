@@ -52,6 +52,7 @@ from streamproc.aggregate.wire import (
     WindowEntry,
     pack,
 )
+from streamproc.baseline.profile import confidence_of
 from streamproc.baseline.reference import Reference
 from streamproc.config import MonitoringConfig
 from streamproc.contracts import Prediction
@@ -108,17 +109,6 @@ def _positions(at: Sequence[tuple[int, int]]) -> np.ndarray:
         return np.zeros(0, np.int64)
     pairs = np.array(at, dtype=np.int64)
     return pairs[:, 0] * _SLOTS + np.minimum(pairs[:, 1] + 1, _SLOTS - 1)
-
-
-def confidence_of(scores: dict[str, float] | None, confidence: float | None) -> float | None:
-    """The confidence the monitors see: the largest class score, else ``confidence``.
-
-    >>> confidence_of({"yes": 0.8, "no": 0.2}, None), confidence_of(None, 0.6)
-    (0.8, 0.6)
-    """
-    if scores:
-        return max(scores.values())
-    return confidence
 
 
 def raw_keys(segments: dict[str, str], dims: Sequence[str] | None) -> list[str]:
@@ -381,7 +371,7 @@ class SourceAggregator:
         cols = Columns(
             [a.event.features for a in kept],
             [a.event.prediction for a in kept],
-            [confidence_of(a.event.scores, a.event.confidence) for a in kept],
+            [confidence_of(a.event.prediction, a.event.scores, a.event.confidence) for a in kept],
             [a.event.latency_ms for a in kept],
             self.partition,
             [a.offset for a in kept],
@@ -401,9 +391,8 @@ class SourceAggregator:
             model = rec.model_id
             tick = tick_start(label.event_time, tick_s)
             window = self.window_of(model, label.event_time)
-            outcomes.append(
-                (rec.prediction, label.label, confidence_of(rec.scores, rec.confidence))
-            )
+            confidence = confidence_of(rec.prediction, rec.scores, rec.confidence)
+            outcomes.append((rec.prediction, label.label, confidence))
             dims = self.model_cfg(model).segment_dims
             for key in raw_keys(rec.segments, dims):
                 at = (model, rec.model_version, key, window)

@@ -24,7 +24,8 @@ Outputs
     ``score`` is the probability of :attr:`ReferenceProfile.positive_class` when the profile
     names one (binary classifiers), otherwise the confidence of the predicted class.
     :func:`outputs_of` turns a ``prediction.v1`` event into (prediction, score, confidence) by
-    that rule, for reference and live events alike.
+    that rule, for reference and live events alike; :func:`confidence_of` is the one definition
+    of confidence (the predicted class's score) that baselines, the live path and replay share.
 
 Stored form
     ``to_bytes()`` is ``b"SPR1"`` followed by the msgpack encoding of the profile
@@ -63,7 +64,8 @@ True
 
 from streamproc.baseline.builder import ProfileBuilder
 from streamproc.baseline.cli import cmd_build, cmd_show, describe, register_cli
-from streamproc.baseline.files import FILE_TYPES, RESERVED_COLUMNS, profile_from_file, read_table
+from streamproc.baseline.columns import RESERVED_COLUMNS, ColumnPlan, ColumnRoles, plan_columns
+from streamproc.baseline.files import FILE_TYPES, profile_from_file, read_table
 from streamproc.baseline.profile import (
     ALL,
     DEFAULT_BINS,
@@ -78,6 +80,7 @@ from streamproc.baseline.profile import (
     ReferenceProfile,
     SegmentReference,
     category_value,
+    confidence_of,
     outputs_of,
     segment_key,
     segment_keys_of,
@@ -98,7 +101,9 @@ __all__ = [
     "BaselineStore",
     "CalibrationReference",
     "CategoricalReference",
+    "ColumnPlan",
     "ColumnReference",
+    "ColumnRoles",
     "NumericReference",
     "ProfileBuilder",
     "ReferenceProfile",
@@ -106,8 +111,10 @@ __all__ = [
     "category_value",
     "cmd_build",
     "cmd_show",
+    "confidence_of",
     "describe",
     "outputs_of",
+    "plan_columns",
     "profile_from_file",
     "profile_from_topic",
     "read_table",

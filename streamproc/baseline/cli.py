@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from streamproc.baseline.columns import ColumnPlan, ColumnRoles
 from streamproc.baseline.files import profile_from_file
 from streamproc.baseline.profile import (
     ALL,
@@ -125,11 +127,29 @@ def cmd_build(args: argparse.Namespace) -> int:
         "max_segment_values": args.max_segment_values,
         "positive_class": args.positive_class,
     }
+    roles = ColumnRoles(
+        args.prediction_column, args.score_column, args.label_column, args.timestamp_column
+    )
+    plans: list[ColumnPlan] = []
     if args.from_file:
         profile = profile_from_file(
-            args.from_file, args.model, args.version, ignore=_dims(args.ignore), **common
-        )
+            args.from_file, args.model, args.version, ignore=_dims(args.ignore), roles=roles,
+            on_plan=plans.append, **common,
+        )  # fmt: skip
+        for warning in plans[0].warnings:
+            print(f"warning: {warning}", file=sys.stderr)
     else:
+        file_only = [
+            f"--{name.replace('_', '-')}"
+            for name in ("ignore", "prediction_column", "score_column", "label_column",
+                         "timestamp_column")
+            if getattr(args, name) is not None
+        ]  # fmt: skip
+        if file_only:
+            raise BaselineError(
+                f"{', '.join(file_only)}: only for --from-file (a topic's prediction.v1 events "
+                "name their outputs; --positive-class applies to both)"
+            )
         profile = profile_from_topic(
             cfg,
             args.from_topic,
@@ -156,6 +176,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         f"{len(seg.features) - numeric} categorical){extra}; stored at {key} "
         f"in {time.perf_counter() - began:.1f} s"
     )
+    if plans:
+        print(plans[0].summary())
     return 0
 
 
@@ -218,6 +240,14 @@ def register_cli(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     )
     b.add_argument("--positive-class", help="the class whose probability `score` is")
     b.add_argument("--ignore", help="file: comma-separated columns that are not features")
+    b.add_argument("--prediction-column", help="file: the column of predictions (`prediction`)")
+    b.add_argument(
+        "--score-column",
+        help="file: the positive-class probability or confidence column (`score`), or a pattern "
+        "with * for the class, one column per class (`proba_*`; default `score_*`)",
+    )
+    b.add_argument("--label-column", help="file: the column of ground truth (`label`)")
+    b.add_argument("--timestamp-column", help="file: the column of prediction times (`timestamp`)")
     b.add_argument("--from-time", help="topic: first record time, RFC 3339")
     b.add_argument("--to-time", help="topic: end record time (exclusive), RFC 3339")
     b.add_argument("--partition", type=int, help="topic: the partition of an offset range")

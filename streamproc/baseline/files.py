@@ -12,7 +12,7 @@ import csv
 import itertools
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -26,6 +26,7 @@ from streamproc.baseline.builder import (
     object_array,
     typed_column,
 )
+from streamproc.baseline.columns import RESERVED_COLUMNS, ColumnPlan, ColumnRoles, plan_columns
 from streamproc.baseline.profile import (
     DEFAULT_BINS,
     DEFAULT_MAX_CATEGORIES,
@@ -38,9 +39,6 @@ __all__ = ["FILE_TYPES", "RESERVED_COLUMNS", "profile_from_file", "read_table"]
 
 FILE_TYPES: Final = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 """Reference file suffixes :func:`profile_from_file` reads."""
-
-RESERVED_COLUMNS: Final = ("prediction", "label", "score", "timestamp")
-"""File columns that are not features (nor are ``score_<class>`` and segment columns)."""
 
 
 def _csv_column(cells: Sequence[str]) -> NDArray[Any]:
@@ -257,21 +255,26 @@ def profile_from_file(
     max_segment_values: int = DEFAULT_MAX_SEGMENT_VALUES,
     positive_class: str | None = None,
     ignore: Sequence[str] = (),
+    roles: ColumnRoles | None = None,
+    on_plan: Callable[[ColumnPlan], None] | None = None,
 ) -> ReferenceProfile:
     """Build a profile from a CSV, JSON Lines or Parquet file of predictions.
 
     One row per prediction. Columns ``prediction``, ``label``, ``timestamp`` (RFC 3339 or
     epoch seconds), and either ``score`` (the positive-class probability) or ``score_<class>``
     (one probability per class: ``score`` becomes the largest, or that of ``positive_class``
-    when given; ``prediction`` defaults to the argmax) are outputs; the ``segment_dims``
-    columns are segment dimensions; ``ignore`` columns are skipped; every other column is a
-    feature. In CSV an empty cell is a null and a column of numbers is numeric.
+    when given; ``prediction`` defaults to the argmax) are outputs, or the columns ``roles``
+    names for them; the ``segment_dims`` columns are segment dimensions; ``ignore`` columns
+    are skipped; every other column is a feature. In CSV an empty cell is a null and a column
+    of numbers is numeric. ``on_plan`` receives what became what, with warnings about columns
+    that look misplaced (:func:`~streamproc.baseline.columns.plan_columns`), before the build.
 
     Raises
     ------
     BaselineError
         Missing or unreadable file, unknown type, a segment column that is not there, both
-        ``score`` and ``score_<class>`` columns, or no rows.
+        ``score`` and ``score_<class>`` columns, a column of ``roles`` that is not there, or no
+        rows.
     """
     p = Path(path)
     table = read_table(p)
@@ -283,6 +286,9 @@ def profile_from_file(
         raise BaselineError(
             f"{p}: no column {missing[0]!r} for --segments (columns: {', '.join(table)})"
         )
+    table, plan = plan_columns(table, str(p), segment_dims, ignore, roles or ColumnRoles())
+    if on_plan is not None:
+        on_plan(plan)
     class_cols = {k[len("score_") :]: k for k in table if k.startswith("score_") and k != "score_"}
     if class_cols and "score" in table:
         raise BaselineError(f"{p}: has both a 'score' and 'score_<class>' columns; keep one kind")

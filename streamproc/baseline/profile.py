@@ -401,10 +401,29 @@ def outputs_of(
     (('no', 0.3, 0.7), ('no', 0.7, 0.7))
     """
     scores = event.scores
+    confidence = confidence_of(event.prediction, scores, event.confidence)
+    if scores and positive_class is not None and positive_class in scores:
+        return event.prediction, scores[positive_class], confidence
+    return event.prediction, confidence, confidence
+
+
+def confidence_of(
+    prediction: object, scores: Mapping[str, float] | None, confidence: float | None
+) -> float | None:
+    """The confidence of one prediction, the one rule of baselines, the live path and replay:
+    the score of the predicted class (``scores[prediction]``), else the largest score (scores
+    that do not name the predicted class), else the event's ``confidence``.
+
+    The predicted class's score, not the largest one: a model whose decision threshold is not
+    0.5 predicts a class whose score is not the largest, and its CBPE estimate would be biased
+    if live events and the baseline's calibration disagreed on which score they mean.
+
+    >>> confidence_of("no", {"yes": 0.55, "no": 0.45}, None)  # threshold 0.6 on "yes"
+    0.45
+    >>> confidence_of("maybe", {"yes": 0.8, "no": 0.2}, None), confidence_of(True, None, 0.6)
+    (0.8, 0.6)
+    """
     if scores:
-        key = category_value(event.prediction)
-        confidence = scores[key] if key in scores else max(scores.values())
-        if positive_class is not None and positive_class in scores:
-            return event.prediction, scores[positive_class], confidence
-        return event.prediction, confidence, confidence
-    return event.prediction, event.confidence, event.confidence
+        key = category_value(prediction)
+        return scores[key] if key in scores else max(scores.values())
+    return confidence

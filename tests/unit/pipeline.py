@@ -187,8 +187,13 @@ def _ms(record: RawMessage) -> int:
     return record.timestamp_ms or 0
 
 
-def pipeline(spec: WorkloadSpec, cfg: MonitoringConfig, labels: bool) -> InProcessPipeline:
-    profile = baseline(spec)
+def pipeline(
+    spec: WorkloadSpec,
+    cfg: MonitoringConfig,
+    labels: bool,
+    profile: ReferenceProfile | None = None,
+) -> InProcessPipeline:
+    profile = profile or baseline(spec)
     return InProcessPipeline(
         Config(monitoring=cfg),
         range(PARTITIONS),
@@ -213,6 +218,7 @@ def run(
     batch: int = BATCH,
     per_message: int = PER_MESSAGE,
     finish: bool = True,
+    profile: ReferenceProfile | None = None,
 ) -> Run:
     """``n`` events of ``spec`` through a pipeline judging against :func:`baseline`, then
     :meth:`~InProcessPipeline.finish` (unless ``finish`` is false: a pipeline mid-stream).
@@ -224,10 +230,10 @@ def run(
     the outputs (it was published): compare them with :func:`once`. ``shuffle``: consume the
     records in another order (:func:`shuffled`, with ``overtake``); ``labels_first``: every
     label message before any prediction message (a worker catching up on both topics whose
-    labels consumer ran ahead).
+    labels consumer ran ahead). ``profile``: the baseline, instead of :func:`baseline`.
     """
     work = Workload(spec, n, seed=seed)
-    result = Run(pipeline(spec, cfg, labels), work)
+    result = Run(pipeline(spec, cfg, labels, profile), work)
     pipe = result.pipe
 
     async def drive() -> None:

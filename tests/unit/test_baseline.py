@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -26,6 +28,7 @@ from streamproc.baseline import (
     segment_key,
     segment_keys_of,
 )
+from streamproc.baseline.columns import ColumnPlan, ColumnRoles
 from streamproc.baseline.files import _read_csv_arrow, _read_csv_python
 from streamproc.contracts import Prediction
 from streamproc.dev.synthetic import Workload, WorkloadSpec
@@ -567,3 +570,116 @@ def test_describe_lists_segments_and_column_types() -> None:
     assert "positive class: yes" in text
     with pytest.raises(BaselineError, match="no segment"):
         describe(_synthetic_profile(100), "country=XX")
+
+
+# -- which column is what ------------------------------------------------------------------------
+
+
+def _loan_file(path: Path, n: int = 400, seed: int = 3) -> Path:
+    """A file shaped like NannyML's car-loan set: an id, features, the target under another
+    name, a score and a prediction thresholded at 0.65 (not 0.5), a timestamp and a constant."""
+    rng = np.random.default_rng(seed)
+    income = rng.normal(50_000, 9_000, n).round(2)
+    ratio = rng.uniform(0, 1, n).round(4)
+    proba = np.clip(0.2 + 0.6 * ratio + rng.normal(0, 0.05, n), 0.01, 0.99).round(2)
+    y_pred = (proba >= 0.65).astype(int)
+    repaid = np.where(rng.uniform(size=n) < 0.9, y_pred, 1 - y_pred)
+    region = rng.choice(["north", "south"], n)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "income", "debt_ratio", "region", "period", "repaid", "timestamp",
+                    "y_pred_proba", "y_pred"])  # fmt: skip
+        for i in range(n):
+            stamp = f"2018-01-01 00:{i // 60 % 60:02d}:{i % 60:02d}"
+            w.writerow([i, income[i], ratio[i], region[i], "reference", repaid[i], stamp,
+                        proba[i], y_pred[i]])  # fmt: skip
+    return path
+
+
+def test_a_file_with_other_column_names_is_told_which_option_fixes_each(tmp_path: Path) -> None:
+    path = _loan_file(tmp_path / "loan.csv")
+    plans: list[ColumnPlan] = []
+    guessed = profile_from_file(path, "loan", "1", on_plan=plans.append)
+    warnings = "\n".join(plans[0].warnings)
+    for expected in (
+        "'id' has a different value in every row (an id?)",
+        "'y_pred' looks like the prediction, not a feature: --prediction-column y_pred",
+        "'repaid' looks like the label, not a feature: --label-column repaid",
+        "'y_pred_proba' looks like the score, not a feature: --score-column y_pred_proba",
+        "'period' is constant",
+    ):
+        assert expected in warnings, warnings
+    # a continuous measurement distinct in every row is not an id; the timestamp is found
+    assert "'income'" not in warnings and "'debt_ratio'" not in warnings
+    assert "timestamp" not in warnings and plans[0].roles == {"timestamp": "timestamp"}
+    assert {"id", "y_pred", "repaid", "y_pred_proba"} <= set(guessed.segments[ALL].features)
+    assert guessed.segments[ALL].accuracy is None
+
+    plans.clear()
+    told = profile_from_file(
+        path, "loan", "1", ["region"], ignore=["id", "period"], on_plan=plans.append,
+        roles=ColumnRoles(prediction="y_pred", score="y_pred_proba", label="repaid"),
+    )  # fmt: skip
+    assert plans[0].warnings == []
+    assert plans[0].summary().splitlines() == [
+        "outputs: prediction=y_pred, label=repaid, score=y_pred_proba, timestamp=timestamp",
+        "segments: region",
+        "ignored: id, period",
+        "features (2): income, debt_ratio",
+    ]
+    seg = told.segments[ALL]
+    assert list(seg.features) == ["income", "debt_ratio"]
+    assert seg.accuracy == pytest.approx(0.9, abs=0.05) and seg.calibration is not None
+    assert told.positive_class == "1"
+
+
+def test_a_score_pattern_takes_one_column_per_class(tmp_path: Path) -> None:
+    path = tmp_path / "multi.csv"
+    path.write_text(
+        "x,proba_card_a,proba_card_b,proba_cash,y_true\n"
+        "1,0.7,0.2,0.1,card_a\n2,0.1,0.3,0.6,cash\n3,0.2,0.5,0.3,card_a\n"
+    )
+    plans: list[ColumnPlan] = []
+    profile_from_file(path, "m", "1", on_plan=plans.append)
+    assert "--score-column 'proba_*'" in "\n".join(plans[0].warnings)
+    profile = profile_from_file(
+        path, "m", "1", roles=ColumnRoles(score="proba_*", label="y_true"), on_plan=plans.append
+    )
+    assert plans[-1].class_columns == {
+        "card_a": "proba_card_a", "card_b": "proba_card_b", "cash": "proba_cash"
+    }  # fmt: skip
+    seg = profile.segments[ALL]
+    assert list(seg.features) == ["x"]
+    assert _categorical(seg.prediction).probs == {"card_a": 1 / 3, "card_b": 1 / 3, "cash": 1 / 3}
+    assert seg.accuracy == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"roles": ColumnRoles(label="outcome")}, "no column 'outcome' for --label-column"),
+        ({"roles": ColumnRoles(score="p_*")}, "no column matches --score-column 'p_\\*'"),
+        ({"roles": ColumnRoles(prediction="y_pred")}, "the file has a 'prediction' column too"),
+        ({"roles": ColumnRoles(label="x"), "segment_dims": ["x"]}, "'x' is both an output and a"),
+        ({"ignore": ["nope"]}, "no column 'nope' for --ignore"),
+    ],
+)
+def test_a_column_option_that_cannot_apply_fails_with_what_is_there(
+    tmp_path: Path, kwargs: dict[str, Any], message: str
+) -> None:
+    path = tmp_path / "f.csv"
+    path.write_text("x,y_pred,prediction\n1,a,a\n2,b,b\n")
+    with pytest.raises(BaselineError, match=message) as info:
+        profile_from_file(path, "m", "1", **kwargs)
+    assert (
+        "columns: x, y_pred, prediction" in str(info.value)
+        or "both" in str(info.value)
+        or ("too" in str(info.value))
+    )
+
+
+def test_column_options_belong_to_files_not_topics(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["baseline", "build", "--model", "m", "--version", "1", "--from-topic",
+                     "predictions", "--label-column", "y"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "--label-column: only for --from-file" in err

@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from streamproc.baseline import ProfileBuilder
 from streamproc.baseline.reference import ReferenceCache
 from streamproc.contracts import Alert
 from streamproc.dev.synthetic import (
@@ -389,6 +390,44 @@ def test_crashes_before_commits_redeliver_batches_and_count_nothing_twice(
     # and in the straight run every label was judged once, in one window of all traffic
     straight = accuracy_drop.records
     assert sum(m.performance.get("labelled", 0) for m in straight if m.segment == {}) == 12_000
+
+
+def test_cbpe_reads_the_predicted_class_score_when_the_threshold_is_not_one_half() -> None:
+    """A model that predicts "yes" only from a score of 0.65: live events and the baseline's
+    calibration must mean the same score by confidence (the predicted class's), or the
+    estimate is biased (the largest score instead gave +0.011 here)."""
+    spec, threshold = WorkloadSpec(rate=50.0), 0.65
+
+    def decide(_: int, event: dict[str, Any]) -> dict[str, Any]:
+        event["prediction"] = "yes" if event["scores"]["yes"] >= threshold else "no"
+        return event
+
+    dims = [d.name for d in spec.segment_dims]
+    builder = ProfileBuilder(spec.model_id, spec.model_version, dims)
+    features = (*spec.numeric_features, *spec.categorical_features)
+    for row in Workload(spec, 30_000, seed=101).reference_rows():
+        builder.add(
+            {k: row[k] for k in features},
+            prediction="yes" if row["score"] >= threshold else "no",
+            score=row["score"],
+            label=row["label"],
+            segments={d: row[d] for d in dims},
+        )
+    r = run(spec, 30_000, labels=True, edit=decide, profile=builder.build("threshold 0.65"))
+    predicted = {}
+    correct = []
+    for ev in r.work.events():
+        if ev.kind == "prediction":
+            predicted[ev.value["prediction_id"]] = decide(0, dict(ev.value))["prediction"]
+        else:
+            correct.append(predicted[ev.value["prediction_id"]] == ev.value["label"])
+    windows = [m for m in r.records if m.segment == {} and "estimated_accuracy" in m.outputs]
+    estimated = sum(m.outputs["estimated_accuracy"] * m.count for m in windows) / sum(
+        m.count for m in windows
+    )
+    realised = sum(correct) / len(correct)
+    assert len(windows) == 10 and len(correct) == 30_000
+    assert abs(estimated - realised) < 0.006, (estimated, realised)
 
 
 # -- configuration ---------------------------------------------------------------------------------
