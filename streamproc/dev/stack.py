@@ -263,8 +263,10 @@ class Kafka(_Service):
             "message.max.bytes": "8388608",
             "auto.create.topics.enable": "true",
             # The demo's and the tests' traffic carries record times in the past (2024); the
-            # topics' retention (7-30 days) would delete it at the first check (every 5 min
-            # by default), under a test reading it back. A local stack checks once a week.
+            # topics' retention (7-30 days) would delete it at the first check (30 s after
+            # start, then every 5 min by default), under a test reading it back. A local
+            # stack checks a week after start, then once a week.
+            "log.initial.task.delay.ms": "604800000",
             "log.retention.check.interval.ms": "604800000",
         }
         self.data.mkdir(parents=True, exist_ok=True)
