@@ -98,6 +98,8 @@ class Columns:
     partition, offsets, indexes
         The events' source partition, message offsets and positions in their message (``-1``
         for a single-event message): what alerts cite for replay, and what samples hash.
+    scores
+        Per event, its per-class scores (``None`` where it has none); ``None``: no event has.
     """
 
     def __init__(
@@ -109,6 +111,7 @@ class Columns:
         partition: int,
         offsets: Sequence[int],
         indexes: Sequence[int],
+        scores: Sequence[Mapping[str, float] | None] | None = None,
     ) -> None:
         self.features = features
         self.predictions = predictions
@@ -117,6 +120,7 @@ class Columns:
         self.partition = partition
         self.offsets = offsets
         self.indexes = indexes
+        self.scores = scores
         self._numeric: dict[str, NumColumn] = {}
         self._labels: dict[str, Sequence[str | None]] = {}
         self._raws: dict[str, tuple[list[Any], bool]] = {}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,7 @@ from streamproc.aggregate.partials import (
     merge_spans,
     sample_prefix,
 )
+from streamproc.aggregate.scores import SEP, ScorePairs
 from streamproc.baseline import category_value
 from streamproc.baseline.reference import Reference
 from streamproc.sketch import CategoricalSketch, NumericSketch
@@ -202,8 +203,13 @@ def fold_predictions(cols: Columns, groups: Sequence[FoldGroup], sample_k: int) 
     if predicted:
         predictions = _label_counts(cols, "", cols.prediction_labels(), groups, predicted)
     latency, has_latency = cols.latency()
+    pairs = None
+    if cols.scores is not None:
+        pairs = ScorePairs(zip(cols.prediction_labels(), cols.scores, strict=True))
     for gi, g in enumerate(groups):
         p, ref, idx, summaries = g.partial, g.ref, g.idx, g.summaries
+        if pairs is not None:
+            pairs.fold(p.class_scores, idx)
         p.count += len(idx)
         merge_spans(p.offsets, _spans(cols, idx))
         if summaries is not None:
@@ -467,20 +473,25 @@ def tick_zsums(
 
 
 def fold_outcomes(
-    outcomes: Sequence[tuple[Any, Any, float | None]],
+    outcomes: Sequence[tuple[Any, Any, float | None, Mapping[str, float] | None]],
     groups: Sequence[tuple[OutcomePartial, float, Sequence[int]]],
 ) -> None:
-    """Fold ``(prediction, label, confidence)`` outcomes into partials: each group
+    """Fold ``(prediction, label, confidence, scores)`` outcomes into partials: each group
     ``(partial, tick, positions)`` takes the outcomes at ``positions`` (in order)."""
     edges = CONFIDENCE_EDGES.tolist()
     texts: list[str | None] = []
     right: list[int] = []
     errors: list[float | None] = []
     cal: list[tuple[int, int] | None] = []
-    for prediction, label, confidence in outcomes:
+    pairs: list[str | None] = []
+    for prediction, label, confidence, _ in outcomes:
         label_text = category_value(label)
         texts.append(label_text)
-        ok = int(category_value(prediction) == label_text)
+        predicted = category_value(prediction)
+        ok = int(predicted == label_text)
+        pairs.append(
+            None if predicted is None or label_text is None else f"{predicted}{SEP}{label_text}"
+        )
         right.append(ok)
         numeric = is_number(prediction) and is_number(label)
         errors.append(abs(float(prediction) - float(label)) if numeric else None)
@@ -488,6 +499,7 @@ def fold_outcomes(
             cal.append((bisect.bisect_left(edges, confidence), round(confidence * Z_SCALE)))
         else:
             cal.append(None)
+    scored = ScorePairs(zip(texts, (o[3] for o in outcomes), strict=True))
     for p, tick, idx in groups:
         n = len(idx)
         if not n:
@@ -520,4 +532,8 @@ def fold_outcomes(
                 acc[0] += 1
                 acc[1] += c[1]
                 acc[2] += right[i]
+            pair = pairs[i]
+            if pair is not None:
+                p.confusion[pair] = p.confusion.get(pair, 0) + 1
         p.labels.update_counts(counts, nulls)
+        scored.fold(p.class_scores, np.asarray(idx, dtype=np.int64))

@@ -137,6 +137,17 @@ def merge_samples(a: list[Row], b: list[Row], k: int) -> tuple[list[Row], int]:
     return merged[:keep], len(merged) - keep
 
 
+def add_hists(into: dict[str, dict[int, int]], other: dict[str, dict[int, int]]) -> None:
+    """Add ``other``'s per-key bin counts into ``into``, in place."""
+    for key, h in other.items():
+        mine = into.get(key)
+        if mine is None:
+            into[key] = dict(h)
+        else:
+            for b, n in h.items():
+                mine[b] = mine.get(b, 0) + n
+
+
 def add_sums(into: dict[str, list[int]], other: dict[str, list[int]]) -> None:
     """Add ``other``'s per-feature fixed-point sums into ``into``, in place."""
     for name, sums in other.items():
@@ -197,6 +208,8 @@ class WindowPartial:
     sample: list[Row] = field(default_factory=list)  # ascending hash, when fp is None
     sampled_out: int = 0  # rows that did not fit the sample
     ticks: dict[float, TickSummary] = field(default_factory=dict)  # not sent yet (source side)
+    # "predicted\x1fscored class" -> score bin -> events (see streamproc.aggregate.scores)
+    class_scores: dict[str, dict[int, int]] = field(default_factory=dict)
     # values in ``sample`` (feature values + 1 per row), kept as rows come; -1: not known yet
     sample_values: int = field(default=-1, compare=False, repr=False)
 
@@ -212,6 +225,7 @@ class WindowPartial:
         _add_counts(self.present, other.present)
         if other.latency.count or other.latency.nulls:
             self.latency += other.latency
+        add_hists(self.class_scores, other.class_scores)
 
     def absorb(self, other: WindowPartial, k: int = 5000) -> WindowPartial:
         """Merge ``other`` into this partial in place (``other`` is unchanged); both must
@@ -281,6 +295,7 @@ class WindowPartial:
             list(self.sample),
             self.sampled_out,
             {t: x.copy() for t, x in self.ticks.items()},
+            {k: dict(h) for k, h in self.class_scores.items()},
         )
 
 
@@ -296,6 +311,9 @@ class OutcomePartial:
     # confidence bin -> [labelled, sum of confidence in millionths, correct]
     cal: dict[int, list[int]] = field(default_factory=dict)
     ticks: dict[float, list[int]] = field(default_factory=dict)  # tick -> [labelled, correct]
+    confusion: dict[str, int] = field(default_factory=dict)  # "predicted\x1flabel" -> outcomes
+    # "label\x1fscored class" -> score bin -> outcomes (see streamproc.aggregate.scores)
+    class_scores: dict[str, dict[int, int]] = field(default_factory=dict)
 
     def absorb(self, other: OutcomePartial) -> OutcomePartial:
         """Merge ``other`` in place; returns this partial."""
@@ -313,6 +331,8 @@ class OutcomePartial:
             acc = self.ticks.setdefault(t, [0, 0])
             acc[0] += n
             acc[1] += right
+        _add_counts(self.confusion, other.confusion)
+        add_hists(self.class_scores, other.class_scores)
         return self
 
     def merge(self, other: OutcomePartial) -> OutcomePartial:
@@ -322,6 +342,7 @@ class OutcomePartial:
         return OutcomePartial(
             self.labelled, self.correct, self.abs_error, self.numeric_pairs, self.labels.copy(),
             {b: list(v) for b, v in self.cal.items()}, {t: list(v) for t, v in self.ticks.items()},
+            dict(self.confusion), {k: dict(h) for k, h in self.class_scores.items()},
         )  # fmt: skip
 
     def calibration(self, edges: Iterable[float]) -> tuple[list[int], list[int], list[int]]:
@@ -365,6 +386,7 @@ class PartialState(msgspec.Struct, array_like=True, omit_defaults=True):
     sample: list[list[Any]] = []
     sampled_out: int = 0
     ticks: dict[float, SummaryState] = {}
+    class_scores: dict[str, dict[int, int]] = {}
 
 
 class OutcomeState(msgspec.Struct, array_like=True, omit_defaults=True):
@@ -375,6 +397,8 @@ class OutcomeState(msgspec.Struct, array_like=True, omit_defaults=True):
     labels: bytes = b""
     cal: dict[int, list[int]] = {}
     ticks: dict[float, list[int]] = {}
+    confusion: dict[str, int] = {}
+    class_scores: dict[str, dict[int, int]] = {}
 
 
 def encode_summary(t: TickSummary) -> SummaryState:
@@ -404,6 +428,7 @@ def encode_partial(p: WindowPartial) -> PartialState:
         p.sample,
         p.sampled_out,
         {t: encode_summary(x) for t, x in p.ticks.items()},
+        p.class_scores,
     )
 
 
@@ -428,13 +453,15 @@ def decode_partial(s: PartialState) -> WindowPartial:
         [list(r) for r in s.sample],
         s.sampled_out,
         {t: decode_summary(x) for t, x in s.ticks.items()},
+        {k: dict(h) for k, h in s.class_scores.items()},
     )
 
 
 def encode_outcome(p: OutcomePartial) -> OutcomeState:
     return OutcomeState(
-        p.labelled, p.correct, p.abs_error, p.numeric_pairs, p.labels.to_bytes(), p.cal, p.ticks
-    )
+        p.labelled, p.correct, p.abs_error, p.numeric_pairs, p.labels.to_bytes(), p.cal, p.ticks,
+        p.confusion, p.class_scores,
+    )  # fmt: skip
 
 
 def decode_outcome(s: OutcomeState) -> OutcomePartial:
@@ -446,4 +473,6 @@ def decode_outcome(s: OutcomeState) -> OutcomePartial:
         CategoricalSketch.from_bytes(s.labels) if s.labels else CategoricalSketch(),
         {b: list(v) for b, v in s.cal.items()},
         {t: list(v) for t, v in s.ticks.items()},
+        dict(s.confusion),
+        {k: dict(h) for k, h in s.class_scores.items()},
     )

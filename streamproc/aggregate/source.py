@@ -376,6 +376,7 @@ class SourceAggregator:
             self.partition,
             [a.offset for a in kept],
             [a.index for a in kept],
+            [a.event.scores for a in kept],
         )
         for sample_k, gs in by_k.items():
             fold_predictions(cols, gs, sample_k)
@@ -392,7 +393,7 @@ class SourceAggregator:
             tick = tick_start(label.event_time, tick_s)
             window = self.window_of(model, label.event_time)
             confidence = confidence_of(rec.prediction, rec.scores, rec.confidence)
-            outcomes.append((rec.prediction, label.label, confidence))
+            outcomes.append((rec.prediction, label.label, confidence, rec.scores))
             dims = self.model_cfg(model).segment_dims
             for key in raw_keys(rec.segments, dims):
                 at = (model, rec.model_version, key, window)

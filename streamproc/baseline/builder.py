@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
+from streamproc.aggregate.scores import SEP, joint_of
 from streamproc.baseline.profile import (
     ALL,
     DEFAULT_BINS,
@@ -29,6 +31,7 @@ from streamproc.baseline.profile import (
     BaselineError,
     CalibrationReference,
     CategoricalReference,
+    ClassPerformanceReference,
     ColumnReference,
     NumericReference,
     ReferenceProfile,
@@ -154,6 +157,7 @@ class _Chunk:
     label: NDArray[Any]
     segments: dict[str, NDArray[np.object_]]
     event_time: NDArray[np.float64]
+    class_scores: dict[str, NDArray[np.float64]] = field(default_factory=dict)
 
 
 def _concat(pieces: Sequence[NDArray[Any]]) -> NDArray[Any]:
@@ -184,6 +188,10 @@ def _merge_chunks(chunks: Sequence[_Chunk], dims: Sequence[str]) -> _Chunk:
         label=_concat([c.label for c in chunks]),
         segments={d: np.concatenate([c.segments[d] for c in chunks]) for d in dims},
         event_time=np.concatenate([c.event_time for c in chunks]),
+        class_scores={
+            k: np.concatenate([c.class_scores.get(k, nans(c.n)) for c in chunks])
+            for k in dict.fromkeys(k for c in chunks for k in c.class_scores)
+        },
     )
 
 
@@ -199,6 +207,7 @@ class _Pending:
     label: list[Any] = field(default_factory=list)
     segments: dict[str, list[Any]] = field(default_factory=dict)
     event_time: list[Any] = field(default_factory=list)
+    class_scores: dict[str, list[Any]] = field(default_factory=dict)
 
 
 class ProfileBuilder:
@@ -268,6 +277,7 @@ class ProfileBuilder:
         event_time: float | None = None,
         *,
         confidence: float | None = None,
+        scores: Mapping[str, float] | None = None,
     ) -> None:
         """Add one row.
 
@@ -287,9 +297,18 @@ class ProfileBuilder:
         confidence
             Probability of the predicted class, for the calibration map; derived from
             ``score`` when ``None`` (see :meth:`build`).
+        scores
+            Class -> probability, for the per-class figures (see :meth:`build`).
         """
         p = self._pending
         i = p.n
+        for cls, value in (scores or {}).items():
+            col = p.class_scores.get(cls)
+            if col is None:
+                col = p.class_scores[cls] = [None] * i
+            elif len(col) < i:
+                col.extend([None] * (i - len(col)))
+            col.append(value)
         cols = p.features
         for name, value in features.items():
             col = cols.get(name)
@@ -318,6 +337,7 @@ class ProfileBuilder:
         label: Sequence[Any] | NDArray[Any] | None = None,
         segments: Mapping[str, Sequence[Any] | NDArray[Any]] | None = None,
         event_time: Sequence[Any] | NDArray[Any] | None = None,
+        scores: Mapping[str, Sequence[Any] | NDArray[Any]] | None = None,
     ) -> None:
         """Add many rows given as equally long columns (vectorised; what the file readers use).
 
@@ -332,6 +352,7 @@ class ProfileBuilder:
         given = {
             **{f"feature {k!r}": v for k, v in features.items()},
             **{f"segment {k!r}": v for k, v in (segments or {}).items()},
+            **{f"score of {k!r}": v for k, v in (scores or {}).items()},
             "prediction": prediction,
             "score": score,
             "confidence": confidence,
@@ -367,6 +388,9 @@ class ProfileBuilder:
                     for d in self.segment_dims
                 },
                 event_time=nans(n) if event_time is None else _float_column(event_time, "time"),
+                class_scores={
+                    str(k): _float_column(v, f"score of {k!r}") for k, v in (scores or {}).items()
+                },
             )
         )
 
@@ -385,6 +409,10 @@ class ProfileBuilder:
                 label=typed_column(p.label),
                 segments={d: as_categories(typed_column(col)) for d, col in p.segments.items()},
                 event_time=_float_column(p.event_time, "event time"),
+                class_scores={
+                    k: _float_column(_pad(col, n), f"score of {k!r}")
+                    for k, col in p.class_scores.items()
+                },
             )
         )
         self._pending = _Pending(segments={d: [] for d in self.segment_dims})
@@ -551,6 +579,7 @@ class _Outputs:
     abs_error: NDArray[np.float64]  # |prediction - label|, else NaN
     confidence: NDArray[np.float64]
     positive_class: str | None
+    classes: _ClassScores | None = None
 
     @classmethod
     def of(cls, data: _Chunk, positive_class: str | None) -> _Outputs:
@@ -590,6 +619,7 @@ class _Outputs:
                 if positive_class is not None and predicted is not None:
                     derived = np.where(predicted == positive_class, score, 1.0 - score)
                 confidence[derive] = derived[derive]
+        classes = _ClassScores.of(data, predicted, label, score, positive_class)
         return cls(
             prediction=None if pred is None else _prepare(pred),
             score=score,
@@ -599,6 +629,7 @@ class _Outputs:
             abs_error=abs_error,
             confidence=confidence,
             positive_class=positive_class,
+            classes=classes,
         )
 
     def segment(self, rows: NDArray[np.intp], builder: ProfileBuilder) -> dict[str, Any]:
@@ -625,7 +656,100 @@ class _Outputs:
             total = int(counts.sum())
             if total:
                 out["top1_rate"] = int(counts.max()) / total
+        if self.classes is not None:
+            out["class_performance"] = self.classes.segment(rows)
         return out
+
+
+@dataclass
+class _ClassScores:
+    """Per-class scores and labels of the labelled rows, for the per-class figures."""
+
+    names: list[str]
+    positive: str | None  # binary: whose figures are reported
+    scores: NDArray[np.float64]  # row x class (in ``names`` order), every row
+    truth: NDArray[np.object_]
+    predicted: NDArray[np.object_]
+    usable: NDArray[np.bool_]  # over every row of the chunk
+    rates: dict[str, list[float]]
+
+    @classmethod
+    def of(
+        cls,
+        data: _Chunk,
+        predicted: NDArray[np.object_] | None,
+        label: NDArray[Any] | None,
+        score: NDArray[np.float64] | None,
+        positive_class: str | None,
+    ) -> _ClassScores | None:
+        """``None`` without labels, predicted classes and a score per class (or, for a binary
+        model, the positive class's score)."""
+        from streamproc.aggregate.scores import MAX_CLASSES
+        from streamproc.judge.cbpe import fit_class_rates
+
+        if label is None or predicted is None:
+            return None
+        truth = as_categories(label)
+        given = {k: v for k, v in data.class_scores.items() if np.isfinite(v).any()}
+        if not given and score is not None and positive_class is not None:
+            seen = {v for v in (*predicted.tolist(), *truth.tolist()) if v is not None}
+            others = sorted(seen - {positive_class})
+            if len(others) == 1:
+                given = {positive_class: score, others[0]: 1.0 - score}
+        if not 2 <= len(given) <= MAX_CLASSES:
+            return None
+        names = sorted(given)
+        matrix = np.column_stack([given[c] for c in names])
+        usable = (
+            _present(truth)
+            & _present(predicted)
+            & np.all(np.isfinite(matrix) & (matrix >= 0.0) & (matrix <= 1.0), axis=1)
+        )
+        if not usable.any():
+            return None
+        positive = None
+        if len(names) == 2:
+            positive = _positive_of(names, truth[usable], positive_class)
+        rates = {
+            c: fit_class_rates(matrix[usable, j], truth[usable] == c) for j, c in enumerate(names)
+        }
+        return cls(names, positive, matrix, truth, predicted, usable, rates)
+
+    def segment(self, rows: NDArray[np.intp]) -> ClassPerformanceReference | None:
+        from streamproc.judge.cbpe import METRICS, realise
+
+        rows = rows[self.usable[rows]]
+        if not rows.size:
+            return None
+        truth, predicted = self.truth[rows], self.predicted[rows]
+        confusion = Counter(
+            f"{p}{SEP}{t}" for p, t in zip(predicted.tolist(), truth.tolist(), strict=True)
+        )
+        got = realise(confusion, joint_of(truth, self.names, self.scores[rows]), self.names,
+                      self.positive)  # fmt: skip
+        return ClassPerformanceReference(
+            classes=self.names,
+            positive_class=self.positive,
+            rates=self.rates,
+            labelled=int(rows.size),
+            realised={
+                m: [round(float(x), 6) for x in got[m]]
+                for m in METRICS
+                if m in got and all(map(math.isfinite, got[m]))
+            },
+        )
+
+
+def _positive_of(names: list[str], truth: NDArray[np.object_], given: str | None) -> str:
+    """The class a binary model's figures are about: ``given``, else ``1`` or ``true`` (0/1 and
+    boolean labels), else the rarer label."""
+    if given in names:
+        return given  # type: ignore[return-value]
+    for yes in ("1", "true", "True", "1.0"):
+        if yes in names:
+            return yes
+    counts = Counter(truth.tolist())
+    return min(names, key=lambda c: (counts.get(c, 0), c))
 
 
 def _infer_positive_class(predicted: _Factor, score: NDArray[np.float64]) -> str | None:

@@ -90,6 +90,13 @@ def describe(profile: ReferenceProfile, segment: str = ALL) -> str:
     if seg.calibration is not None:
         acc = " ".join(_num(a) for a in seg.calibration.accuracy)
         lines.append(f"  calibration    accuracy per confidence bin: {acc}")
+    cp = seg.class_performance
+    if cp is not None:
+        who = f"positive class {cp.positive_class}" if cp.positive_class else "macro one-vs-rest"
+        figures = ", ".join(f"{m} {v[0]:.3f}" for m, v in cp.realised.items())
+        lines.append(
+            f"  per class      {', '.join(cp.classes)} ({who}; {cp.labelled} labelled): {figures}"
+        )
     return "\n".join(lines)
 
 

@@ -296,6 +296,7 @@ def profile_from_file(
     prediction = table.get("prediction")
     score = table.get("score")
     confidence = None
+    scores: dict[str, NDArray[np.float64]] | None = None
     where = str(p)
     if score is not None and score.dtype == object:
         raise BaselineError(f"{p}: column 'score' must hold numbers")
@@ -323,6 +324,7 @@ def profile_from_file(
         score = probs[:, index[positive_class]] if positive_class in index else top
         if positive_class not in index:
             positive_class = None
+        scores = {c: probs[:, i] for c, i in index.items()}
     builder = ProfileBuilder(
         model_id,
         model_version,
@@ -340,6 +342,7 @@ def profile_from_file(
         label=table.get("label"),
         segments={d: table[d] for d in segment_dims},
         event_time=_times(table["timestamp"], where) if "timestamp" in table else None,
+        scores=scores,
     )
     return builder.build(source=str(p.resolve()))
 

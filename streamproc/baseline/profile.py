@@ -248,6 +248,32 @@ class CalibrationReference(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
+class ClassPerformanceReference(msgspec.Struct, frozen=True, kw_only=True):
+    """What a classifier's per-class performance figures need (see :mod:`streamproc.judge.cbpe`).
+
+    Attributes
+    ----------
+    classes
+        The classes scored, sorted.
+    positive_class
+        The class whose figures a binary model reports; ``None`` for a multiclass model
+        (macro averages one-vs-rest).
+    rates
+        Per class, ``P(label = class | its score)`` in each bin of the fixed score grid,
+        fitted (isotonic) on the whole reference's labelled rows.
+    labelled
+        Labelled, fully scored reference rows of the segment.
+    realised
+        The segment's reference figures: metric -> ``[value, lower, upper]``.
+    """
+
+    classes: list[str]
+    positive_class: str | None = None
+    rates: dict[str, list[float]]
+    labelled: int
+    realised: dict[str, list[float]] = {}
+
+
 class SegmentReference(msgspec.Struct, frozen=True, kw_only=True):
     """Everything a segment's monitors compare with.
 
@@ -269,6 +295,10 @@ class SegmentReference(msgspec.Struct, frozen=True, kw_only=True):
         Accuracy per confidence bin on labelled rows, for CBPE.
     top1_rate
         Share of the most frequent predicted class (classification).
+    class_performance
+        Per-class calibration and the reference's ROC AUC, F1, precision, recall and
+        specificity, when rows carried a score per class (or a binary positive-class score)
+        and labels.
     """
 
     count: int
@@ -281,6 +311,7 @@ class SegmentReference(msgspec.Struct, frozen=True, kw_only=True):
     mae: float | None = None
     calibration: CalibrationReference | None = None
     top1_rate: float | None = None
+    class_performance: ClassPerformanceReference | None = None
 
 
 class ReferenceProfile(msgspec.Struct, frozen=True, kw_only=True):

@@ -220,5 +220,6 @@ def profile_from_topic(
             ev.segments,
             t,
             confidence=confidence,
+            scores=ev.scores,
         )
     return builder.build(source=source)

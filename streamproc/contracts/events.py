@@ -17,11 +17,13 @@ import msgspec
 __all__ = [
     "SCHEMAS",
     "Alert",
+    "ClassPerformance",
     "DeadLetter",
     "DeadLetterError",
     "EventTime",
     "FeatureValue",
     "Label",
+    "MetricBand",
     "MetricsRecord",
     "NonEmptyStr",
     "NonNegative",
@@ -108,6 +110,34 @@ class Alert(msgspec.Struct, kw_only=True, frozen=True):
     emitted_at: str
 
 
+class MetricBand(msgspec.Struct, frozen=True):
+    """A figure with its sampling-noise band (``value`` ± 3 standard errors, within [0, 1])."""
+
+    value: float
+    lower: float
+    upper: float
+
+
+class ClassPerformance(msgspec.Struct, kw_only=True, frozen=True):
+    """A classifier's performance in one window: ``estimated`` from the scores of its
+    predictions (CBPE, on prediction windows), or ``realised`` from its labels (on label
+    windows), beside the reference's figures.
+
+    ``metrics`` holds ``accuracy``, ``roc_auc``, ``f1``, ``precision``, ``recall`` and
+    ``specificity``: the positive class's for a binary model, the macro average one-vs-rest
+    for a multiclass one. ``confusion_matrix`` has a row per predicted class and a column per
+    label, in ``classes`` order (expected counts when estimated).
+    """
+
+    source: Literal["estimated", "realised"]
+    classes: list[str]
+    positive_class: str | None
+    count: int
+    metrics: dict[str, MetricBand]
+    reference: dict[str, MetricBand]
+    confusion_matrix: list[list[float]]
+
+
 class MetricsRecord(msgspec.Struct, kw_only=True, frozen=True):
     """``metrics.v1``: one record per monitor and closed window."""
 
@@ -122,6 +152,7 @@ class MetricsRecord(msgspec.Struct, kw_only=True, frozen=True):
     outputs: dict[str, float | int | None]
     performance: dict[str, float | int | None]
     emitted_at: str
+    class_performance: ClassPerformance | None = None
 
 
 class DeadLetterError(msgspec.Struct, frozen=True):

@@ -15,10 +15,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from streamproc.aggregate.partials import Z_SCALE, OutcomePartial, WindowPartial, moments_of
-from streamproc.baseline import CategoricalReference, NumericReference
+from streamproc.baseline import CategoricalReference, ClassPerformanceReference, NumericReference
 from streamproc.baseline.reference import Reference
 from streamproc.config import MonitoringConfig, Tiers
-from streamproc.judge import stats
+from streamproc.contracts import ClassPerformance, MetricBand
+from streamproc.judge import cbpe, stats
 from streamproc.judge.alerts import Kind, Severity, Verdict
 from streamproc.sketch import CategoricalSketch, NumericSketch
 
@@ -526,3 +527,50 @@ def performance(
             cfg.psi.warning, {"labelled": o.labelled},
         )  # fmt: skip
     return perf
+
+
+def _class_performance(
+    source: str, cp: ClassPerformanceReference, got: Mapping[str, Any], count: int
+) -> ClassPerformance:
+    return ClassPerformance(
+        source=source,  # type: ignore[arg-type]
+        classes=list(cp.classes),
+        positive_class=cp.positive_class,
+        count=count,
+        metrics={
+            m: MetricBand(*(round(float(x), 6) for x in got[m]))
+            for m in cbpe.METRICS
+            if m in got and all(map(math.isfinite, got[m]))
+        },
+        reference={m: MetricBand(*v) for m, v in cp.realised.items()},
+        confusion_matrix=[[round(float(x), 3) for x in row] for row in got["confusion_matrix"]],
+    )
+
+
+def estimated_performance(
+    cfg: MonitoringConfig, ref: Reference, window: WindowPartial
+) -> ClassPerformance | None:
+    """CBPE of a window of predictions (see :mod:`streamproc.judge.cbpe`): ``None`` without
+    the reference's per-class calibration or under ``min_window_count`` scored events."""
+    cp = ref.segment.class_performance
+    if cp is None or not window.class_scores:
+        return None
+    scored = sum(sum(window.class_scores.get(f"{c}{cbpe.SEP}{c}", {}).values()) for c in cp.classes)
+    if scored < cfg.min_window_count:
+        return None
+    got = cbpe.estimate(window.class_scores, cp.classes, cp.positive_class, cp.rates)
+    return _class_performance("estimated", cp, got, scored) if got else None
+
+
+def realised_performance(
+    cfg: MonitoringConfig, ref: Reference | None, o: OutcomePartial
+) -> ClassPerformance | None:
+    """The same figures from a label window's outcomes; ``None`` without the reference's
+    classes or under ``min_labelled_count`` outcomes."""
+    cp = None if ref is None else ref.segment.class_performance
+    if cp is None or o.labelled < cfg.min_labelled_count:
+        return None
+    got = cbpe.realise(o.confusion, o.class_scores, cp.classes, cp.positive_class)
+    if not got:
+        return None
+    return _class_performance("realised", cp, got, int(np.sum(got["confusion_matrix"])))

@@ -750,6 +750,7 @@ class ModelJudge:
                 outputs=outputs,
                 performance={},
                 emitted_at=emitted_at,
+                class_performance=checks.estimated_performance(cfg, ref, win.common),
             )
         )
         if self.on_window is not None:
@@ -884,5 +885,6 @@ class ModelJudge:
                     outputs={},
                     performance=perf,
                     emitted_at=emitted_at,
+                    class_performance=checks.realised_performance(cfg, ref, o),
                 )
             )

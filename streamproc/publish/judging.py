@@ -579,6 +579,14 @@ class JudgeStage:
             acc = record.performance.get("accuracy")
             if acc is not None:
                 g.accuracy.labels(model=model, segment=seg, kind="realized").set(float(acc))
+            cp = record.class_performance
+            if cp is not None:
+                kind = "estimated" if cp.source == "estimated" else "realized"
+                for metric, band in cp.metrics.items():
+                    for bound in ("value", "lower", "upper"):
+                        g.performance.labels(
+                            model=model, segment=seg, metric=metric, kind=kind, bound=bound
+                        ).set(getattr(band, bound))
         for detector, seg_key, _feature in out.detections:
             g.detections.labels(model=model, detector=detector, segment=seg_key).inc()
         judge = self.judges.get(model)

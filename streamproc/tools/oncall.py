@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 import msgspec
 
 from streamproc.config import Config, load_config
-from streamproc.contracts import Alert, MetricsRecord, Window, encode
+from streamproc.contracts import Alert, ClassPerformance, MetricsRecord, Window, encode
 from streamproc.errors import StreamprocError
 from streamproc.kafka import ranges as kafka_ranges
 
@@ -369,6 +369,31 @@ class StatusRow:
     count: int | None
     top_psi: list[tuple[str, float]]
     firing: list[Alert] = field(default_factory=list)
+    # "estimated" / "realised" -> the latest window's per-class figures
+    performance: dict[str, ClassPerformance] = field(default_factory=dict)
+
+    def performance_text(self) -> str:
+        """``-``, or accuracy and ROC AUC, realised with the estimate beside them.
+
+        >>> from streamproc.contracts import MetricBand
+        >>> band = MetricBand(0.9, 0.88, 0.92)
+        >>> est = ClassPerformance(source="estimated", classes=["no", "yes"],
+        ...     positive_class="yes", count=900, metrics={"accuracy": band}, reference={},
+        ...     confusion_matrix=[])
+        >>> row = StatusRow("m", "1", {}, None, None, [], performance={"estimated": est})
+        >>> row.performance_text()
+        'accuracy est 0.900'
+        """
+        est, got = self.performance.get("estimated"), self.performance.get("realised")
+        parts = []
+        for m in ("accuracy", "roc_auc"):
+            e = est.metrics.get(m) if est else None
+            r = got.metrics.get(m) if got else None
+            if r is not None:
+                parts.append(f"{m} {r.value:.3f}" + (f" (est {e.value:.3f})" if e else ""))
+            elif e is not None:
+                parts.append(f"{m} est {e.value:.3f}")
+        return ", ".join(parts) or "-"
 
     def firing_text(self) -> str:
         """``-``, or the firing alerts counted by severity, most severe first."""
@@ -386,6 +411,7 @@ class StatusRow:
             "window_end": self.window_end,
             "count": self.count,
             "top_psi": [{"feature": f, "psi": v} for f, v in self.top_psi],
+            "performance": {k: msgspec.to_builtins(v) for k, v in self.performance.items()},
             "firing": [
                 {
                     "alert_id": a.alert_id,
@@ -422,10 +448,17 @@ class StatusBoard:
     def __init__(self) -> None:
         self._metrics: dict[MonitorKey, MetricsRecord] = {}
         self._signals: dict[tuple[Any, ...], Alert] = {}
+        self._performance: dict[MonitorKey, dict[str, tuple[str, ClassPerformance]]] = {}
 
     def add_metrics(self, record: MetricsRecord) -> None:
         """Keep ``record`` if its window ends later than the monitor's latest so far."""
         key = (record.model_id, record.model_version, _segment_key(record.segment))
+        cp = record.class_performance
+        if cp is not None:
+            latest = self._performance.setdefault(key, {})
+            have = latest.get(cp.source)
+            if have is None or _time_order(record.window.end) >= _time_order(have[0]):
+                latest[cp.source] = (record.window.end, cp)
         held = self._metrics.get(key)
         order = (_time_order(record.window.end), _time_order(record.emitted_at))
         if held is None or order >= (_time_order(held.window.end), _time_order(held.emitted_at)):
@@ -469,6 +502,7 @@ class StatusBoard:
                     count=record.count if record else None,
                     top_psi=_top_psi(record, top) if record else [],
                     firing=firing,
+                    performance={k: v for k, (_, v) in self._performance.get(key, {}).items()},
                 )
             )
         return rows
@@ -488,12 +522,15 @@ def render_table(rows: Sequence[StatusRow]) -> str:
     """The status table, columns padded to their widest cell.
 
     >>> row = StatusRow("churn", "7", {"country": "DE"}, "2024-01-01T10:05:00Z", 1200,
-    ...                 [("f03", 0.4127), ("f01", 0.05)])
+    ...                 [("f03", 0.4127)])
     >>> print(render_table([row]))
-    MODEL  VERSION  SEGMENT     WINDOW END (UTC)     EVENTS  TOP PSI                FIRING
-    churn  7        country=DE  2024-01-01 10:05:00  1200    f03: 0.413, f01: 0.05  -
+    MODEL  VERSION  SEGMENT     WINDOW END (UTC)     EVENTS  TOP PSI     PERFORMANCE  FIRING
+    churn  7        country=DE  2024-01-01 10:05:00  1200    f03: 0.413  -            -
     """
-    header = ["MODEL", "VERSION", "SEGMENT", "WINDOW END (UTC)", "EVENTS", "TOP PSI", "FIRING"]
+    header = [
+        "MODEL", "VERSION", "SEGMENT", "WINDOW END (UTC)", "EVENTS", "TOP PSI", "PERFORMANCE",
+        "FIRING",
+    ]  # fmt: skip
     table = [header] + [
         [
             r.model_id,
@@ -502,6 +539,7 @@ def render_table(rows: Sequence[StatusRow]) -> str:
             _utc(r.window_end) if r.window_end else "-",
             str(r.count) if r.count is not None else "-",
             ", ".join(f"{f}: {v:.3g}" for f, v in r.top_psi) or "-",
+            r.performance_text(),
             r.firing_text(),
         ]
         for r in rows

@@ -47,7 +47,8 @@ from typing import Any
 import msgspec
 
 from streamproc.config import MonitoringConfig
-from streamproc.contracts import Alert, MetricsRecord, Window
+from streamproc.contracts import Alert, ClassPerformance, MetricBand, MetricsRecord, Window
+from streamproc.judge import cbpe
 
 __all__ = [
     "Analysis",
@@ -160,6 +161,30 @@ class SignalRow:
 
 
 @dataclass
+class PerformanceRow:
+    """A classifier's figures in one window of all traffic: estimated beside realised."""
+
+    model: str
+    window: str
+    estimated: ClassPerformance | None = None
+    realised: ClassPerformance | None = None
+
+    def unexpected(self) -> list[str]:
+        """Figures more than sampling noise away: realised outside the estimate's band, or an
+        estimate outside the reference's."""
+        out = []
+        for m in cbpe.METRICS:
+            est = self.estimated.metrics.get(m) if self.estimated else None
+            got = self.realised.metrics.get(m) if self.realised else None
+            if est is not None and got is not None and not est.lower <= got.value <= est.upper:
+                out.append(f"{m}: realised {got.value:.3f} outside the estimate's band")
+            ref = self.estimated.reference.get(m) if self.estimated else None
+            if est is not None and ref is not None and not ref.lower <= est.value <= ref.upper:
+                out.append(f"{m}: estimate {est.value:.3f} outside the reference's band")
+        return out
+
+
+@dataclass
 class Analysis:
     """What the report shows, before any drawing."""
 
@@ -170,6 +195,7 @@ class Analysis:
     events: int
     alerts: list[Alert]
     metrics: list[MetricsRecord]
+    performance: list[PerformanceRow] = field(default_factory=list)
 
 
 def _model(model_id: str, version: str) -> str:
@@ -202,6 +228,7 @@ def analyse(
     segs: dict[tuple[str, str], SegmentRow] = {}
     signals: dict[tuple[str, str, str, str], SignalRow] = {}
     acc_sum: dict[tuple[str, str], float] = {}
+    perf: dict[tuple[str, str], PerformanceRow] = {}
     events = 0
     windows: set[str] = set()
 
@@ -260,6 +287,15 @@ def analyse(
             srow.labelled += labelled
             acc_sum[(model, seg)] = acc_sum.get((model, seg), 0.0) + acc * labelled
             srow.min_accuracy = acc if srow.min_accuracy is None else min(srow.min_accuracy, acc)
+        cp = rec.class_performance
+        if cp is not None and not rec.segment:
+            prow = perf.get((model, start))
+            if prow is None:
+                prow = perf[(model, start)] = PerformanceRow(model, start)
+            if cp.source == "estimated":
+                prow.estimated = cp
+            else:
+                prow.realised = cp
     for key, total in acc_sum.items():
         segs[key].accuracy = total / segs[key].labelled
     for a in firing:
@@ -307,6 +343,7 @@ def analyse(
         events=events,
         alerts=list(alerts),
         metrics=list(ordered),
+        performance=sorted(perf.values(), key=lambda r: (r.model, r.window)),
     )
 
 
@@ -626,6 +663,29 @@ def _segment_table(an: Analysis, warn: float) -> str:
     return _table(headers.split("|"), rows)
 
 
+def _band_text(b: MetricBand | None) -> str:
+    return "-" if b is None else f"{b.value:.3f} [{b.lower:.3f}, {b.upper:.3f}]"
+
+
+def _performance_table(an: Analysis) -> str:
+    shown = ("accuracy", "roc_auc", "f1", "precision", "recall")
+    headers = ["model", "window (UTC)"]
+    for m in shown:
+        headers += [f"{m} estimated", f"{m} realised"]
+    headers.append("beyond sampling noise")
+    rows = []
+    for r in an.performance:
+        cells = [r.model, _utc(r.window)]
+        for m in shown:
+            est = r.estimated.metrics.get(m) if r.estimated else None
+            got = r.realised.metrics.get(m) if r.realised else None
+            cells += [_band_text(est), "-" if got is None else f"{got.value:.3f}"]
+        odd = r.unexpected()
+        cells.append("; ".join(odd) or "-")
+        rows.append((cells, {"class": "hot" if odd else "", "data-window": r.window}))
+    return _table(headers, rows)
+
+
 def _signal_table(an: Analysis) -> str:
     headers = "model|segment|signal|detector|start (UTC)|first alert (UTC)|peak|threshold|alerts"
     rows = []
@@ -712,6 +772,18 @@ def render_report(
         if h is not None:
             parts.append(_histogram_chart(h))
             shown += 1
+
+    if an.performance:
+        parts.append("<h2>Did the model's performance change?</h2>")
+        parts.append(
+            '<p class="muted">All traffic, per window: estimated from the predictions\' scores '
+            "(CBPE, with its sampling-noise band) beside realised from the labels that joined; "
+            "binary models report their positive class, multiclass ones the macro average. "
+            "Realised outside the estimate's band is what scores cannot explain (labels "
+            "changed: concept drift, or a label pipeline problem); an estimate outside the "
+            "reference's band is the inputs moving the model.</p>"
+        )
+        parts.append(_performance_table(an))
 
     parts.append("<h2>Which segments are worst?</h2>")
     parts.append(_segment_table(an, warn))

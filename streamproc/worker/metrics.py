@@ -91,6 +91,13 @@ class WorkerMetrics:
             "streamproc_accuracy", "Accuracy per window: realized (labels) or estimated (CBPE)",
             ["model", "segment", "kind"], registry=r,
         )  # fmt: skip
+        self.performance = Gauge(
+            "streamproc_performance",
+            "Classifier performance per window (accuracy, roc_auc, f1, precision, recall, "
+            "specificity): realized (labels) or estimated (CBPE); bound: value, or the "
+            "sampling-noise band's lower/upper edge",
+            ["model", "segment", "metric", "kind", "bound"], registry=r,
+        )  # fmt: skip
         self.alerts_firing = Gauge(
             "streamproc_alerts_firing", "Alerts currently firing", ["model", "kind", "severity"],
             registry=r,

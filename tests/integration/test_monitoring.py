@@ -202,6 +202,19 @@ def test_accuracy_drop_arrives_through_the_label_join_as_a_performance_alert(
     try:
         worker.wait_for(lambda: bool(overall("accuracy")), 180, "an accuracy alert")
         assert worker.metric("streamproc_join_total", result="joined") > 0
+        # the per-class figures reach /metrics, estimated and realised, with their bands
+        for kind in ("estimated", "realized"):
+            auc = {
+                bound: worker.metric(
+                    "streamproc_performance",
+                    segment="all",
+                    metric="roc_auc",
+                    kind=kind,
+                    bound=bound,
+                )
+                for bound in ("lower", "value", "upper")
+            }
+            assert 0.5 < auc["lower"] < auc["value"] < auc["upper"] <= 1.0, (kind, auc)
     finally:
         worker.stop()
     window = overall("accuracy")[0]
@@ -212,3 +225,37 @@ def test_accuracy_drop_arrives_through_the_label_join_as_a_performance_alert(
     assert min(a["window"]["start"] for a in performance_alerts()) >= "2024-01-01T00:05:00"
     early = overall("adwin_error")
     assert early and early[0]["window"]["end"] <= window["window"]["end"]
+
+    # Realised beside estimated on the metrics topic: a concept drift (labels change, scores
+    # do not) leaves the CBPE estimate at the reference's accuracy while the realised figures
+    # fall out of its sampling-noise band; before the drop they agree.
+    records = [
+        orjson.loads(m.value()) for m in consume_all(config, config.topics.metrics, 10**6, 3)
+    ]
+    overall_perf = {
+        (r["class_performance"]["source"], r["window"]["start"]): r["class_performance"]
+        for r in records
+        if r["segment"] == {} and r.get("class_performance")
+    }
+    estimated = {w: p for (src, w), p in overall_perf.items() if src == "estimated"}
+    realised = {w: p for (src, w), p in overall_perf.items() if src == "realised"}
+    assert len(estimated) >= 8 and len(realised) >= 4
+    for p in estimated.values():
+        assert p["positive_class"] == "yes" and p["classes"] == ["no", "yes"]
+        assert set(p["metrics"]) == {"accuracy", "roc_auc", "f1", "precision", "recall",
+                                     "specificity"}  # fmt: skip
+        ref = p["reference"]["accuracy"]["value"]
+        assert abs(p["metrics"]["accuracy"]["value"] - ref) < 0.03
+    before = [w for w in realised if w < "2024-01-01T00:05:00" and w in estimated]
+    after = [w for w in realised if w >= "2024-01-01T00:06:00" and w in estimated]
+    assert before and after
+    for w in before:
+        est, got = estimated[w]["metrics"], realised[w]["metrics"]
+        assert abs(est["accuracy"]["value"] - got["accuracy"]["value"]) < 0.03
+        assert abs(est["roc_auc"]["value"] - got["roc_auc"]["value"]) < 0.03
+    for w in after:
+        assert (
+            realised[w]["metrics"]["accuracy"]["value"]
+            < estimated[w]["metrics"]["accuracy"]["lower"]
+        )
+        assert sum(map(sum, realised[w]["confusion_matrix"])) == realised[w]["count"]

@@ -44,6 +44,7 @@ class Row:
     prediction: str
     confidence: float | None
     latency_ms: float | None
+    scores: dict[str, float] | None = None
 
 
 number = st.one_of(
@@ -57,6 +58,13 @@ category = st.one_of(
 )
 
 
+scores = st.one_of(
+    st.none(),
+    st.floats(0.0, 1.0).map(lambda s: {"yes": s, "no": 1.0 - s}),
+    st.sampled_from([0.0, 0.01, 0.5, 1.0]).map(lambda s: {"yes": s, "no": 1.0 - s}),
+)
+
+
 @st.composite
 def rows(draw: st.DrawFn) -> Row:
     features: dict[str, Any] = {"f00": draw(number), "f01": draw(feature_value)}
@@ -67,7 +75,7 @@ def rows(draw: st.DrawFn) -> Row:
         features[draw(st.sampled_from(["extra", "account_ref"]))] = draw(feature_value)
     confidence = draw(st.one_of(st.none(), st.floats(0.0, 1.0)))
     latency = draw(st.one_of(st.none(), st.floats(0.0, 5_000.0)))
-    return Row(features, draw(st.sampled_from(["yes", "no"])), confidence, latency)
+    return Row(features, draw(st.sampled_from(["yes", "no"])), confidence, latency, draw(scores))
 
 
 row_lists = st.lists(rows(), max_size=25)
@@ -89,6 +97,7 @@ def fed(rows: list[Row], ref: Reference | None, first_offset: int = 0) -> Window
             0,
             list(range(first_offset, first_offset + n)),
             [-1] * n,
+            [r.scores for r in rows],
         )
         g = FoldGroup(p, ref, np.arange(n), [summary], np.zeros(n, np.int64))
         fold_predictions(cols, [g], SAMPLE_K)
@@ -99,11 +108,12 @@ outcome = st.tuples(
     st.one_of(st.sampled_from(["yes", "no"]), st.floats(-5, 5), st.booleans()),  # prediction
     st.one_of(st.sampled_from(["yes", "no", "maybe"]), st.floats(-5, 5), st.integers(0, 1)),
     st.one_of(st.none(), st.floats(0.0, 1.0), st.sampled_from([0.0, 0.01, 0.5, 0.99, 1.0])),
+    scores,
 )
 outcome_lists = st.lists(outcome, max_size=30)
 
 
-def outcomes(items: list[tuple[Any, Any, float | None]]) -> OutcomePartial:
+def outcomes(items: list[tuple[Any, Any, float | None, Any]]) -> OutcomePartial:
     p = OutcomePartial()
     fold_outcomes(items, [(p, 0.0, range(len(items)))])
     return p
@@ -158,6 +168,7 @@ def assert_same_partial(got: WindowPartial, want: WindowPartial) -> None:
         "sample",
         "sampled_out",
         "ticks",
+        "class_scores",
     )
     assert {k: getattr(got, k) for k in exact} == {k: getattr(want, k) for k in exact}
     assert got.numeric.keys() == want.numeric.keys()
@@ -175,6 +186,9 @@ def assert_same_partial(got: WindowPartial, want: WindowPartial) -> None:
 
 
 def assert_same_outcome(got: OutcomePartial, want: OutcomePartial) -> None:
-    exact = ("labelled", "correct", "numeric_pairs", "labels", "cal", "ticks")
+    exact = (
+        "labelled", "correct", "numeric_pairs", "labels", "cal", "ticks", "confusion",
+        "class_scores",
+    )  # fmt: skip
     assert {k: getattr(got, k) for k in exact} == {k: getattr(want, k) for k in exact}
     assert _close(got.abs_error, want.abs_error, max(want.numeric_pairs, 1) * 10.0)

@@ -241,7 +241,10 @@ def test_outcome_partial_round_trips_and_its_calibration_bins_add_up(xs: list) -
     n, conf, correct = a.calibration([0.1 * i for i in range(1, 10)])
     bins = list(a.cal.values())
     assert [sum(n), sum(conf), sum(correct)] == [sum(b[i] for b in bins) for i in range(3)]
-    assert sum(b[0] for b in bins) == sum(1 for _, _, c in xs if c is not None)
+    assert sum(b[0] for b in bins) == sum(1 for _, _, c, _ in xs if c is not None)
+    assert sum(a.confusion.values()) == sum(
+        1 for p, lab, _, _ in xs if p is not None and lab is not None
+    )
     assert a.ticks == ({0.0: [a.labelled, a.correct]} if xs else {})
 
 

@@ -11,7 +11,15 @@ import msgspec
 import pytest
 
 from streamproc.cli import build_parser
-from streamproc.contracts import Alert, MetricsRecord, Source, Window, encode
+from streamproc.contracts import (
+    Alert,
+    ClassPerformance,
+    MetricBand,
+    MetricsRecord,
+    Source,
+    Window,
+    encode,
+)
 from streamproc.tools import oncall
 from streamproc.tools.oncall import (
     StatusBoard,
@@ -284,7 +292,7 @@ def test_a_monitor_with_firing_alerts_but_no_metrics_still_gets_a_row() -> None:
     (row,) = board.rows()
     assert (row.model_id, row.segment, row.window_end, row.count) == ("fraud", {}, None, None)
     assert render_table([row]).splitlines()[1].split() == [
-        "fraud", "7", "all", "-", "-", "-", "1", "critical",
+        "fraud", "7", "all", "-", "-", "-", "-", "1", "critical",
     ]  # fmt: skip
 
 
@@ -311,7 +319,7 @@ def test_render_table_shows_every_column_for_a_row() -> None:
     board.add_alert(_alert())
     header, line = render_table(board.rows()).splitlines()
     assert header.split() == ["MODEL", "VERSION", "SEGMENT", "WINDOW", "END", "(UTC)", "EVENTS",
-                              "TOP", "PSI", "FIRING"]  # fmt: skip
+                              "TOP", "PSI", "PERFORMANCE", "FIRING"]  # fmt: skip
     for cell in ("churn", "country=DE, device=ios", "2024-03-05 14:05:00", "1200",
                  "tenure_months: 0.413, region: 0.13, clicks: 0.09", "1 critical"):  # fmt: skip
         assert cell in line
@@ -331,6 +339,7 @@ def test_status_json_rows_carry_the_firing_alert_ids() -> None:
             "window_end": "2024-03-05T14:05:00Z",
             "count": 1200,
             "top_psi": [{"feature": "tenure_months", "psi": 0.4127}],
+            "performance": {},
             "firing": [
                 {
                     "alert_id": "9b1c0e77d2a34f5e8c6a",
@@ -378,3 +387,27 @@ def test_cli_rejects_bad_options(argv: list[str], capsys: pytest.CaptureFixture[
         build_parser().parse_args(argv)
     assert exc.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_status_shows_realised_performance_beside_the_latest_estimate() -> None:
+    def figures(source: str, acc: float, auc: float) -> ClassPerformance:
+        return ClassPerformance(
+            source=source, classes=["no", "yes"], positive_class="yes", count=1000,  # type: ignore[arg-type]
+            metrics={"accuracy": MetricBand(acc, acc - 0.02, acc + 0.02),
+                     "roc_auc": MetricBand(auc, auc - 0.01, auc + 0.01)},
+            reference={}, confusion_matrix=[[1.0, 0.0], [0.0, 1.0]],
+        )  # fmt: skip
+
+    board = StatusBoard()
+    board.add_metrics(_metrics(class_performance=figures("estimated", 0.9, 0.96)))
+    later = Window("2024-03-05T14:05:00Z", "2024-03-05T14:10:00Z")
+    board.add_metrics(_metrics(window=later, class_performance=figures("estimated", 0.88, 0.95)))
+    # a label window, read after: it ends earlier, but is the latest realised figure
+    board.add_metrics(
+        _metrics(count=0, features={}, class_performance=figures("realised", 0.71, 0.8))
+    )
+    (row,) = board.rows()
+    assert row.performance_text() == "accuracy 0.710 (est 0.880), roc_auc 0.800 (est 0.950)"
+    doc = row.to_json()["performance"]
+    assert doc["estimated"]["metrics"]["accuracy"] == {"value": 0.88, "lower": 0.86, "upper": 0.9}
+    assert doc["realised"]["source"] == "realised"

@@ -6,7 +6,7 @@ import base64
 import re
 
 from streamproc.config import MonitoringConfig
-from streamproc.contracts import Alert, MetricsRecord, Source, Window
+from streamproc.contracts import Alert, ClassPerformance, MetricBand, MetricsRecord, Source, Window
 from streamproc.judge.alerts import iso
 from streamproc.tools.report import FeatureHistogram, analyse, render_report
 
@@ -190,3 +190,49 @@ def test_quiet_range_says_nothing_drifted() -> None:
     assert "<h3>Scores over time</h3>" not in page
     assert "no: prediction PSI stayed under 0.1" in page
     assert "nothing crossed a threshold" in page
+
+
+def _figures(source: str, acc: float) -> ClassPerformance:
+    band = MetricBand(acc, acc - 0.02, acc + 0.02)
+    return ClassPerformance(
+        source=source,  # type: ignore[arg-type]
+        classes=["no", "yes"],
+        positive_class="yes",
+        count=1000,
+        metrics={"accuracy": band},
+        reference={"accuracy": MetricBand(0.9, 0.88, 0.92)},
+        confusion_matrix=[[500.0, 50.0], [50.0, 400.0]],
+    )
+
+
+def test_report_marks_realised_performance_outside_the_estimate_band() -> None:
+    records = []
+    for i in range(4):
+        # labels change from window 2 on; the scores do not: the estimate stays
+        realised = 0.9 if i < 2 else 0.7
+        for source, acc in (("estimated", 0.9), ("realised", realised)):
+            records.append(
+                MetricsRecord(
+                    model_id="churn",
+                    model_version="7",
+                    segment={},
+                    window=window(i),
+                    count=1000 if source == "estimated" else 0,
+                    reference="baseline",
+                    features={},
+                    outputs={},
+                    performance={},
+                    emitted_at="2024-01-01T01:00:00.000Z",
+                    class_performance=_figures(source, acc),
+                )
+            )
+    an = analyse(records, [], CFG)
+    assert [r.window for r in an.performance] == [window(i).start for i in range(4)]
+    assert [bool(r.unexpected()) for r in an.performance] == [False, False, True, True]
+    page = render_report(records, [], CFG)
+    assert (
+        "Did the model&#x27;s performance change?" in page or "Did the model's performance" in page
+    )
+    hot = re.findall(r'<tr class="hot" data-window="([^"]+)">', page)
+    assert hot == [window(2).start, window(3).start]
+    assert "accuracy: realised 0.700 outside the estimate&#x27;s band" in page
