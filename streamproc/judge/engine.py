@@ -690,8 +690,12 @@ class ModelJudge:
             part = WindowPartial()
             prepare(part, ref)
         sample = win.by_fp.get(None)
-        if sample is not None and sample.complete_sample:
-            binned = WindowPartial(sample.count)
+        if sample is not None and sample.sample:
+            # Rows the sources sampled (no reference decided when they folded them): all of
+            # them, or, past ``warmup_sample`` rows, a uniform sample (the smallest hashes).
+            # Either way the window's features are judged on the rows there are, counted as
+            # such; left out, the window would be judged on nothing and say nothing.
+            binned = WindowPartial(len(sample.sample))
             fold_rows(sample.sample, binned, ref)
             part = part.merge(binned)
         offsets = win.common.offsets

@@ -755,3 +755,37 @@ def test_sigkill_mid_input_then_restart_publishes_the_alerts_of_an_uninterrupted
     assert got == expected, differences(expected, got)
     for w in [*one.workers, *workers]:
         w.assert_healthy()
+
+
+def test_traffic_waiting_before_the_first_start_is_judged_in_every_window(
+    config: Config, tmp_path: Path
+) -> None:
+    """Baseline stored, a backlog in Kafka, then the first start: the sources fold the backlog
+    before the judge has decided the model's reference, so they sample it, and each window
+    holds more rows than the sample keeps (``warmup_sample`` 500 of 3,000). Every window's
+    features are still judged (on the uniform sample), and a shift in one of them alerts;
+    they were judged on nothing, silently, when an overflowing sample was dropped."""
+    shift = MeanShift(SHIFTED, 1.5, start=3 * PER_WINDOW)
+    spec = WorkloadSpec(rate=RATE, changes=(shift,))
+    events = list(Workload(spec, 6 * PER_WINDOW, seed=SEED).predictions())
+    topics.apply(config, topics.load_topics(config))
+    store_baseline(config, spec)
+    produce_batches(config, config.topics.predictions, events, BATCH)
+    worker = WorkerProcess(
+        config, tmp_path, **MONITOR_ENV, STREAMPROC_MONITORING_WARMUP_SAMPLE="500"
+    )
+    try:
+        worker.wait_until_judged(120)
+    finally:
+        worker.stop()
+    worker.assert_healthy()
+    records = read_topic(config, config.topics.metrics)
+    judged = [r for r in records if r["segment"] == {} and r["count"] and not r["performance"]]
+    assert len(judged) >= 4
+    for r in judged:
+        assert r["reference"] == "baseline"
+        assert r["features"][SHIFTED]["count"] > 0, r["window"]
+        assert "psi" in r["features"][SHIFTED], r["window"]
+    alerts = read_topic(config, config.topics.alerts)
+    hits = firing(alerts, "feature_drift", SHIFTED, {})
+    assert hits and min(epoch(a["window"]["start"]) for a in hits) >= spec.time_of(3 * PER_WINDOW)
