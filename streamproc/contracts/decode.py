@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 import msgspec
+import numpy as np
 
 from streamproc.contracts.events import EventTime, Label, Prediction
 
@@ -178,6 +179,43 @@ def _decode_one(raw: bytes, kind: type[E], index: int | None, out: Decoded[E]) -
         out.raws.append(raw)
 
 
+def nested_deeper(raw: bytes, limit: int) -> bool:
+    """Whether JSON text ``raw`` nests arrays and objects more than ``limit`` levels deep.
+
+    The parsers' own stop (a ``RecursionError``) moves with the interpreter's recursion limit,
+    which test runners and libraries raise: this check does not. Cheap for ordinary messages:
+    fewer brackets than ``limit`` settle it; else one vectorised pass over the bytes; only a
+    message that passes that too (brackets inside strings can fake depth) is walked exactly.
+
+    >>> nested_deeper(b"[" * 1001 + b"]" * 1001, 1000), nested_deeper(b'["[[[["]', 2)
+    (True, False)
+    """
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    a = np.frombuffer(raw, dtype=np.uint8)
+    step = ((a == 0x5B) | (a == 0x7B)).astype(np.int32) - ((a == 0x5D) | (a == 0x7D))
+    if int(np.cumsum(step).max()) <= limit:
+        return False
+    depth, in_string, escaped = 0, False, False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return False
+
+
 def decode_message(
     value: bytes | None,
     kind: type[E],
@@ -196,6 +234,11 @@ def decode_message(
     if len(value) > max_bytes:
         out.rejections.append(
             Rejection("too_large", f"{len(value)} bytes exceeds the {max_bytes}-byte limit", value)
+        )
+        return out
+    if nested_deeper(value, MAX_DEPTH):
+        out.rejections.append(
+            Rejection("too_deep", f"nested deeper than {MAX_DEPTH} levels", value)
         )
         return out
     if value.lstrip()[:1] != b"[":
