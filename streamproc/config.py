@@ -116,11 +116,18 @@ class JoinConfig(_Section):
 
 
 class Tiers(_Section):
-    """A warning and a critical threshold; ``clear`` (hysteresis) defaults to 80% of warning."""
+    """A warning and a critical threshold; ``clear`` (hysteresis) defaults to 80% of warning.
+
+    ``info`` (PSI only; off by default): a PSI at or above it but under ``warning`` that is
+    beyond sampling noise (the same significance test the tiers use) raises an ``info`` alert,
+    which no Prometheus rule pages on: ``info: 0`` flags every statistically certain shift,
+    however small, as NannyML's per-chunk thresholds do.
+    """
 
     warning: float
     critical: float
     clear: float | None = None
+    info: float | None = None
 
     def clearing(self) -> float:
         return self.clear if self.clear is not None else 0.8 * self.warning

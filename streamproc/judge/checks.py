@@ -87,12 +87,19 @@ def psi_severity(
     True
     >>> psi_severity(0.12, tiers, 5000, 30000, 10, 1e-5)[0]
     'warning'
+
+    With an ``info`` tier, a smaller shift that is certain still counts, as ``info``:
+
+    >>> psi_severity(0.02, Tiers(warning=0.1, critical=0.25, info=0.0), 6000, 60000, 10, 1e-5)[0]
+    'info'
     """
     from scipy.stats import chi2
 
     n_eff = n * ref_n / (n + ref_n) if ref_n else float(n)
     p = float(chi2.sf(psi * n_eff, max(bins - 1, 1)))
     sev = severity(psi, tiers)
+    if sev is None and tiers.info is not None and psi >= tiers.info:
+        sev = "info"
     return (sev if p < alpha else None), p
 
 
@@ -238,7 +245,8 @@ def _numeric(
         name, "ks", "feature_drift", ks_sev, d < 0.8 * cfg.ks_effect_floor, d,
         cfg.ks_effect_floor, evidence,
     )  # fmt: skip
-    return [stat for stat, sv in (("psi", sev), ("ks", ks_sev)) if sv is not None]
+    # an info-level PSI does not make a detector's tick detection critical
+    return [stat for stat, sv in (("psi", sev), ("ks", ks_sev)) if sv not in (None, "info")]
 
 
 def _categorical(

@@ -542,3 +542,23 @@ def test_a_truncated_or_corrupted_checkpoint_never_raises() -> None:
     for at in range(4, len(blob), max(len(blob) // 40, 1)):
         flipped = blob[:at] + bytes([blob[at] ^ 0xFF]) + blob[at + 1 :]
         checkpoint.restore(flipped, "demo-churn", CFG, "predictions", refs)  # never raises
+
+
+def test_an_info_tier_flags_a_certain_small_shift_and_nothing_when_stationary() -> None:
+    """``psi.info``: a shift too small for the warning tier (PSI ~0.02) but beyond sampling
+    noise is an ``info`` alert; by default it raises nothing, and a stationary stream raises
+    nothing either way."""
+    sensitive = msgspec.structs.replace(
+        MONITORING, psi=msgspec.structs.replace(MONITORING.psi, info=0.0)
+    )
+    small = WorkloadSpec(rate=50.0, changes=(MeanShift("f03", 0.15, start=12_000),))
+
+    def psi_alerts(run_: Run) -> list[Alert]:
+        return [a for a in run_.firing if a.detector == "psi" and a.feature == "f03"]
+
+    flagged = psi_alerts(run(small, 36_000, sensitive))
+    assert flagged and {a.severity for a in flagged} == {"info"}
+    assert min(a.window.start for a in flagged) >= "2024-01-01T00:04:00"
+    assert not psi_alerts(run(small, 36_000))
+    quiet = run(WorkloadSpec(rate=50.0), 36_000, sensitive)
+    assert not [a for a in quiet.firing if a.kind == "feature_drift"]
