@@ -579,6 +579,12 @@ class JudgeStage:
             acc = record.performance.get("accuracy")
             if acc is not None:
                 g.accuracy.labels(model=model, segment=seg, kind="realized").set(float(acc))
+            for metric in ("mae", "rmse", "mape"):  # regression models only
+                value = record.performance.get(metric)
+                if value is not None:
+                    g.regression_error.labels(model=model, segment=seg, metric=metric).set(
+                        float(value)
+                    )
         for detector, seg_key, _feature in out.detections:
             g.detections.labels(model=model, detector=detector, segment=seg_key).inc()
         judge = self.judges.get(model)

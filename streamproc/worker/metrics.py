@@ -91,6 +91,12 @@ class WorkerMetrics:
             "streamproc_accuracy", "Accuracy per window: realized (labels) or estimated (CBPE)",
             ["model", "segment", "kind"], registry=r,
         )  # fmt: skip
+        self.regression_error = Gauge(
+            "streamproc_regression_error",
+            "Realized error of a regression model per label window: metric = mae | rmse | mape "
+            "(mape a share, over labels that are not zero)",
+            ["model", "segment", "metric"], registry=r,
+        )  # fmt: skip
         self.alerts_firing = Gauge(
             "streamproc_alerts_firing", "Alerts currently firing", ["model", "kind", "severity"],
             registry=r,

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from streamproc.aggregate.columns import is_number
 from streamproc.aggregate.fold import prepare, tick_zsums
 from streamproc.aggregate.partials import (
     SAMPLE_VALUES,
@@ -242,7 +243,10 @@ def test_outcome_partial_round_trips_and_its_calibration_bins_add_up(xs: list) -
     bins = list(a.cal.values())
     assert [sum(n), sum(conf), sum(correct)] == [sum(b[i] for b in bins) for i in range(3)]
     assert sum(b[0] for b in bins) == sum(1 for _, _, c in xs if c is not None)
-    assert a.ticks == ({0.0: [a.labelled, a.correct]} if xs else {})
+    micro = sum(round(abs(float(p) - float(y)) * 1_000_000) for p, y, _ in xs
+                if is_number(p) and is_number(y))  # fmt: skip
+    tick = [a.labelled, a.correct, micro, a.numeric_pairs]
+    assert a.ticks == ({0.0: tick} if xs else {})
 
 
 # -- the internal topic's messages ---------------------------------------------------------------
