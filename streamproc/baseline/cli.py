@@ -38,7 +38,7 @@ def task_figures(seg: SegmentReference) -> str:
 
     >>> task_figures(SegmentReference(count=9, task="regression", mae=1.5, rmse=2.0, mape=0.1,
     ...                               mape_labelled=8))
-    ', MAE 1.5, RMSE 2, MAPE 10.00% (8 rows; zero labels skipped)'
+    ', MAE 1.5, RMSE 2, MAPE 10.00% (over the 8 rows whose label is not 0)'
     >>> task_figures(SegmentReference(count=9, accuracy=0.9))
     ', accuracy 0.900'
     """
@@ -50,8 +50,9 @@ def task_figures(seg: SegmentReference) -> str:
     if seg.rmse is not None:
         out += f", RMSE {_num(seg.rmse)}"
     if seg.mape is not None:
-        skipped = "; zero labels skipped" if seg.mape_labelled is not None else ""
-        out += f", MAPE {100 * seg.mape:.2f}% ({seg.mape_labelled} rows{skipped})"
+        out += (
+            f", MAPE {100 * seg.mape:.2f}% (over the {seg.mape_labelled} rows whose label is not 0)"
+        )
     return out
 
 
