@@ -299,3 +299,13 @@ def test_the_judge_sums_a_sampled_tick_as_the_sources_would_have(
         items.append((sample, ref))
     got = tick_zsums(items)
     assert got == [fed(xs, ref).zsum, fed(ys, ref).zsum]
+
+
+def test_an_outcome_state_sent_before_the_exact_sums_decodes_without_error_figures() -> None:
+    old = OutcomeState(labelled=5, correct=3, abs_error=2.5, numeric_pairs=2)  # float sum only
+    back = decode_outcome(msgspec.msgpack.decode(msgspec.msgpack.encode(old), type=OutcomeState))
+    assert (back.labelled, back.correct, back.numeric_pairs) == (5, 3, 0)
+    assert (back.mae, back.rmse, back.mape) == (None, None, None)
+    fresh = outcomes([(3.0, 1.0, None), (2.0, 2.5, None)])
+    merged = back.merge(fresh)  # a window of old and new partials: figures from the new ones
+    assert merged.numeric_pairs == 2 and merged.mae == 1.25
