@@ -183,6 +183,11 @@ class MonitoringConfig(_Section):
     # data_quality / new_feature (warning), resolved once it stays under 80% of the share.
     new_feature_share: Probability = 0.01
     accuracy_drop: Tiers = msgspec.field(default_factory=lambda: Tiers(warning=0.05, critical=0.1))
+    # Regression models (performance / mae): a label window's MAE over the reference's by this
+    # relative margin (0.2 = 20% more error), and by more than sampling noise gives at
+    # `mae_significance` (one-sided, split across segments).
+    mae_increase: Tiers = msgspec.field(default_factory=lambda: Tiers(warning=0.2, critical=0.5))
+    mae_significance: Probability = 0.0001
     volume_drop: Tiers = msgspec.field(default_factory=lambda: Tiers(warning=0.5, critical=0.9))
     latency_slo_ms: PositiveFloat | None = None
     # ADWIN on each numeric feature's standardised tick mean (unit variance under no change),

@@ -15,6 +15,7 @@ the same however the rows were cut into batches; its moments differ at most in t
 from __future__ import annotations
 
 import bisect
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,11 +26,13 @@ import numpy as np
 from streamproc.aggregate.columns import Columns, group_counts, is_number
 from streamproc.aggregate.partials import (
     CONFIDENCE_EDGES,
+    MICRO_CAP,
     SAMPLE_VALUES,
     Z_SCALE,
     OutcomePartial,
     TickSummary,
     WindowPartial,
+    exact_add,
     merge_spans,
     sample_prefix,
 )
@@ -472,29 +475,59 @@ def tick_zsums(
     return out
 
 
+def _finite(v: object) -> float | None:
+    """A JSON number as a finite float, else ``None`` (booleans, text, NaN, overflow)."""
+    if not is_number(v):
+        return None
+    try:
+        f = float(v)  # type: ignore[arg-type]
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
+
+
 def fold_outcomes(
     outcomes: Sequence[tuple[Any, Any, float | None, Mapping[str, float] | None]],
     groups: Sequence[tuple[OutcomePartial, float, Sequence[int]]],
 ) -> None:
     """Fold ``(prediction, label, confidence, scores)`` outcomes into partials: each group
-    ``(partial, tick, positions)`` takes the outcomes at ``positions`` (in order)."""
+    ``(partial, tick, positions)`` takes the outcomes at ``positions`` (in order).
+
+    An outcome whose prediction and label are both finite numbers adds its absolute, squared
+    and (label not zero) absolute percentage error to the partial's exact sums, and its
+    absolute error in millionths to its tick's."""
     edges = CONFIDENCE_EDGES.tolist()
     texts: list[str | None] = []
     right: list[int] = []
-    errors: list[float | None] = []
+    errors: list[tuple[float, float, float | None, int] | None] = []
     cal: list[tuple[int, int] | None] = []
     pairs: list[str | None] = []
-    for prediction, label, confidence, _ in outcomes:
+    values: list[float | None] = []  # numeric labels
+    for prediction, label, confidence, scores in outcomes:
+        y_num = _finite(label)
+        values.append(y_num)
         label_text = category_value(label)
         texts.append(label_text)
         predicted = category_value(prediction)
         ok = int(predicted == label_text)
-        pairs.append(
-            None if predicted is None or label_text is None else f"{predicted}{SEP}{label_text}"
-        )
         right.append(ok)
-        numeric = is_number(prediction) and is_number(label)
-        errors.append(abs(float(prediction) - float(label)) if numeric else None)
+        err: tuple[float, float, float | None, int] | None = None
+        p_num = _finite(prediction)
+        # the confusion counts feed the per-class figures, which need a score per class: an
+        # outcome without them (a regression model's numbers among others) is not counted
+        pairs.append(
+            None
+            if predicted is None or label_text is None or not scores or len(scores) < 2
+            else f"{predicted}{SEP}{label_text}"
+        )
+        if p_num is not None and y_num is not None:
+            y, e = y_num, abs(p_num - y_num)
+            if math.isfinite(e * e):
+                pct = e / abs(y) if y != 0 else None  # MAPE skips zero labels
+                if pct is not None and not math.isfinite(pct):
+                    pct = None  # a label too close to zero for a ratio: skipped like one
+                err = (e, e * e, pct, min(round(e * Z_SCALE), MICRO_CAP))
+        errors.append(err)
         if confidence is not None and 0.0 <= confidence <= 1.0:
             cal.append((bisect.bisect_left(edges, confidence), round(confidence * Z_SCALE)))
         else:
@@ -509,7 +542,7 @@ def fold_outcomes(
         p.correct += correct
         t = p.ticks.get(tick)
         if t is None:
-            t = p.ticks[tick] = [0, 0]
+            t = p.ticks[tick] = [0, 0, 0, 0]
         t[0] += n
         t[1] += correct
         counts: dict[str, int] = {}
@@ -522,8 +555,14 @@ def fold_outcomes(
                 counts[text] = counts.get(text, 0) + 1
             err = errors[i]
             if err is not None:
-                p.abs_error += err
+                exact_add(p.abs_error, err[0])
+                exact_add(p.sq_error, err[1])
+                if err[2] is not None:
+                    exact_add(p.pct_error, err[2])
+                    p.pct_pairs += 1
                 p.numeric_pairs += 1
+                t[2] += err[3]
+                t[3] += 1
             c = cal[i]
             if c is not None:
                 acc = p.cal.get(c[0])
@@ -537,3 +576,6 @@ def fold_outcomes(
                 p.confusion[pair] = p.confusion.get(pair, 0) + 1
         p.labels.update_counts(counts, nulls)
         scored.fold(p.class_scores, np.asarray(idx, dtype=np.int64))
+        numeric = [v for v in (values[i] for i in idx) if v is not None]
+        if numeric:
+            p.label_values.update_many(numeric)

@@ -22,6 +22,8 @@ rounding, and the published means and spreads exactly, from fixed-point sums).
     Joined predictions and labels, windowed by the label's event time, with labelled and correct
     counts per tick. Nothing in it depends on a reference: counts, and confidences on a fixed
     grid of :data:`CONFIDENCE_BINS` bins that any reference's calibration bins are unions of.
+    Numeric outcomes add their absolute, squared and absolute percentage errors to exact sums
+    (:func:`exact_add`), so MAE, RMSE and MAPE are the same however the stream was cut.
 
 Stored form: :func:`encode_partial` / :func:`decode_partial` (and the summary and outcome
 pairs) give msgspec Structs of plain values and sketch bytes; see
@@ -77,6 +79,50 @@ def moments_of(zsum: list[int], mean: float, sd: float) -> tuple[float, float]:
         return m, math.nan
     var = (zsum[2] / Z_SCALE - s1 * s1 / n) / (n - 1)
     return m, sd * math.sqrt(max(var, 0.0))
+
+
+def exact_add(parts: list[float], x: float) -> None:
+    """Add ``x`` to the exact sum that ``parts`` holds, in place.
+
+    ``parts`` is a list of non-overlapping floats whose real sum is exactly the sum of every
+    value added (Shewchuk's expansion, as :func:`math.fsum` keeps it): merging two is adding
+    one's parts to the other, and :func:`exact_value` rounds the exact sum once. So the result
+    does not depend on the order or grouping of the additions, and no magnitude overflows
+    (fixed-point integers of squared errors would, past 2**63).
+
+    >>> a, b = [], []
+    >>> for x in (1e16, 1.0, -1e16, 0.1):
+    ...     exact_add(a, x)
+    >>> for x in (0.1, -1e16, 1.0, 1e16):
+    ...     exact_add(b, x)
+    >>> exact_value(a) == exact_value(b) == 1.1, sum([1e16, 1.0, -1e16, 0.1])
+    (True, 0.1)
+    """
+    i = 0
+    for y in parts:
+        if abs(x) < abs(y):
+            x, y = y, x
+        hi = x + y
+        lo = y - (hi - x)
+        if lo:
+            parts[i] = lo
+            i += 1
+        x = hi
+    parts[i:] = [x]
+
+
+def exact_value(parts: list[float]) -> float:
+    """The exact sum held by ``parts`` (see :func:`exact_add`), rounded once."""
+    return math.fsum(parts)
+
+
+def _add_exact(into: list[float], other: list[float]) -> None:
+    for x in other:
+        exact_add(into, x)
+
+
+MICRO_CAP: Final = 2**53
+"""Cap of one outcome's absolute error in a tick, in millionths (a tick's sum stays in int64)."""
 
 
 Row = list[Any]  # [hash, features, prediction, confidence]: one sampled prediction
@@ -301,36 +347,71 @@ class WindowPartial:
 
 @dataclass
 class OutcomePartial:
-    """What one source saw of one monitor's joined outcomes in one window (by label time)."""
+    """What one source saw of one monitor's joined outcomes in one window (by label time).
+
+    ``numeric_pairs`` counts the outcomes whose prediction and label are both finite numbers;
+    ``abs_error`` and ``sq_error`` hold the exact sums (:func:`exact_add`) of their absolute and
+    squared errors, ``pct_error`` that of ``|error| / |label|`` over the ``pct_pairs`` of them
+    whose label is not zero. A tick is ``[labelled, correct, absolute error in millionths,
+    numeric pairs]``: what the error-stream detectors take.
+    """
 
     labelled: int = 0
     correct: int = 0
-    abs_error: float = 0.0
-    numeric_pairs: int = 0  # outcomes whose prediction and label are both numbers (MAE)
+    abs_error: list[float] = field(default_factory=list)
+    numeric_pairs: int = 0
     labels: CategoricalSketch = field(default_factory=CategoricalSketch)
     # confidence bin -> [labelled, sum of confidence in millionths, correct]
     cal: dict[int, list[int]] = field(default_factory=dict)
-    ticks: dict[float, list[int]] = field(default_factory=dict)  # tick -> [labelled, correct]
+    # tick -> [labelled, correct, abs error in millionths, numeric pairs]
+    ticks: dict[float, list[int]] = field(default_factory=dict)
+    sq_error: list[float] = field(default_factory=list)
+    pct_error: list[float] = field(default_factory=list)
+    pct_pairs: int = 0
+    # numeric labels, for the target drift of a regression model (bucket counts merge exactly)
+    label_values: QuantileSketch = field(default_factory=QuantileSketch)
     confusion: dict[str, int] = field(default_factory=dict)  # "predicted\x1flabel" -> outcomes
     # "label\x1fscored class" -> score bin -> outcomes (see streamproc.aggregate.scores)
     class_scores: dict[str, dict[int, int]] = field(default_factory=dict)
+
+    @property
+    def mae(self) -> float | None:
+        """Mean absolute error of the numeric outcomes (``None`` without any)."""
+        return exact_value(self.abs_error) / self.numeric_pairs if self.numeric_pairs else None
+
+    @property
+    def rmse(self) -> float | None:
+        """Root mean squared error of the numeric outcomes (``None`` without any)."""
+        if not self.numeric_pairs:
+            return None
+        return math.sqrt(exact_value(self.sq_error) / self.numeric_pairs)
+
+    @property
+    def mape(self) -> float | None:
+        """Mean absolute percentage error (a share) over the numeric outcomes whose label is
+        not zero (``None`` without any)."""
+        return exact_value(self.pct_error) / self.pct_pairs if self.pct_pairs else None
 
     def absorb(self, other: OutcomePartial) -> OutcomePartial:
         """Merge ``other`` in place; returns this partial."""
         self.labelled += other.labelled
         self.correct += other.correct
-        self.abs_error += other.abs_error
+        _add_exact(self.abs_error, other.abs_error)
+        _add_exact(self.sq_error, other.sq_error)
+        _add_exact(self.pct_error, other.pct_error)
         self.numeric_pairs += other.numeric_pairs
+        self.pct_pairs += other.pct_pairs
         self.labels += other.labels
+        self.label_values += other.label_values
         for b, (n, conf, right) in other.cal.items():
             acc = self.cal.setdefault(b, [0, 0, 0])
             acc[0] += n
             acc[1] += conf
             acc[2] += right
-        for t, (n, right) in other.ticks.items():
-            acc = self.ticks.setdefault(t, [0, 0])
-            acc[0] += n
-            acc[1] += right
+        for t, values in other.ticks.items():
+            acc = self.ticks.setdefault(t, [0, 0, 0, 0])
+            for i, v in enumerate(values):
+                acc[i] += v
         _add_counts(self.confusion, other.confusion)
         add_hists(self.class_scores, other.class_scores)
         return self
@@ -340,8 +421,10 @@ class OutcomePartial:
 
     def copy(self) -> OutcomePartial:
         return OutcomePartial(
-            self.labelled, self.correct, self.abs_error, self.numeric_pairs, self.labels.copy(),
-            {b: list(v) for b, v in self.cal.items()}, {t: list(v) for t, v in self.ticks.items()},
+            self.labelled, self.correct, list(self.abs_error), self.numeric_pairs,
+            self.labels.copy(), {b: list(v) for b, v in self.cal.items()},
+            {t: list(v) for t, v in self.ticks.items()}, list(self.sq_error),
+            list(self.pct_error), self.pct_pairs, self.label_values.copy(),
             dict(self.confusion), {k: dict(h) for k, h in self.class_scores.items()},
         )  # fmt: skip
 
@@ -392,11 +475,14 @@ class PartialState(msgspec.Struct, array_like=True, omit_defaults=True):
 class OutcomeState(msgspec.Struct, array_like=True, omit_defaults=True):
     labelled: int = 0
     correct: int = 0
-    abs_error: float = 0.0
+    abs_error: float = 0.0  # before the exact sums: the float sum of absolute errors
     numeric_pairs: int = 0
     labels: bytes = b""
     cal: dict[int, list[int]] = {}
     ticks: dict[float, list[int]] = {}
+    errors: list[list[float]] = []  # exact sums of absolute, squared, abs percentage errors
+    pct_pairs: int = 0
+    label_values: bytes = b""
     confusion: dict[str, int] = {}
     class_scores: dict[str, dict[int, int]] = {}
 
@@ -458,21 +544,31 @@ def decode_partial(s: PartialState) -> WindowPartial:
 
 
 def encode_outcome(p: OutcomePartial) -> OutcomeState:
+    errors = [p.abs_error, p.sq_error, p.pct_error] if p.numeric_pairs else []
     return OutcomeState(
-        p.labelled, p.correct, p.abs_error, p.numeric_pairs, p.labels.to_bytes(), p.cal, p.ticks,
+        p.labelled, p.correct, 0.0, p.numeric_pairs, p.labels.to_bytes(), p.cal, p.ticks,
+        errors, p.pct_pairs, p.label_values.to_bytes() if p.label_values.count else b"",
         p.confusion, p.class_scores,
     )  # fmt: skip
 
 
 def decode_outcome(s: OutcomeState) -> OutcomePartial:
+    """The partial of a stored outcome state. One stored before the exact sums has no errors
+    (its float sum of absolute errors is dropped, with its numeric pairs): the window's MAE,
+    RMSE and MAPE come from the same outcomes."""
+    abs_e, sq_e, pct_e = (list(x) for x in s.errors) if s.errors else ([], [], [])
     return OutcomePartial(
         s.labelled,
         s.correct,
-        s.abs_error,
-        s.numeric_pairs,
+        abs_e,
+        s.numeric_pairs if s.errors else 0,
         CategoricalSketch.from_bytes(s.labels) if s.labels else CategoricalSketch(),
         {b: list(v) for b, v in s.cal.items()},
         {t: list(v) for t, v in s.ticks.items()},
+        sq_e,
+        pct_e,
+        s.pct_pairs,
+        QuantileSketch.from_bytes(s.label_values) if s.label_values else QuantileSketch(),
         dict(s.confusion),
         {k: dict(h) for k, h in s.class_scores.items()},
     )

@@ -36,6 +36,7 @@ from streamproc.baseline.profile import (
     NumericReference,
     ReferenceProfile,
     SegmentReference,
+    Task,
     category_value,
 )
 from streamproc.sketch import (
@@ -233,6 +234,9 @@ class ProfileBuilder:
     positive_class
         The class whose probability the rows' ``score`` is; inferred when ``None`` (see
         :meth:`build`).
+    task
+        ``"classification"`` or ``"regression"``; decided from the outputs when ``None`` (see
+        :func:`decide_task`).
     """
 
     def __init__(
@@ -244,7 +248,10 @@ class ProfileBuilder:
         max_categories: int = DEFAULT_MAX_CATEGORIES,
         max_segment_values: int = DEFAULT_MAX_SEGMENT_VALUES,
         positive_class: str | None = None,
+        task: Task | None = None,
     ) -> None:
+        if task not in (None, "classification", "regression"):
+            raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
         if bins < 1:
             raise ValueError(f"bins must be >= 1, got {bins}")
         if max_categories < 1 or max_segment_values < 1:
@@ -259,6 +266,7 @@ class ProfileBuilder:
         self.max_categories = max_categories
         self.max_segment_values = max_segment_values
         self.positive_class = positive_class
+        self.task = task
         self._chunks: list[_Chunk] = []
         self._pending = _Pending(segments={d: [] for d in dims})
 
@@ -451,10 +459,11 @@ class ProfileBuilder:
     def build(self, source: str, created_at: str | None = None) -> ReferenceProfile:
         """Build the profile from every row added so far.
 
-        Classification is assumed when predictions are categorical, or integral numbers with
-        a score; accuracy, top-1 rate and the calibration map are then computed (prediction and
-        label compared as :func:`category_value` strings). MAE is computed when predictions and
-        labels are numeric.
+        The task is the builder's, else decided from the outputs (:func:`decide_task`). A
+        classifier gets accuracy, top-1 rate and the calibration map (prediction and label
+        compared as :func:`category_value` strings); a regression model MAE, RMSE and MAPE
+        (MAPE over the labelled rows whose label is not zero), and its label's distribution
+        as a numeric column.
 
         A row's confidence (for the calibration map) is its ``confidence`` when given. Otherwise
         it comes from its ``score``: with a positive class known, ``score`` is that class's
@@ -477,12 +486,12 @@ class ProfileBuilder:
         Raises
         ------
         BaselineError
-            No row was added.
+            No row was added, or the outputs do not fit the builder's task.
         """
         data = self._rows()
         if data is None or data.n == 0:
             raise BaselineError("no rows to build a reference from")
-        outputs = _Outputs.of(data, self.positive_class)
+        outputs = _Outputs.of(data, self.positive_class, self.task)
         times = data.event_time
         timed = np.isfinite(times)
         duration = None
@@ -579,28 +588,29 @@ class _Outputs:
     abs_error: NDArray[np.float64]  # |prediction - label|, else NaN
     confidence: NDArray[np.float64]
     positive_class: str | None
+    task: Task
     classes: _ClassScores | None = None
 
     @classmethod
-    def of(cls, data: _Chunk, positive_class: str | None) -> _Outputs:
+    def of(cls, data: _Chunk, positive_class: str | None, task: Task | None = None) -> _Outputs:
         n = data.n
         pred = data.prediction if _present(data.prediction).any() else None
         label = data.label if _present(data.label).any() else None
         score = data.score if np.isfinite(data.score).any() else None
+        task = decide_task(pred, label, score is not None, task)
         correct = nans(n)
         abs_error = nans(n)
         predicted: NDArray[np.object_] | None = None
         if pred is not None:
-            integral = pred.dtype != object and bool(
-                np.all(np.mod(pred[np.isfinite(pred)], 1.0) == 0)
-            )
-            if pred.dtype == object or (integral and score is not None):
+            if task == "classification":
                 predicted = as_categories(pred)
+                pred = predicted
             if label is not None and predicted is not None:
                 truth = as_categories(label)
+                label = truth
                 both = _present(predicted) & _present(truth)
                 correct[both] = (predicted[both] == truth[both]).astype(np.float64)
-            if label is not None and pred.dtype != object and label.dtype != object:
+            if task == "regression" and label is not None:
                 abs_error = np.abs(pred - label)  # NaN where either is null
         factor = None if predicted is None else _Factor.of(predicted)
         explicit = np.isfinite(data.confidence)
@@ -629,11 +639,12 @@ class _Outputs:
             abs_error=abs_error,
             confidence=confidence,
             positive_class=positive_class,
+            task=task,
             classes=classes,
         )
 
     def segment(self, rows: NDArray[np.intp], builder: ProfileBuilder) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = {"task": self.task}
         if self.prediction is not None:
             out["prediction"] = builder._reference(self.prediction, rows)
         if self.score is not None:
@@ -648,9 +659,7 @@ class _Outputs:
             usable = known & (conf >= 0.0) & (conf <= 1.0)  # NaN compares False
             if usable.any():
                 out["calibration"] = _calibration(conf[usable], correct[usable], builder.bins)
-        err = self.abs_error[rows]
-        if np.isfinite(err).any():
-            out["mae"] = float(err[np.isfinite(err)].mean())
+        out.update(regression_figures(self.abs_error, self.label, rows))
         if self.predicted is not None:
             counts, _ = self.predicted.counts(rows)
             total = int(counts.sum())
@@ -750,6 +759,107 @@ def _positive_of(names: list[str], truth: NDArray[np.object_], given: str | None
             return yes
     counts = Counter(truth.tolist())
     return min(names, key=lambda c: (counts.get(c, 0), c))
+
+
+def decide_task(
+    prediction: NDArray[Any] | None,
+    label: NDArray[Any] | None,
+    scored: bool,
+    task: Task | None = None,
+) -> Task:
+    """A model's task from its typed prediction and label columns (``None`` when absent).
+
+    Regression when the predictions are numbers and so are the labels (or there are none),
+    unless the predictions are integral with a score (class ids with a probability) or the
+    predictions and labels only hold 0 and 1 (a binary classifier without scores);
+    classification otherwise. A ``task`` given is checked against the columns instead.
+
+    Raises
+    ------
+    BaselineError
+        ``task`` does not fit the columns: regression with categorical predictions or labels,
+        classification with predictions that are not whole numbers.
+
+    Examples
+    --------
+    >>> num = lambda *v: np.array(v, dtype=np.float64)
+    >>> decide_task(num(1.5, 2.0), num(1.0, 2.5), scored=False)
+    'regression'
+    >>> decide_task(num(0, 1, 1), num(1, 1, 0), scored=False), decide_task(None, None, False)
+    ('classification', 'classification')
+    >>> try:
+    ...     decide_task(object_array(["a", "b"]), None, False, task="regression")
+    ... except BaselineError as e:
+    ...     print(str(e)[:60])
+    --task regression, but the predictions are categorical (e.g.
+    """
+    numeric_pred = prediction is not None and prediction.dtype != object
+    numeric_label = label is None or label.dtype != object
+    if task == "regression":
+        for what, col in (("predictions", prediction), ("labels", label)):
+            if col is not None and col.dtype == object:
+                bad = next(v for v in col.tolist() if v is not None)
+                raise BaselineError(
+                    f"--task regression, but the {what} are categorical (e.g. {bad!r}): a "
+                    "regression model predicts numbers; drop --task or give the numeric "
+                    f"{what[:-1]} column (--{what[:-1]}-column)"
+                )
+        return task
+    if task == "classification":
+        if numeric_pred:
+            assert prediction is not None
+            finite = prediction[np.isfinite(prediction)]
+            fractional = finite[np.mod(finite, 1.0) != 0]
+            if fractional.size:
+                raise BaselineError(
+                    f"--task classification, but the predictions are numbers that are not "
+                    f"whole (e.g. {float(fractional[0])!r}): a classifier predicts classes; "
+                    "drop --task, or give the column of predicted classes (--prediction-column)"
+                )
+        return task
+    if not numeric_pred or not numeric_label:
+        return "classification"
+    assert prediction is not None
+    finite = prediction[np.isfinite(prediction)]
+    integral = bool(np.all(np.mod(finite, 1.0) == 0))
+    if integral and scored:
+        return "classification"
+    values = set(np.unique(finite).tolist())
+    if label is not None:
+        values |= set(np.unique(label[np.isfinite(label)]).tolist())
+    if values <= {0.0, 1.0} and label is not None:
+        return "classification"
+    return "regression"
+
+
+def regression_figures(
+    abs_error: NDArray[np.float64], label: Prepared | None, rows: NDArray[np.intp]
+) -> dict[str, float | int]:
+    """MAE, RMSE and MAPE of the rows with a finite error (``abs_error`` NaN elsewhere).
+
+    MAPE (a share, not a percentage) skips the rows whose label is zero; ``mape_labelled``
+    says over how many rows it was taken.
+
+    >>> err = np.array([1.0, 3.0, np.nan, 2.0]); y = np.array([2.0, 0.0, 1.0, 4.0])
+    >>> regression_figures(err, y, np.arange(4))
+    {'mae': 2.0, 'rmse': 2.160246899469287, 'mape': 0.5, 'mape_labelled': 2}
+    """
+    err = abs_error[rows]
+    ok = np.isfinite(err)
+    if not ok.any():
+        return {}
+    e = err[ok]
+    out: dict[str, float | int] = {
+        "mae": float(e.mean()),
+        "rmse": float(np.sqrt(np.mean(np.square(e)))),
+    }
+    if isinstance(label, np.ndarray) and label.dtype != object:
+        y = label[rows][ok]
+        nz = y != 0
+        if nz.any():
+            out["mape"] = float(np.mean(e[nz] / np.abs(y[nz])))
+            out["mape_labelled"] = int(nz.sum())
+    return out
 
 
 def _infer_positive_class(predicted: _Factor, score: NDArray[np.float64]) -> str | None:

@@ -18,6 +18,7 @@ from streamproc.baseline.profile import (
     ColumnReference,
     NumericReference,
     ReferenceProfile,
+    SegmentReference,
 )
 from streamproc.baseline.store import BaselineStore
 from streamproc.baseline.topic import profile_from_topic
@@ -30,6 +31,29 @@ __all__ = ["cmd_build", "cmd_show", "describe", "register_cli"]
 
 def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
+
+
+def task_figures(seg: SegmentReference) -> str:
+    """The reference figures of a segment's task, for a one-line summary.
+
+    >>> task_figures(SegmentReference(count=9, task="regression", mae=1.5, rmse=2.0, mape=0.1,
+    ...                               mape_labelled=8))
+    ', MAE 1.5, RMSE 2, MAPE 10.00% (over the 8 rows whose label is not 0)'
+    >>> task_figures(SegmentReference(count=9, accuracy=0.9))
+    ', accuracy 0.900'
+    """
+    if seg.task_of() == "classification":
+        return f", accuracy {seg.accuracy:.3f}" if seg.accuracy is not None else ""
+    out = ""
+    if seg.mae is not None:
+        out += f", MAE {_num(seg.mae)}"
+    if seg.rmse is not None:
+        out += f", RMSE {_num(seg.rmse)}"
+    if seg.mape is not None:
+        out += (
+            f", MAPE {100 * seg.mape:.2f}% (over the {seg.mape_labelled} rows whose label is not 0)"
+        )
+    return out
 
 
 def _column_line(name: str, ref: ColumnReference) -> str:
@@ -69,16 +93,17 @@ def describe(profile: ReferenceProfile, segment: str = ALL) -> str:
         f"source: {profile.source}",
         f"rows {profile.rows}, bins {profile.bins}, segment dims: "
         f"{', '.join(profile.segment_dims) or '-'}, positive class: "
-        f"{profile.positive_class or '-'}",
+        f"{profile.positive_class or '-'}, task: {profile.task}",
         f"features: {len(seg.features)} ({numeric} numeric, {len(seg.features) - numeric} "
         "categorical)",
         "",
-        f"{'segment':<22} {'rows':>8} {'rate/s':>8} {'accuracy':>9} {'mae':>8} {'top1':>6}",
+        f"{'segment':<22} {'rows':>8} {'rate/s':>8} {'accuracy':>9} {'mae':>8} {'rmse':>8} "
+        f"{'mape':>8} {'top1':>6}",
     ]
     for key, s in profile.segments.items():
         lines.append(
             f"{key:<22} {s.count:>8} {_num(s.rate_per_s):>8} {_num(s.accuracy):>9} "
-            f"{_num(s.mae):>8} {_num(s.top1_rate):>6}"
+            f"{_num(s.mae):>8} {_num(s.rmse):>8} {_num(s.mape):>8} {_num(s.top1_rate):>6}"
         )
     lines += ["", f"segment {segment}:"]
     lines += [_column_line(name, ref) for name, ref in seg.features.items()]
@@ -133,6 +158,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         "max_categories": args.max_categories,
         "max_segment_values": args.max_segment_values,
         "positive_class": args.positive_class,
+        "task": args.task,
     }
     roles = ColumnRoles(
         args.prediction_column, args.score_column, args.label_column, args.timestamp_column
@@ -176,11 +202,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     key = _redis_call(cfg, lambda: store.put(profile))
     seg = profile.segments[ALL]
     numeric = sum(isinstance(r, NumericReference) for r in seg.features.values())
-    extra = f", accuracy {seg.accuracy:.3f}" if seg.accuracy is not None else ""
     print(
-        f"baseline {profile.model_id}/{profile.model_version}: {profile.rows} rows, "
+        f"baseline {profile.model_id}/{profile.model_version}: {profile.task} model, "
+        f"{profile.rows} rows, "
         f"{len(profile.segments)} segments, {len(seg.features)} features ({numeric} numeric, "
-        f"{len(seg.features) - numeric} categorical){extra}; stored at {key} "
+        f"{len(seg.features) - numeric} categorical){task_figures(seg)}; stored at {key} "
         f"in {time.perf_counter() - began:.1f} s"
     )
     if plans:
@@ -246,6 +272,11 @@ def register_cli(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         help="values per dimension with their own segment; the rest are dim=__other__",
     )
     b.add_argument("--positive-class", help="the class whose probability `score` is")
+    b.add_argument(
+        "--task",
+        choices=("classification", "regression"),
+        help="what the model does (default: regression when predictions and labels are numbers)",
+    )
     b.add_argument("--ignore", help="file: comma-separated columns that are not features")
     b.add_argument("--prediction-column", help="file: the column of predictions (`prediction`)")
     b.add_argument(

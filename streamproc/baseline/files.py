@@ -33,6 +33,7 @@ from streamproc.baseline.profile import (
     DEFAULT_MAX_SEGMENT_VALUES,
     BaselineError,
     ReferenceProfile,
+    Task,
 )
 
 __all__ = ["FILE_TYPES", "RESERVED_COLUMNS", "profile_from_file", "read_table"]
@@ -254,6 +255,7 @@ def profile_from_file(
     max_categories: int = DEFAULT_MAX_CATEGORIES,
     max_segment_values: int = DEFAULT_MAX_SEGMENT_VALUES,
     positive_class: str | None = None,
+    task: Task | None = None,
     ignore: Sequence[str] = (),
     roles: ColumnRoles | None = None,
     on_plan: Callable[[ColumnPlan], None] | None = None,
@@ -333,6 +335,7 @@ def profile_from_file(
         max_categories=max_categories,
         max_segment_values=max_segment_values,
         positive_class=positive_class,
+        task=task,
     )
     builder.add_columns(
         {name: col for name, col in table.items() if name not in skip},

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Literal
 
 import msgspec
 import numpy as np
@@ -31,6 +31,7 @@ __all__ = [
     "DEFAULT_MAX_CATEGORIES",
     "DEFAULT_MAX_SEGMENT_VALUES",
     "MAGIC",
+    "TASKS",
     "BaselineError",
     "CalibrationReference",
     "CategoricalReference",
@@ -38,6 +39,7 @@ __all__ = [
     "NumericReference",
     "ReferenceProfile",
     "SegmentReference",
+    "Task",
     "category_value",
     "outputs_of",
     "segment_key",
@@ -49,6 +51,11 @@ MAGIC: Final = b"SPR1"
 
 ALL: Final = "all"
 """The segment key of all traffic."""
+
+Task = Literal["classification", "regression"]
+TASKS: Final = ("classification", "regression")
+"""What a model does: predicts classes (accuracy, calibration, CBPE) or numbers (MAE, RMSE,
+MAPE)."""
 
 DEFAULT_BINS: Final = 10
 DEFAULT_MAX_CATEGORIES: Final = 1000
@@ -290,7 +297,7 @@ class SegmentReference(msgspec.Struct, frozen=True, kw_only=True):
     accuracy
         Share of labelled predictions equal to their label (classification).
     mae
-        Mean absolute error of labelled predictions (numeric predictions and labels).
+        Mean absolute error of labelled predictions (regression).
     calibration
         Accuracy per confidence bin on labelled rows, for CBPE.
     top1_rate
@@ -299,6 +306,14 @@ class SegmentReference(msgspec.Struct, frozen=True, kw_only=True):
         Per-class calibration and the reference's ROC AUC, F1, precision, recall and
         specificity, when rows carried a score per class (or a binary positive-class score)
         and labels.
+    task
+        ``"classification"`` or ``"regression"``, as ``baseline build`` decided it; ``None`` in
+        profiles stored before the task was (see :meth:`task_of`).
+    rmse
+        Root mean squared error of labelled predictions (regression).
+    mape
+        Mean absolute percentage error, ``|prediction - label| / |label|``, over the labelled
+        predictions whose label is not zero (regression); ``mape_labelled`` of them.
     """
 
     count: int
@@ -311,7 +326,56 @@ class SegmentReference(msgspec.Struct, frozen=True, kw_only=True):
     mae: float | None = None
     calibration: CalibrationReference | None = None
     top1_rate: float | None = None
+    # Added later: left out of the fingerprint while unset (see ``fingerprint_bytes``), so
+    # references stored before keep theirs.
     class_performance: ClassPerformanceReference | None = None
+    task: Task | None = None
+    rmse: float | None = None
+    mape: float | None = None
+    mape_labelled: int | None = None
+
+    def task_of(self) -> Task:
+        """The segment's task: the stored one, else inferred as it was decided before it was
+        stored (classification figures make a classifier; an MAE or a numeric prediction, a
+        regression model).
+
+        >>> SegmentReference(count=1, task="regression").task_of()
+        'regression'
+        >>> old = SegmentReference(count=1, accuracy=0.9), SegmentReference(count=1, mae=2.0)
+        >>> [s.task_of() for s in old]
+        ['classification', 'regression']
+        """
+        if self.task is not None:
+            return self.task
+        if self.accuracy is not None or self.calibration is not None or self.top1_rate is not None:
+            return "classification"
+        if self.mae is not None or isinstance(self.prediction, NumericReference):
+            return "regression"
+        return "classification"
+
+    def error_sd(self) -> float | None:
+        """Standard deviation of the absolute error on the reference, ``sqrt(rmse² - mae²)``
+        (regression with both figures), else ``None``.
+
+        >>> SegmentReference(count=4, mae=3.0, rmse=5.0).error_sd()
+        4.0
+        """
+        if self.mae is None or self.rmse is None:
+            return None
+        return math.sqrt(max(self.rmse * self.rmse - self.mae * self.mae, 0.0))
+
+    def fingerprint_bytes(self) -> bytes:
+        """The bytes a reference's fingerprint hashes: the msgpack form, without the fields
+        added after the first format while they are unset, so that a profile stored before
+        them has the same fingerprint once read back."""
+        fields = {f: getattr(self, f) for f in self.__struct_fields__}
+        for name in _LATER_FIELDS:
+            if fields[name] is None:
+                del fields[name]
+        return msgspec.msgpack.encode(fields)
+
+
+_LATER_FIELDS: Final = ("class_performance", "task", "rmse", "mape", "mape_labelled")
 
 
 class ReferenceProfile(msgspec.Struct, frozen=True, kw_only=True):
@@ -348,6 +412,13 @@ class ReferenceProfile(msgspec.Struct, frozen=True, kw_only=True):
     positive_class: str | None = None
     max_categories: int = DEFAULT_MAX_CATEGORIES
     max_segment_values: int = DEFAULT_MAX_SEGMENT_VALUES
+
+    @property
+    def task(self) -> Task:
+        """The model's task, as stored with the ``"all"`` segment (inferred for profiles stored
+        before it was, see :meth:`SegmentReference.task_of`)."""
+        seg = self.segments.get(ALL)
+        return seg.task_of() if seg is not None else "classification"
 
     @property
     def rows(self) -> int:

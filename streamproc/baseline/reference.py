@@ -92,7 +92,7 @@ class Reference:
     @classmethod
     def of(cls, segment: SegmentReference, origin: Origin) -> Reference:
         """The handle of ``segment``; its fingerprint hashes the segment's bytes (not origin)."""
-        digest = hashlib.blake2b(msgspec.msgpack.encode(segment), digest_size=8)
+        digest = hashlib.blake2b(segment.fingerprint_bytes(), digest_size=8)
         return cls(digest.hexdigest(), origin, segment)
 
     @classmethod
@@ -218,6 +218,11 @@ class Reference:
     @property
     def accuracy(self) -> float | None:
         return self.segment.accuracy
+
+    @property
+    def task(self) -> str:
+        """``"classification"`` or ``"regression"`` (see :meth:`SegmentReference.task_of`)."""
+        return self.segment.task_of()
 
 
 def decode_reference(blob: bytes | None) -> Reference | None:

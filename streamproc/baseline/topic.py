@@ -15,6 +15,7 @@ from streamproc.baseline.profile import (
     DEFAULT_MAX_SEGMENT_VALUES,
     BaselineError,
     ReferenceProfile,
+    Task,
     outputs_of,
 )
 from streamproc.kafka import ranges as kafka_ranges
@@ -109,6 +110,7 @@ def profile_from_topic(
     max_categories: int = DEFAULT_MAX_CATEGORIES,
     max_segment_values: int = DEFAULT_MAX_SEGMENT_VALUES,
     positive_class: str | None = None,
+    task: Task | None = None,
     timeout_s: float = 30.0,
 ) -> ReferenceProfile:
     """Build a profile from the ``prediction.v1`` events of a topic range.
@@ -209,6 +211,7 @@ def profile_from_topic(
         max_categories=max_categories,
         max_segment_values=max_segment_values,
         positive_class=positive_class,
+        task=task,
     )
     for pid, (ev, t) in events.items():
         prediction, score, confidence = outputs_of(ev, positive_class)

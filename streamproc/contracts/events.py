@@ -150,7 +150,15 @@ class MetricsRecord(msgspec.Struct, kw_only=True, frozen=True):
     reference: Literal["baseline", "warmup", "none"]
     features: dict[str, dict[str, float | int | None]]
     outputs: dict[str, float | int | None]
-    performance: dict[str, float | int | None]
+    performance: Annotated[
+        dict[str, float | int | None],
+        msgspec.Meta(
+            description="Per label window: `labelled`; a classifier's `accuracy`, `ece`, "
+            "`label_psi`; a regression model's `mae`, `rmse`, `mape` (a share, over labels "
+            "that are not zero) and `label_psi`. A classifier has no mae/rmse/mape, a "
+            "regression model no accuracy."
+        ),
+    ]
     emitted_at: str
     class_performance: ClassPerformance | None = None
 

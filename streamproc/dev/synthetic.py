@@ -64,7 +64,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 if TYPE_CHECKING:
     from streamproc.baseline import ReferenceProfile
@@ -79,6 +79,7 @@ __all__ = [
     "AccuracyDrop",
     "Change",
     "Chunk",
+    "ErrorScale",
     "Event",
     "Injection",
     "MeanShift",
@@ -97,9 +98,14 @@ __all__ = [
 
 When = int | str | datetime
 
+TARGET_CENTRE: Final = 50.0
+TARGET_SCALE: Final = 10.0
+"""A regression workload's values: ``TARGET_CENTRE + TARGET_SCALE * logit``."""
+
 # randomness streams inside one chunk: (seed, chunk, stream)
 _SEGMENT_STREAM = 0
 _BASE_STREAM = 1
+_TARGET_STREAM = 2  # regression targets' noise (drawn only for regression workloads)
 _CHANGE_STREAM = 100  # + the change's position in spec.changes
 
 
@@ -219,6 +225,19 @@ class PriorShift(Change):
 
 
 @dataclass(frozen=True)
+class ErrorScale(Change):
+    """Regression workloads: the target's noise around the model's prediction is multiplied
+    by ``factor`` (2: the model's absolute errors double); features and predictions are
+    untouched."""
+
+    factor: float
+
+    def _validate(self) -> None:
+        if not self.factor > 0:
+            raise ValueError(f"ErrorScale factor must be positive, got {self.factor}")
+
+
+@dataclass(frozen=True)
 class SegmentSilence(Change):
     """The events of ``segment`` (all traffic when ``None``) are not sent: no prediction and
     no label. Event indexes and times of the other segments are unchanged."""
@@ -288,6 +307,13 @@ class WorkloadSpec:
     chunk_size : int
         Events generated per vectorised chunk; part of the randomness layout, so changing it
         changes the output.
+    task : {"classification", "regression"}
+        A regression workload predicts ``TARGET_CENTRE + TARGET_SCALE * logit`` of its model
+        (no scores); its label is the same of the true logit plus normal noise of
+        ``TARGET_SCALE * target_noise`` (scaled by :class:`ErrorScale`). The classification
+        figures above (``accuracy``, ``positive_rate``) still shape the world.
+    target_noise : float
+        Regression: the target noise's standard deviation, in logit units.
     """
 
     model_id: str = "demo-churn"
@@ -310,6 +336,8 @@ class WorkloadSpec:
     changes: Sequence[Change] = ()
     world_seed: int = 0
     chunk_size: int = 10_000
+    task: Literal["classification", "regression"] = "classification"
+    target_noise: float = 0.5
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "changes", tuple(self.changes))
@@ -588,6 +616,8 @@ class Chunk:
     label_time : ndarray of float64
         Event time of the label (meaningful where ``labelled``).
     latency_ms : ndarray of float64
+    value, target : ndarray of float64 or None
+        Regression workloads: the predicted and the true value (rounded to 4 decimals).
     """
 
     index: np.ndarray
@@ -601,6 +631,8 @@ class Chunk:
     labelled: np.ndarray
     label_time: np.ndarray
     latency_ms: np.ndarray
+    value: np.ndarray | None = None
+    target: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -852,6 +884,15 @@ class Workload:
             else:
                 label[hit] = prediction[hit]
 
+        value = target = None
+        if spec.task == "regression":
+            noise = self._rng(k, _TARGET_STREAM).standard_normal(size)[:n] * spec.target_noise
+            for pos, change in enumerate(spec.changes):
+                if isinstance(change, ErrorScale):
+                    noise[self._active(index, segs, pos)] *= change.factor
+            value = np.round(TARGET_CENTRE + TARGET_SCALE * self._logit(model_x, cats), 4)
+            target = np.round(TARGET_CENTRE + TARGET_SCALE * (true_logit + noise), 4)
+
         t = np.round(spec.epoch + index / spec.rate, 6)
         delay = spec.label_delay_median_s * np.exp(spec.label_delay_sigma * delay_z)
         latency = spec.latency_median_ms * np.exp(spec.latency_sigma * latency_z)
@@ -869,6 +910,8 @@ class Workload:
             labelled=(labelled_u < spec.label_fraction)[keep],
             label_time=np.round(t + delay, 6)[keep],
             latency_ms=np.round(latency, 3)[keep],
+            value=None if value is None else value[keep],
+            target=None if target is None else target[keep],
         )
 
     def _logit(self, x_model: np.ndarray, cats: np.ndarray) -> np.ndarray:
@@ -903,6 +946,28 @@ class Workload:
         templates = self._segment_templates
         pos, neg = spec.classes
         names, model_id, version = self._feature_names, spec.model_id, spec.model_version
+        if chunk.value is not None:  # regression: a number, no scores
+            return (
+                {
+                    "prediction_id": pid,
+                    "model_id": model_id,
+                    "model_version": version,
+                    "timestamp": ts,
+                    "features": dict(zip(names, row)),  # noqa: B905 (equal by construction)
+                    "prediction": v,
+                    "segments": templates[c].copy(),
+                    "latency_ms": lat,
+                }
+                for pid, ts, row, v, c, lat in zip(
+                    self._ids(chunk.index),
+                    chunk.time.tolist(),
+                    cols.tolist(),
+                    chunk.value.tolist(),
+                    combo.tolist(),
+                    chunk.latency_ms.tolist(),
+                    strict=True,
+                )
+            )
         # A generator, not a list: dicts the caller drops die young, sparing the cyclic GC.
         return (
             {
@@ -937,6 +1002,11 @@ class Workload:
         self, index: np.ndarray, times: np.ndarray, label: np.ndarray
     ) -> Iterator[dict[str, Any]]:
         model_id, (pos, neg) = self.spec.model_id, self.spec.classes
+        if self.spec.task == "regression":
+            return (
+                {"prediction_id": pid, "model_id": model_id, "timestamp": ts, "label": y}
+                for pid, ts, y in zip(self._ids(index), times.tolist(), label.tolist(), strict=True)
+            )
         return (
             {
                 "prediction_id": pid,
@@ -970,13 +1040,15 @@ class Workload:
         # Labels not yet due: (time, index, label) arrays carried from chunk to chunk.
         p_time = np.empty(0)
         p_index = np.empty(0, dtype=np.int64)
-        p_label = np.empty(0, dtype=bool)
+        regression = self.spec.task == "regression"
+        p_label = np.empty(0, dtype=np.float64 if regression else bool)
         for k in range(self.n_chunks):
             chunk = self._chunk(k)
             m = chunk.labelled
             p_time = np.concatenate([p_time, chunk.label_time[m]])
             p_index = np.concatenate([p_index, chunk.index[m]])
-            p_label = np.concatenate([p_label, chunk.label[m]])
+            truth = chunk.target if chunk.target is not None else chunk.label
+            p_label = np.concatenate([p_label, truth[m]])
             # Labels before the next chunk's first index go out now; the rest wait.
             last = k == self.n_chunks - 1
             due = (
@@ -1097,18 +1169,21 @@ class Workload:
         """
         pos, neg = self.spec.classes
         for chunk in self.chunks():
+            regression = chunk.target is not None
+            truth = chunk.target if chunk.target is not None else chunk.label
             for pred, y, has in zip(
                 self._prediction_dicts(chunk),
-                chunk.label.tolist(),
+                truth.tolist(),
                 chunk.labelled.tolist(),
                 strict=True,
             ):
+                label = y if regression else (pos if y else neg)
                 yield {
                     **pred["features"],
                     **pred["segments"],
                     "prediction": pred["prediction"],
-                    "score": pred["scores"][pos],
-                    "label": (pos if y else neg) if has else None,
+                    "score": None if regression else pred["scores"][pos],
+                    "label": label if has else None,
                 }
 
     def write_reference(

@@ -64,6 +64,7 @@ class _OutcomeStored(msgspec.Struct, array_like=True):
     error_fp: str | None
     error_adwin: bytes
     error_detections: list[float]
+    error_history: list[list[int]] = []
 
 
 class _PendingStored(msgspec.Struct, array_like=True):
@@ -172,6 +173,7 @@ def to_bytes(j: ModelJudge, cells: bool = True) -> bytes:
             seg.error_fp,
             seg.error_adwin.to_bytes() if seg.error_adwin is not None else b"",
             seg.error_detections,
+            seg.error_history,
         )
         for (v, k), seg in j.outcome_segments.items()
     ]
@@ -282,6 +284,7 @@ def _restore(s: _JudgeStored, j: ModelJudge) -> ModelJudge:
             so.error_fp,
             ADWINDetector.from_bytes(so.error_adwin) if so.error_adwin else None,
             list(so.error_detections),
+            [list(h) for h in so.error_history],
         )
         j.outcome_segments[(so.version, so.key)] = oseg
     j.tracker = AlertTracker.from_bytes(s.tracker)

@@ -15,7 +15,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from streamproc.aggregate.partials import Z_SCALE, OutcomePartial, WindowPartial, moments_of
-from streamproc.baseline import CategoricalReference, ClassPerformanceReference, NumericReference
+from streamproc.baseline import (
+    CategoricalReference,
+    ClassPerformanceReference,
+    NumericReference,
+    SegmentReference,
+)
 from streamproc.baseline.reference import Reference
 from streamproc.config import MonitoringConfig, Tiers
 from streamproc.contracts import ClassPerformance, MetricBand
@@ -496,17 +501,45 @@ def performance(
     n_segments: int,
     judge: Judge,
 ) -> Row:
-    """Accuracy, calibration and label drift of a label window (judged from
-    ``min_labelled_count`` labelled predictions on)."""
+    """Realised performance and label drift of a label window (judged from
+    ``min_labelled_count`` labelled predictions on), by the reference's task.
+
+    A classifier: accuracy, calibration (ECE) and the drift of its class labels. A regression
+    model: MAE, RMSE and MAPE (over the labels that are not zero), an MAE increase over the
+    reference's (:func:`mae_increase`) and the drift of its numeric target. Without a reference
+    the task is regression when every labelled outcome was a pair of numbers that are not all
+    0 and 1, else classification.
+    """
     perf: Row = {"labelled": o.labelled}
+    task = ref.task if ref is not None else _task_of_outcomes(o)
     if o.labelled:
-        perf["accuracy"] = o.correct / o.labelled
-        if o.numeric_pairs:
-            perf["mae"] = moment(o.abs_error / o.numeric_pairs)
+        if task == "regression":
+            perf.update(regression_figures(o))
+        else:
+            perf["accuracy"] = o.correct / o.labelled
     if ref is None or o.labelled < cfg.min_labelled_count:
         return perf
-    acc = o.correct / o.labelled
     seg = ref.segment
+    if task == "regression":
+        mae_increase(cfg, seg, o, n_segments, judge)
+        label = seg.label
+        if isinstance(label, NumericReference) and label.count and o.label_values.count:
+            hist = np.asarray(o.label_values.histogram(label.edges), dtype=np.float64)
+            psi = stats.psi(np.asarray(label.probs, dtype=np.float64), hist)
+            perf["label_psi"] = psi
+            alpha = cfg.psi_significance / max(n_segments, 1)
+            n = o.label_values.count
+            sev, _ = psi_severity(psi, cfg.psi, n, label.count, len(label.probs), alpha)
+            judge(
+                None, "psi", "label_drift", sev, psi < cfg.psi.clearing(), psi, cfg.psi.warning,
+                {
+                    "labelled": o.labelled,
+                    "window_label_mean": round(o.label_values.mean, 6),
+                    "reference_label_mean": round(float(label.mean or 0.0), 6),
+                },
+            )  # fmt: skip
+        return perf
+    acc = o.correct / o.labelled
     if seg.accuracy is not None:
         drop = seg.accuracy - acc
         judge(
@@ -582,3 +615,67 @@ def realised_performance(
     if not got:
         return None
     return _class_performance("realised", cp, got, int(np.sum(got["confusion_matrix"])))
+
+
+def _task_of_outcomes(o: OutcomePartial) -> str:
+    if not o.labelled or o.numeric_pairs < o.labelled:
+        return "classification"
+    return "classification" if set(o.labels.counts) <= {"0", "1"} else "regression"
+
+
+def regression_figures(o: OutcomePartial) -> Row:
+    """``mae``, ``rmse`` and ``mape`` (a share, over the labels that are not zero) of a label
+    window, from its exact sums; none without numeric outcomes.
+
+    >>> from streamproc.aggregate.fold import fold_outcomes
+    >>> o = OutcomePartial()
+    >>> fold_outcomes([(3.0, 2.0, None, None), (1.0, 0.0, None, None), (4.0, 8.0, None, None)],
+    ...               [(o, 0.0, range(3))])
+    >>> regression_figures(o)
+    {'mae': 2.0, 'rmse': 2.44948974, 'mape': 0.5}
+    """
+    out: Row = {}
+    if o.numeric_pairs:
+        out["mae"] = moment(o.mae or 0.0)
+        out["rmse"] = moment(o.rmse or 0.0)
+        if o.mape is not None:
+            out["mape"] = moment(o.mape)
+    return out
+
+
+def mae_increase(
+    cfg: MonitoringConfig,
+    seg: SegmentReference,
+    o: OutcomePartial,
+    n_segments: int,
+    judge: Judge,
+) -> None:
+    """Judge a label window's MAE against the reference's: a ``performance`` / ``mae`` alert
+    when it is over by the ``mae_increase`` relative margin and by more than sampling noise
+    (the reference's spread of absolute errors over the window's ``sqrt(n)``, at
+    ``mae_significance`` one-sided, split across the model's segments)."""
+    mae, ref_mae, sd = o.mae, seg.mae, seg.error_sd()
+    if mae is None or ref_mae is None or ref_mae <= 0 or sd is None:
+        return
+    from statistics import NormalDist
+
+    n = o.numeric_pairs
+    z = NormalDist().inv_cdf(1.0 - cfg.mae_significance / max(n_segments, 1))
+    noise = z * sd / math.sqrt(n)
+    rise = (mae - ref_mae) / ref_mae
+    sev = severity(rise, cfg.mae_increase) if mae - ref_mae > noise else None
+    evidence = {
+        "labelled": n,
+        "window_mae": round(mae, 6),
+        "reference_mae": round(ref_mae, 6),
+        "relative_increase": round(rise, 4),
+        "noise_bound": round(noise, 6),
+    }
+    if o.rmse is not None:
+        evidence["window_rmse"] = round(o.rmse, 6)
+    if seg.rmse is not None:
+        evidence["reference_rmse"] = round(seg.rmse, 6)
+    judge(
+        None, "mae", "performance", sev, rise < cfg.mae_increase.clearing(), round(mae, 6),
+        round(ref_mae * (1.0 + cfg.mae_increase.warning), 6), evidence,
+    )  # fmt: skip

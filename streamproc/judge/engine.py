@@ -65,6 +65,8 @@ log = logging.getLogger(__name__)
 
 ALL: Final = "all"
 EMPTY_WINDOWS_CAP: Final = 12
+ERROR_HISTORY: Final = 256
+"""Ticks of an outcome monitor's error stream kept to describe an error-stream detection."""
 """Empty windows judged in a row for a model that went silent; after that the judge skips
 ahead to its next data (volume alerts keep firing, nothing else could change)."""
 
@@ -163,6 +165,9 @@ class OutcomeSegment:
     error_fp: str | None = None
     error_adwin: ADWINDetector | None = None
     error_detections: list[float] = field(default_factory=list)
+    # the last ERROR_HISTORY ticks fed: [labelled events, errors (classification) or absolute
+    # error in millionths (regression)], to say what the detector saw when it fires
+    error_history: list[list[int]] = field(default_factory=list)
 
 
 Hook = Callable[[str, str, float, Reference, WindowPartial], None]
@@ -581,6 +586,9 @@ class ModelJudge:
                 seg.detections.setdefault(detector, {}).setdefault(name, []).append(t)
                 out.detections.append((detector, seg.key, name))
                 evidence = {
+                    "summary": feature_detector_summary(
+                        detector, name, int(n), total / n, t, extra
+                    ),
                     "tick_events": int(n),
                     "tick_mean_in_reference_sd": round(total / n, 4),
                     **extra,
@@ -796,43 +804,51 @@ class ModelJudge:
     def _close_outcome_tick(self, t: float, emitted_at: str, out: Output) -> None:
         cfg = self.cfg
         cell = self.pending_outcome_ticks.pop(t + cfg.tick_s)
+        # (version, key) -> [labelled, correct, abs error in millionths, numeric pairs]
         groups: dict[tuple[str, str], list[int]] = {}
         for source in sorted(cell):
-            for version, raw, (labelled, correct) in cell[source]:
+            for version, raw, values in cell[source]:
                 key = self._monitored(version, raw, t, admit=False)
-                acc_n = groups.setdefault((version, key), [0, 0])
-                acc_n[0] += labelled
-                acc_n[1] += correct
+                acc_n = groups.setdefault((version, key), [0, 0, 0, 0])
+                for i, v in enumerate(values):  # ticks sent before the errors have two values
+                    acc_n[i] += v
         w = self._window_start(t)
         for version, key in sorted(groups):
-            n, correct = groups[(version, key)]
+            n, correct, abs_micro, pairs = groups[(version, key)]
             oseg = self.outcome_segments.setdefault((version, key), OutcomeSegment())
             fp = self.timeline.select(version, key, w)
             ref = self._ref(fp)
-            acc = ref.accuracy if ref is not None else None
-            if acc is None or not 0.0 < acc < 1.0 or n <= 0:
+            if ref is None:
                 continue
-            # Concept drift between windows: ADWIN on the standardised error rate per tick.
-            err, sd = 1.0 - acc, math.sqrt(acc * (1.0 - acc))
-            total = ((n - correct) - n * err) / sd
+            # Concept drift between windows: ADWIN on the error stream per tick, standardised
+            # with the reference (unit variance under no change): a classifier's 0/1 error, a
+            # regression model's absolute error.
+            stream = _error_stream(ref, n, correct, abs_micro, pairs)
+            if stream is None:
+                continue
+            z, events, observed, expected = stream  # observed: the tick's error sum
             if oseg.error_adwin is None or oseg.error_fp != fp:
                 delta = cfg.adwin_error_delta / self._n_segments(version, t)
                 oseg.error_adwin, oseg.error_fp = ADWINDetector(delta=delta, clock=1), fp
                 oseg.error_detections = []
-            oseg.error_adwin.update(round(total / math.sqrt(n), 6))
-            if not oseg.error_adwin.drift_detected:
+                oseg.error_history = []
+            adwin = oseg.error_adwin
+            before = adwin.width
+            adwin.update(round(z, 6))
+            oseg.error_history = [*oseg.error_history[-(ERROR_HISTORY - 1) :], [events, observed]]
+            if not adwin.drift_detected:
                 continue
             oseg.error_detections.append(t)
             out.detections.append(("adwin_error", key, ""))
-            tick_error = err + total / n * sd
-            evidence = {
-                "tick_labelled": n,
-                "tick_error_rate": round(tick_error, 4),
-                "reference_error_rate": round(err, 4),
-            }
-            verdict = Verdict(
-                "warning", False, round(1.0 - tick_error, 6), acc, (t, t + cfg.tick_s), evidence
+            evidence = error_stream_evidence(
+                ref.task, oseg.error_history, before + 1, adwin.width, expected, t
             )
+            tick_mean = observed / (Z_SCALE if ref.task == "regression" else 1) / events
+            if ref.task == "regression":  # the tick's MAE against the reference's
+                value, threshold = round(tick_mean, 6), round(expected, 6)
+            else:  # the tick's accuracy against the reference's
+                value, threshold = round(1.0 - tick_mean, 6), 1.0 - expected
+            verdict = Verdict("warning", False, value, threshold, (t, t + cfg.tick_s), evidence)
             self._observe(
                 version, key, None, "adwin_error", "performance", verdict, emitted_at, out
             )
@@ -892,3 +908,114 @@ class ModelJudge:
                     class_performance=checks.realised_performance(cfg, ref, o),
                 )
             )
+
+
+def _error_stream(
+    ref: Reference, n: int, correct: int, abs_micro: int, pairs: int
+) -> tuple[float, int, int, float] | None:
+    """One tick of an outcome monitor's error stream: the standardised value its ADWIN takes
+    (unit variance under no change), the events, their error sum (errors of a classifier;
+    absolute error in millionths of a regression model) and the reference's mean error.
+    ``None`` when the reference cannot standardise it or the tick has no such outcome."""
+    if ref.task == "regression":
+        mae, sd = ref.segment.mae, ref.segment.error_sd()
+        if pairs <= 0 or mae is None or not sd:
+            return None
+        total = (abs_micro / Z_SCALE - pairs * mae) / sd
+        return total / math.sqrt(pairs), pairs, abs_micro, mae
+    acc = ref.accuracy
+    if acc is None or not 0.0 < acc < 1.0 or n <= 0:
+        return None
+    err, sd = 1.0 - acc, math.sqrt(acc * (1.0 - acc))
+    total = ((n - correct) - n * err) / sd
+    return total / math.sqrt(n), n, n - correct, err
+
+
+def error_stream_evidence(
+    task: str,
+    history: list[list[int]],
+    fed: int,
+    kept: int,
+    expected: float,
+    t: float,
+) -> dict[str, Any]:
+    """What an error-stream ADWIN saw when it fired, in figures and one sentence.
+
+    ``history`` holds the last ticks fed (``[events, error sum]``, the newest last), ``fed``
+    the ticks in the detector's window before the cut and ``kept`` those after it: the error
+    of the ticks it dropped ("from") against that of the ticks it kept ("to").
+
+    Examples
+    --------
+    >>> h = [[10, 1]] * 6 + [[10, 2]] * 2
+    >>> ev = error_stream_evidence("classification", h, 8, 2, 0.06, 1704103200.0)
+    >>> import textwrap
+    >>> print(textwrap.fill(ev["summary"], 90))
+    ADWIN on the error stream: error rate rose from 0.1 to 0.2 over the last 20 labelled
+    events (2 ticks; reference 0.06; change detected at tick 2024-01-01T10:00:00.000Z)
+    """
+    scale = Z_SCALE if task == "regression" else 1
+
+    def rate(ticks: list[list[int]]) -> tuple[int, float | None]:
+        n = sum(e for e, _ in ticks)
+        return n, (sum(x for _, x in ticks) / scale / n if n else None)
+
+    recent = history[-kept:] if kept > 0 else []
+    earlier = history[-fed : len(history) - len(recent)] if fed > kept else []
+    n_recent, after = rate(recent)
+    n_earlier, before = rate(earlier)
+    start = expected if before is None else before
+    what, stream = (
+        ("mean absolute error", "the absolute-error stream")
+        if task == "regression"
+        else ("error rate", "the error stream")
+    )
+    after_v = after if after is not None else start
+    moved = "rose" if after_v > start else "fell" if after_v < start else "stayed"
+    reference = (
+        f"reference MAE {expected:.4g}" if task == "regression" else (f"reference {expected:.4g}")
+    )
+    summary = (
+        f"ADWIN on {stream}: {what} {moved} from {start:.4g} to {after_v:.4g} over the last "
+        f"{n_recent} labelled events ({len(recent)} ticks; {reference}; change detected at "
+        f"tick {iso(t)})"
+    )
+    key = "mae" if task == "regression" else "error_rate"
+    last_n, last = history[-1][0], history[-1][1] / scale / max(history[-1][0], 1)
+    evidence: dict[str, Any] = {
+        "summary": summary,
+        "tick_labelled": last_n,
+        f"tick_{key}": round(last, 4),
+        f"reference_{key}": round(expected, 4),
+        "recent_labelled": n_recent,
+        f"recent_{key}": None if after is None else round(after, 4),
+        "earlier_labelled": n_earlier,
+        f"earlier_{key}": None if before is None else round(before, 4),
+        "adwin_width_ticks": kept,
+    }
+    return evidence
+
+
+def feature_detector_summary(
+    detector: str, feature: str, events: int, mean_sd: float, t: float, extra: dict[str, Any]
+) -> str:
+    """One sentence on what a feature's tick-level detector saw: the detector fires on the
+    stream of tick means, so the figures are the firing tick's, not a window's.
+
+    >>> import textwrap
+    >>> text = feature_detector_summary("adwin", "f03", 120, 1.3333, 1704103200.0,
+    ...                                 {"adwin_width_ticks": 4})
+    >>> print(textwrap.fill(text, 90))
+    ADWIN on f03's tick means: change detected at tick 2024-01-01T10:00:00.000Z, whose 120
+    events averaged +1.33 reference sd from the reference mean; the detector keeps the last 4
+    ticks
+    """
+    head = {"adwin": "ADWIN", "page_hinkley": "Page-Hinkley"}.get(detector, detector)
+    what = "change detected" if detector == "adwin" else "cumulative deviation over its threshold"
+    text = (
+        f"{head} on {feature}'s tick means: {what} at tick {iso(t)}, whose {events} events "
+        f"averaged {mean_sd:+.3g} reference sd from the reference mean"
+    )
+    if "adwin_width_ticks" in extra:
+        text += f"; the detector keeps the last {extra['adwin_width_ticks']} ticks"
+    return text

@@ -587,6 +587,12 @@ class JudgeStage:
                         g.performance.labels(
                             model=model, segment=seg, metric=metric, kind=kind, bound=bound
                         ).set(getattr(band, bound))
+            for metric in ("mae", "rmse", "mape"):  # regression models only
+                value = record.performance.get(metric)
+                if value is not None:
+                    g.regression_error.labels(model=model, segment=seg, metric=metric).set(
+                        float(value)
+                    )
         for detector, seg_key, _feature in out.detections:
             g.detections.labels(model=model, detector=detector, segment=seg_key).inc()
         judge = self.judges.get(model)

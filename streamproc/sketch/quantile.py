@@ -172,6 +172,29 @@ class QuantileSketch:
     def _value(self, k: int) -> float:
         return 2.0 * self._gamma**k / (self._gamma + 1.0)
 
+    def histogram(self, edges: ArrayLike) -> list[int]:
+        """Counts of the values in the open-ended, right-closed bins of ``edges`` (as a
+        :class:`~streamproc.sketch.NumericSketch` bins them, ``len(edges) + 1`` bins), each
+        bucket counted at its answer point: exact up to values within the relative accuracy
+        of an edge, and the same however the sketch was merged.
+
+        >>> q = QuantileSketch()
+        >>> q.update_many([1.0, 2.0, 2.5, 10.0, 0.0, -3.0])
+        >>> q.histogram([0.0, 2.2, 5.0])
+        [2, 2, 1, 1]
+        """
+        e = np.asarray(edges, dtype=np.float64)
+        out = np.zeros(e.size + 1, dtype=np.int64)
+        for sign, store in ((1.0, self._pos), (-1.0, self._neg)):
+            if store:
+                keys = sorted(store)
+                values = np.array([sign * self._value(k) for k in keys])
+                counts = np.array([store[k] for k in keys], dtype=np.int64)
+                np.add.at(out, np.searchsorted(e, values, side="left"), counts)
+        if self._zero:
+            out[int(np.searchsorted(e, 0.0, side="left"))] += self._zero
+        return out.tolist()
+
     def quantile(self, q: float) -> float:
         """The ``q``-quantile, within relative error ``relative_accuracy``; NaN when empty.
 

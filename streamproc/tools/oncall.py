@@ -207,6 +207,8 @@ def detector_text(alert: Alert) -> str:
     'detector fired: tick mean +1.33 sd'
     """
     ev = alert.evidence
+    if isinstance(ev.get("summary"), str):  # the detector's own words (see judge.engine)
+        return str(ev["summary"])
     if "tick_mean_in_reference_sd" in ev:
         return f"detector fired: tick mean {_signed(float(ev['tick_mean_in_reference_sd']))} sd"
     if "tick_error_rate" in ev:

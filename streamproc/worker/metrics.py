@@ -98,6 +98,12 @@ class WorkerMetrics:
             "sampling-noise band's lower/upper edge",
             ["model", "segment", "metric", "kind", "bound"], registry=r,
         )  # fmt: skip
+        self.regression_error = Gauge(
+            "streamproc_regression_error",
+            "Realized error of a regression model per label window: metric = mae | rmse | mape "
+            "(mape a share, over labels that are not zero)",
+            ["model", "segment", "metric"], registry=r,
+        )  # fmt: skip
         self.alerts_firing = Gauge(
             "streamproc_alerts_firing", "Alerts currently firing", ["model", "kind", "severity"],
             registry=r,

@@ -138,7 +138,7 @@ def _folded_outcomes(cfg: Config) -> tuple[Counter[tuple[str, float]], int]:
                 again += 1
                 continue
             sent.add((msg.source, msg.model_id, entry.start))
-            for _version, key, (labelled, _correct) in entry.outcomes:
+            for _version, key, (labelled, *_) in entry.outcomes:
                 if key == ALL:
                     folded[(msg.source, entry.start)] += labelled
     client = redis.Redis.from_url(cfg.redis.url)
@@ -152,7 +152,7 @@ def _folded_outcomes(cfg: Config) -> tuple[Counter[tuple[str, float]], int]:
             assert why is None, why
             for (_model, _version, k, _window), partial in agg.outcome_windows.items():
                 if k == ALL:
-                    for t, (labelled, _correct) in partial.ticks.items():
+                    for t, (labelled, *_) in partial.ticks.items():
                         folded[(source, t)] += labelled
     finally:
         client.close()

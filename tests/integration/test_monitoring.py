@@ -16,6 +16,7 @@ from streamproc.baseline import BaselineStore
 from streamproc.config import Config
 from streamproc.dev.synthetic import (
     AccuracyDrop,
+    ErrorScale,
     MeanShift,
     Workload,
     WorkloadSpec,
@@ -259,3 +260,69 @@ def test_accuracy_drop_arrives_through_the_label_join_as_a_performance_alert(
             < estimated[w]["metrics"]["accuracy"]["lower"]
         )
         assert sum(map(sum, realised[w]["confusion_matrix"])) == realised[w]["count"]
+
+
+def test_regression_error_doubling_alerts_performance_with_mae_and_rmse_in_metrics(
+    config: Config, tmp_path: Path
+) -> None:
+    spec = WorkloadSpec(
+        model_id="reg-price", rate=50.0, task="regression",
+        changes=(ErrorScale(2.0, start=15_000),),
+    )  # fmt: skip
+    topics.apply(config, topics.load_topics(config))
+    profile = reference_profile(spec, source="test regression reference")
+    assert profile.task == "regression"
+    BaselineStore(redis.Redis.from_url(config.redis.url), config.redis.key_prefix).put(profile)
+    work = Workload(spec, 30_000, seed=7)
+    producer = Producer({**config.kafka.librdkafka(), "linger.ms": 20})
+
+    def send(topic: str, events: Iterator[dict]) -> None:
+        batch: list[dict] = []
+        for n, event in enumerate(events, 1):
+            batch.append(event)
+            if len(batch) == 250:
+                producer.produce(topic, orjson.dumps(batch), partition=(n // 250) % 6)
+                batch = []
+        producer.produce(topic, orjson.dumps(batch), partition=0)
+        assert producer.flush(30) == 0
+
+    worker = WorkerProcess(config, tmp_path, **MONITOR_ENV)
+    send(config.topics.predictions, work.predictions())
+    worker.wait_for(
+        lambda: worker.metric("streamproc_events_total", topic="predictions") >= 30_000,
+        120,
+        "predictions ingested",
+    )
+    send(config.topics.labels, work.labels())
+
+    def overall(detector: str) -> list[dict]:
+        alerts = [
+            orjson.loads(m.value()) for m in consume_all(config, config.topics.alerts, 10**6, 3)
+        ]
+        return [
+            a for a in alerts
+            if a["kind"] == "performance" and a["status"] == "firing" and a["segment"] == {}
+            and a["detector"] == detector
+        ]  # fmt: skip
+
+    try:
+        worker.wait_for(lambda: bool(overall("mae")), 180, "an MAE alert")
+        gauge = worker.metric("streamproc_regression_error", model="reg-price", segment="all",
+                              metric="mae")  # fmt: skip
+    finally:
+        worker.stop()
+    alert = overall("mae")[0]
+    ev = alert["evidence"]
+    assert ev["window_mae"] > 1.5 * ev["reference_mae"] and ev["window_rmse"] > ev["reference_rmse"]
+    # errors double 300 s into the stream: nothing before it
+    assert alert["window"]["start"] >= "2024-01-01T00:05:00"
+    assert gauge > 0
+    records = [
+        orjson.loads(m.value()) for m in consume_all(config, config.topics.metrics, 10**6, 3)
+    ]
+    perf = [
+        r["performance"] for r in records
+        if r["model_id"] == "reg-price" and r["segment"] == {} and r["performance"].get("labelled")
+    ]  # fmt: skip
+    assert perf and all({"mae", "rmse", "mape"} <= set(p) for p in perf)
+    assert not [p for p in perf if "accuracy" in p]

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from streamproc.aggregate.columns import is_number
 from streamproc.aggregate.fold import prepare, tick_zsums
 from streamproc.aggregate.partials import (
     SAMPLE_VALUES,
@@ -243,9 +244,12 @@ def test_outcome_partial_round_trips_and_its_calibration_bins_add_up(xs: list) -
     assert [sum(n), sum(conf), sum(correct)] == [sum(b[i] for b in bins) for i in range(3)]
     assert sum(b[0] for b in bins) == sum(1 for _, _, c, _ in xs if c is not None)
     assert sum(a.confusion.values()) == sum(
-        1 for p, lab, _, _ in xs if p is not None and lab is not None
+        1 for p, lab, _, s in xs if p is not None and lab is not None and s and len(s) >= 2
     )
-    assert a.ticks == ({0.0: [a.labelled, a.correct]} if xs else {})
+    micro = sum(round(abs(float(p) - float(y)) * 1_000_000) for p, y, _, _ in xs
+                if is_number(p) and is_number(y))  # fmt: skip
+    tick = [a.labelled, a.correct, micro, a.numeric_pairs]
+    assert a.ticks == ({0.0: tick} if xs else {})
 
 
 # -- the internal topic's messages ---------------------------------------------------------------
@@ -298,3 +302,13 @@ def test_the_judge_sums_a_sampled_tick_as_the_sources_would_have(
         items.append((sample, ref))
     got = tick_zsums(items)
     assert got == [fed(xs, ref).zsum, fed(ys, ref).zsum]
+
+
+def test_an_outcome_state_sent_before_the_exact_sums_decodes_without_error_figures() -> None:
+    old = OutcomeState(labelled=5, correct=3, abs_error=2.5, numeric_pairs=2)  # float sum only
+    back = decode_outcome(msgspec.msgpack.decode(msgspec.msgpack.encode(old), type=OutcomeState))
+    assert (back.labelled, back.correct, back.numeric_pairs) == (5, 3, 0)
+    assert (back.mae, back.rmse, back.mape) == (None, None, None)
+    fresh = outcomes([(3.0, 1.0, None, None), (2.0, 2.5, None, None)])
+    merged = back.merge(fresh)  # a window of old and new partials: figures from the new ones
+    assert merged.numeric_pairs == 2 and merged.mae == 1.25

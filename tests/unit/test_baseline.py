@@ -683,3 +683,106 @@ def test_column_options_belong_to_files_not_topics(capsys: pytest.CaptureFixture
                      "predictions", "--label-column", "y"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and "--label-column: only for --from-file" in err
+
+
+# -- the task: classification or regression -----------------------------------------------------
+
+
+def _regression_rows(n: int = 400, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    label = rng.normal(50.0, 10.0, n)
+    label[::37] = 0.0  # zero targets, which MAPE skips
+    pred = label + rng.normal(0.0, 3.0, n)
+    return pred, label
+
+
+def test_numeric_predictions_and_labels_make_a_regression_model_with_numpy_figures() -> None:
+    pred, label = _regression_rows()
+    builder = ProfileBuilder("m", "1")
+    builder.add_columns({"x": pred * 2}, prediction=pred, label=label)
+    profile = builder.build("t")
+    seg = profile.segments[ALL]
+    err = np.abs(pred - label)
+    nz = label != 0
+    assert profile.task == "regression" and seg.task == "regression"
+    assert seg.mae == pytest.approx(err.mean(), rel=1e-12)
+    assert seg.rmse == pytest.approx(np.sqrt(np.mean((pred - label) ** 2)), rel=1e-12)
+    assert seg.mape == pytest.approx(np.mean(err[nz] / np.abs(label[nz])), rel=1e-12)
+    assert seg.mape_labelled == int(nz.sum()) == label.size - 11
+    assert seg.accuracy is None and seg.calibration is None and seg.top1_rate is None
+    assert _numeric(seg.label).mean == pytest.approx(label.mean())  # the target's distribution
+
+
+def test_class_predictions_make_a_classifier_without_regression_figures() -> None:
+    builder = ProfileBuilder("m", "1")
+    for pred, label in [(1, 1), (0, 0), (1, 0), (0, 0)]:  # 0/1 classes, no scores
+        builder.add({}, prediction=pred, label=label)
+    profile = builder.build("t")
+    seg = profile.segments[ALL]
+    assert profile.task == "classification"
+    assert seg.accuracy == 0.75
+    assert seg.mae is None and seg.rmse is None and seg.mape is None
+    assert isinstance(seg.prediction, CategoricalReference)
+
+
+def test_the_task_option_overrides_the_decision() -> None:
+    builder = ProfileBuilder("m", "1", task="classification")
+    for pred, label in [(3, 3), (2, 1), (5, 5)]:  # counts a regression model would predict
+        builder.add({}, prediction=pred, label=label)
+    seg = builder.build("t").segments[ALL]
+    assert seg.task == "classification" and seg.accuracy == pytest.approx(2 / 3)
+    builder = ProfileBuilder("m", "1", task="regression")
+    for pred, label in [(1, 1), (0, 1), (1, 0), (0, 0)]:
+        builder.add({}, prediction=pred, label=label)
+    seg = builder.build("t").segments[ALL]
+    assert seg.task == "regression" and seg.mae == 0.5 and seg.accuracy is None
+
+
+def test_a_task_that_does_not_fit_the_outputs_fails_saying_which() -> None:
+    builder = ProfileBuilder("m", "1", task="regression")
+    builder.add({}, prediction="yes", label="no")
+    with pytest.raises(BaselineError, match="--task regression, but the predictions are categ"):
+        builder.build("t")
+    builder = ProfileBuilder("m", "1", task="classification")
+    builder.add({}, prediction=0.37, label=1.0)
+    with pytest.raises(BaselineError, match="--task classification, but the predictions are"):
+        builder.build("t")
+
+
+def test_a_profile_stored_before_the_task_loads_with_its_task_inferred() -> None:
+    pred, label = _regression_rows(50)
+    builder = ProfileBuilder("m", "1")
+    builder.add_columns({}, prediction=pred, label=label)
+    profile = builder.build("t")
+    old_segments = {
+        k: msgspec.structs.replace(s, task=None, rmse=None, mape=None, mape_labelled=None)
+        for k, s in profile.segments.items()
+    }
+    old = msgspec.structs.replace(profile, segments=old_segments)
+    again = ReferenceProfile.from_bytes(old.to_bytes())
+    assert again.segments[ALL].task is None and again.task == "regression"
+    # a reference stored before keeps its fingerprint: it hashes the bytes of then
+    seg = again.segments[ALL]
+    legacy = {f: getattr(seg, f) for f in seg.__struct_fields__[:-5]}
+    assert seg.fingerprint_bytes() == msgspec.msgpack.encode(legacy)
+    assert profile.segments[ALL].fingerprint_bytes() != seg.fingerprint_bytes()
+
+
+def test_baseline_build_says_the_task_and_its_figures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "ref.csv"
+    pred, label = _regression_rows(60)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["x", "prediction", "label"])
+        w.writerows(zip(pred * 2, pred, label, strict=True))
+    profile = profile_from_file(path, "m", "1")
+    text = describe(profile)
+    assert "task: regression" in text and "rmse" in text
+    code = cli.main(
+        ["baseline", "build", "--model", "m", "--version", "1", "--from-file", str(path),
+         "--task", "classification"]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "--task classification, but the predictions are numbers" in err

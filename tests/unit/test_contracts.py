@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import jsonschema
+import msgspec
 import pytest
 
 from streamproc import contracts
@@ -153,3 +154,15 @@ def test_event_time_prefers_the_event_and_falls_back_to_the_record() -> None:
     assert contracts.event_time("2024-01-01T01:00:00+01:00", None) == 1_704_067_200.0
     assert contracts.event_time("2024-01-01T00:00:00", None) == 1_704_067_200.0
     assert contracts.event_time(None, 1_700_000_000_000) == 1_700_000_000.0
+
+
+@pytest.mark.parametrize("task", ["regression", "classification"])
+def test_metrics_examples_carry_the_figures_of_their_task_only(task: str) -> None:
+    blob = (EXAMPLES / "metrics" / f"{task}.json").read_bytes()
+    jsonschema.validate(json.loads(blob), json.loads((SCHEMAS / "metrics.v1.json").read_text()))
+    perf = msgspec.json.decode(blob, type=contracts.MetricsRecord).performance
+    regression = {"mae", "rmse", "mape"}
+    if task == "regression":
+        assert regression <= set(perf) and "accuracy" not in perf
+    else:
+        assert "accuracy" in perf and not regression & set(perf)

@@ -360,6 +360,30 @@ def test_accuracy_drop_fires_performance_alert_within_1000_labelled_events(
     assert math.isfinite(window_alert.threshold)
 
 
+def test_error_stream_alert_says_what_adwin_saw_over_how_many_labelled_events(
+    accuracy_drop: Run,
+) -> None:
+    r = accuracy_drop
+    alerts = [a for a in r.firing if a.detector == "adwin_error" and "summary" in a.evidence]
+    assert alerts, r.by_detector()
+    ev = alerts[0].evidence
+    assert ev["summary"].startswith("ADWIN on the error stream: error rate rose from ")
+    assert f"over the last {ev['recent_labelled']} labelled events" in ev["summary"]
+    assert "change detected at tick" in ev["summary"]
+    assert ev["recent_error_rate"] > ev["reference_error_rate"]
+    assert ev["recent_labelled"] > ev["tick_labelled"]  # more than one tick's labels
+    features = [  # tick-level detections (window-level escalations count detections)
+        a
+        for a in r.firing
+        if a.detector in ("adwin", "page_hinkley") and "tick_events" in a.evidence
+    ]
+    assert features and all(
+        a.evidence["summary"].startswith(("ADWIN on f", "Page-Hinkley on f"))
+        and f"whose {a.evidence['tick_events']} events averaged" in a.evidence["summary"]
+        for a in features
+    )
+
+
 def test_calibration_alert_fires_when_labels_disagree_with_confidence_with_bins(
     accuracy_drop: Run,
 ) -> None:

@@ -411,3 +411,17 @@ def test_status_shows_realised_performance_beside_the_latest_estimate() -> None:
     doc = row.to_json()["performance"]
     assert doc["estimated"]["metrics"]["accuracy"] == {"value": 0.88, "lower": 0.86, "upper": 0.9}
     assert doc["realised"]["source"] == "realised"
+
+
+def test_a_detector_alert_with_a_summary_says_what_the_detector_saw_over_how_many_events() -> None:
+    summary = (
+        "ADWIN on the error stream: error rate rose from 0.06 to 0.2 over the last 420 labelled "
+        "events (6 ticks; reference 0.1; change detected at tick 2024-01-01T10:00:00.000Z)"
+    )
+    alert = _alert(
+        feature=None, kind="performance", detector="adwin_error", value=0.8, threshold=0.9,
+        evidence={"summary": summary, "tick_error_rate": 0.2, "reference_error_rate": 0.1},
+    )  # fmt: skip
+    line = format_alert(alert).splitlines()[1]
+    assert line == f"  performance by adwin_error: {summary}"
+    assert "threshold" not in format_alert(alert)
