@@ -50,7 +50,7 @@ from typing import Any, Final
 import msgspec
 import numpy as np
 
-from streamproc.sketch import CategoricalSketch, NumericSketch, QuantileSketch
+from streamproc.sketch import CategoricalSketch, CrossMoments, NumericSketch, QuantileSketch
 
 CONFIDENCE_BINS: Final = 100
 """Confidence bins of an outcome partial: right-closed, equal width over [0, 1]."""
@@ -199,6 +199,8 @@ class WindowPartial:
     ticks: dict[float, TickSummary] = field(default_factory=dict)  # not sent yet (source side)
     # values in ``sample`` (feature values + 1 per row), kept as rows come; -1: not known yet
     sample_values: int = field(default=-1, compare=False, repr=False)
+    # the reference's PCA features' fixed-point cross moments (multivariate drift), if it has one
+    mv: CrossMoments | None = None
 
     @property
     def complete_sample(self) -> bool:
@@ -259,6 +261,11 @@ class WindowPartial:
                 self.ticks[t] = x.copy()
             else:
                 have.absorb(x, k)
+        if other.mv is not None:
+            if self.mv is None:
+                self.mv = other.mv.copy()
+            else:
+                self.mv += other.mv
         return self
 
     def merge(self, other: WindowPartial, k: int = 5000) -> WindowPartial:
@@ -281,6 +288,7 @@ class WindowPartial:
             list(self.sample),
             self.sampled_out,
             {t: x.copy() for t, x in self.ticks.items()},
+            mv=None if self.mv is None else self.mv.copy(),
         )
 
 
@@ -365,6 +373,7 @@ class PartialState(msgspec.Struct, array_like=True, omit_defaults=True):
     sample: list[list[Any]] = []
     sampled_out: int = 0
     ticks: dict[float, SummaryState] = {}
+    mv: bytes = b""  # CrossMoments bytes (absent from partials of older versions)
 
 
 class OutcomeState(msgspec.Struct, array_like=True, omit_defaults=True):
@@ -404,6 +413,7 @@ def encode_partial(p: WindowPartial) -> PartialState:
         p.sample,
         p.sampled_out,
         {t: encode_summary(x) for t, x in p.ticks.items()},
+        b"" if p.mv is None else p.mv.to_bytes(),
     )
 
 
@@ -428,6 +438,7 @@ def decode_partial(s: PartialState) -> WindowPartial:
         [list(r) for r in s.sample],
         s.sampled_out,
         {t: decode_summary(x) for t, x in s.ticks.items()},
+        mv=CrossMoments.from_bytes(s.mv) if s.mv else None,
     )
 
 

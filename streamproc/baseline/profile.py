@@ -36,6 +36,7 @@ __all__ = [
     "CategoricalReference",
     "ColumnReference",
     "NumericReference",
+    "ReconstructionReference",
     "ReferenceProfile",
     "SegmentReference",
     "category_value",
@@ -248,6 +249,30 @@ class CalibrationReference(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
+class ReconstructionReference(msgspec.Struct, frozen=True, kw_only=True):
+    """A segment's PCA of its numeric features, for multivariate drift (data reconstruction).
+
+    A row's numeric features ``features`` are standardised with ``means`` and ``stds`` (the
+    features' own reference moments), nulls and non-numbers set to 0 (the reference mean), and
+    clipped and rounded as :func:`streamproc.aggregate.multivariate.standardised` does; its
+    reconstruction error is the squared distance between that vector ``z`` and its projection
+    on the ``components`` (orthonormal rows, the leading eigenvectors of the reference's
+    ``E[z zᵀ]``, as many as keep ``explained`` of its trace). ``error_mean``, ``error_std`` and
+    ``error_skew`` describe the error over the ``count`` reference rows: a window's mean error
+    is judged against them.
+    """
+
+    features: list[str]
+    means: list[float]
+    stds: list[float]
+    components: list[list[float]]
+    explained: float
+    count: int
+    error_mean: float
+    error_std: float
+    error_skew: float
+
+
 class SegmentReference(msgspec.Struct, frozen=True, kw_only=True):
     """Everything a segment's monitors compare with.
 
@@ -269,6 +294,10 @@ class SegmentReference(msgspec.Struct, frozen=True, kw_only=True):
         Accuracy per confidence bin on labelled rows, for CBPE.
     top1_rate
         Share of the most frequent predicted class (classification).
+    reconstruction
+        The PCA of the numeric features and the reference's reconstruction error, for
+        multivariate drift (``None``: fewer than two usable numeric features or too few
+        rows, or a baseline built before it existed; the check is then skipped).
     """
 
     count: int
@@ -281,6 +310,7 @@ class SegmentReference(msgspec.Struct, frozen=True, kw_only=True):
     mae: float | None = None
     calibration: CalibrationReference | None = None
     top1_rate: float | None = None
+    reconstruction: ReconstructionReference | None = None
 
 
 class ReferenceProfile(msgspec.Struct, frozen=True, kw_only=True):
