@@ -538,8 +538,9 @@ def fit_reconstruction(
     components are the leading eigenvectors of ``E[z zᵀ]`` over the rows, as many as keep
     ``variance`` of its trace (at least one, at most ``d - 1``, so something is left to
     reconstruct). The reference's error is measured out of sample (5-fold: each row under the
-    PCA of the other rows), as live rows are, since in-sample errors are biased low. The ``max_features`` fullest features (fewest nulls, ties by name) take
-    part, those with a spread only.
+    PCA of the other rows), as live rows are, since in-sample errors are biased low. The
+    ``max_features`` fullest features (fewest nulls, ties by name) take part, those with a
+    spread only.
 
     Parameters
     ----------
