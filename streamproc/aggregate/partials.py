@@ -14,7 +14,9 @@ rounding, and the published means and spreads exactly, from fixed-point sums).
     standardised with one reference, named by its fingerprint ``fp``. A partial built while no
     reference was known holds a sample of its rows instead (``fp`` is ``None``): the judging
     stage bins them with whatever reference the window is judged against, exactly as the
-    aggregation stage would have, or builds the warm-up reference from them.
+    aggregation stage would have, or builds the warm-up reference from them. When the
+    reference has a PCA (multivariate drift), ``mv`` holds the window's exact cross moments
+    of its features (:class:`~streamproc.sketch.CrossMoments`); windows only, not ticks.
 :class:`TickSummary`
     A tick of a window partial: its count, offsets and standardised sums per feature (or, when
     the partial samples, the tick's own sample: the judge bins it to feed the detectors).
