@@ -164,6 +164,14 @@ class MonitoringConfig(_Section):
     # 0.01 gave one false alert per 10^6 stationary events on the synthetic workload.
     ks_p: Tiers = msgspec.field(default_factory=lambda: Tiers(warning=0.001, critical=0.0001))
     ks_effect_floor: Probability = 0.1
+    # Multivariate drift (multivariate_drift / reconstruction_error), per segment whose baseline
+    # has a PCA of its numeric features: the window's mean reconstruction error against the
+    # reference's. A tier is its relative change (either way); it counts only beyond sampling
+    # noise at psi_significance, split like PSI's (the check is one more test per segment).
+    multivariate: bool = True
+    reconstruction_error: Tiers = msgspec.field(
+        default_factory=lambda: Tiers(warning=0.1, critical=0.25)
+    )
     null_rate_delta: Tiers = msgspec.field(
         default_factory=lambda: Tiers(warning=0.02, critical=0.05)
     )

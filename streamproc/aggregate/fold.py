@@ -38,8 +38,8 @@ from streamproc.aggregate.partials import (
 )
 from streamproc.aggregate.scores import SEP, ScorePairs
 from streamproc.baseline import category_value
-from streamproc.baseline.reference import Reference
-from streamproc.sketch import CategoricalSketch, NumericSketch
+from streamproc.baseline.reference import Reconstruction, Reference
+from streamproc.sketch import CategoricalSketch, CrossMoments, NumericSketch, standardised
 
 # A value beyond 65,536 reference sds is clipped there in the fixed-point sums, so that a
 # group's sums of z and z² fit an int64 (int64 cumsums wrap, but their differences stay exact).
@@ -235,6 +235,11 @@ def fold_predictions(cols: Columns, groups: Sequence[FoldGroup], sample_k: int) 
                         _sample(cols, summaries[code], some, sample_k)
             continue
         _present(cols, rows, p, ref.watched)
+        rec = ref.reconstruction
+        if rec is not None and len(idx):
+            if p.mv is None:
+                p.mv = CrossMoments(len(rec.features))
+            p.mv.update(cross_rows(cols, rec, idx))
         for name in ref.numeric:
             mismatched, total, n, squares, ticks = results[name][gi]
             if mismatched:
@@ -277,6 +282,16 @@ def prepare(partial: WindowPartial, ref: Reference | None) -> None:
         partial.categorical[name] = CategoricalSketch()
     partial.prediction = ref.prediction_sketch()
     partial.score = NumericSketch(ref.score_edges)
+    rec = ref.reconstruction
+    partial.mv = None if rec is None else CrossMoments(len(rec.features))
+
+
+def cross_rows(cols: Columns, rec: Reconstruction, idx: np.ndarray) -> np.ndarray:
+    """Rows ``idx`` of the batch as the fixed-point standardised vectors of the reference's PCA
+    features (``len(idx) x d``; a missing, non-numeric or non-finite value counts as the
+    reference mean), for :meth:`~streamproc.sketch.CrossMoments.update`."""
+    values = np.stack([cols.numeric(name).values[idx] for name in rec.features], axis=1)
+    return standardised(values, rec.means, rec.stds)
 
 
 NumericResult = tuple[int, int, int, int, list[tuple[int, int, int, int]]]

@@ -14,7 +14,9 @@ rounding, and the published means and spreads exactly, from fixed-point sums).
     standardised with one reference, named by its fingerprint ``fp``. A partial built while no
     reference was known holds a sample of its rows instead (``fp`` is ``None``): the judging
     stage bins them with whatever reference the window is judged against, exactly as the
-    aggregation stage would have, or builds the warm-up reference from them.
+    aggregation stage would have, or builds the warm-up reference from them. When the
+    reference has a PCA (multivariate drift), ``mv`` holds the window's exact cross moments
+    of its features (:class:`~streamproc.sketch.CrossMoments`); windows only, not ticks.
 :class:`TickSummary`
     A tick of a window partial: its count, offsets and standardised sums per feature (or, when
     the partial samples, the tick's own sample: the judge bins it to feed the detectors).
@@ -52,7 +54,7 @@ from typing import Any, Final
 import msgspec
 import numpy as np
 
-from streamproc.sketch import CategoricalSketch, NumericSketch, QuantileSketch
+from streamproc.sketch import CategoricalSketch, CrossMoments, NumericSketch, QuantileSketch
 
 CONFIDENCE_BINS: Final = 100
 """Confidence bins of an outcome partial: right-closed, equal width over [0, 1]."""
@@ -258,6 +260,8 @@ class WindowPartial:
     class_scores: dict[str, dict[int, int]] = field(default_factory=dict)
     # values in ``sample`` (feature values + 1 per row), kept as rows come; -1: not known yet
     sample_values: int = field(default=-1, compare=False, repr=False)
+    # the reference's PCA features' fixed-point cross moments (multivariate drift), if it has one
+    mv: CrossMoments | None = None
 
     @property
     def complete_sample(self) -> bool:
@@ -319,6 +323,11 @@ class WindowPartial:
                 self.ticks[t] = x.copy()
             else:
                 have.absorb(x, k)
+        if other.mv is not None:
+            if self.mv is None:
+                self.mv = other.mv.copy()
+            else:
+                self.mv += other.mv
         return self
 
     def merge(self, other: WindowPartial, k: int = 5000) -> WindowPartial:
@@ -342,6 +351,7 @@ class WindowPartial:
             self.sampled_out,
             {t: x.copy() for t, x in self.ticks.items()},
             {k: dict(h) for k, h in self.class_scores.items()},
+            mv=None if self.mv is None else self.mv.copy(),
         )
 
 
@@ -470,6 +480,7 @@ class PartialState(msgspec.Struct, array_like=True, omit_defaults=True):
     sampled_out: int = 0
     ticks: dict[float, SummaryState] = {}
     class_scores: dict[str, dict[int, int]] = {}
+    mv: bytes = b""  # CrossMoments bytes (absent from partials of older versions)
 
 
 class OutcomeState(msgspec.Struct, array_like=True, omit_defaults=True):
@@ -515,6 +526,7 @@ def encode_partial(p: WindowPartial) -> PartialState:
         p.sampled_out,
         {t: encode_summary(x) for t, x in p.ticks.items()},
         p.class_scores,
+        b"" if p.mv is None else p.mv.to_bytes(),
     )
 
 
@@ -540,6 +552,7 @@ def decode_partial(s: PartialState) -> WindowPartial:
         s.sampled_out,
         {t: decode_summary(x) for t, x in s.ticks.items()},
         {k: dict(h) for k, h in s.class_scores.items()},
+        mv=CrossMoments.from_bytes(s.mv) if s.mv else None,
     )
 
 

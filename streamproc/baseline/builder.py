@@ -34,6 +34,7 @@ from streamproc.baseline.profile import (
     ClassPerformanceReference,
     ColumnReference,
     NumericReference,
+    ReconstructionReference,
     ReferenceProfile,
     SegmentReference,
     Task,
@@ -45,11 +46,17 @@ from streamproc.sketch import (
     CategoricalSketch,
     NumericSketch,
     reference_edges,
+    standardised,
 )
+from streamproc.sketch.moments import MV_SCALE
 
 __all__ = ["ProfileBuilder", "as_categories", "nans", "object_array", "typed_column"]
 
 _CONTAINERS: Final = (dict, list, tuple, set)
+PCA_VARIANCE: Final = 0.65
+"""Share of variance the multivariate-drift PCA keeps (NannyML's default)."""
+PCA_MAX_FEATURES: Final = 64
+"""Numeric features in the multivariate-drift PCA at most."""
 
 
 def _is_number_type(t: type) -> bool:
@@ -237,6 +244,13 @@ class ProfileBuilder:
     task
         ``"classification"`` or ``"regression"``; decided from the outputs when ``None`` (see
         :func:`decide_task`).
+    pca_variance
+        Share of the standardised numeric features' variance the multivariate-drift PCA keeps
+        (NannyML's data-reconstruction default, 0.65); see :func:`fit_reconstruction`.
+    pca_max_features
+        Numeric features in that PCA at most (the fullest ones, ties by name): a window
+        carries ``d(d+1)/2`` cross-product sums, so a 1,000-feature model does not carry a
+        million of them.
     """
 
     def __init__(
@@ -249,6 +263,8 @@ class ProfileBuilder:
         max_segment_values: int = DEFAULT_MAX_SEGMENT_VALUES,
         positive_class: str | None = None,
         task: Task | None = None,
+        pca_variance: float = PCA_VARIANCE,
+        pca_max_features: int = PCA_MAX_FEATURES,
     ) -> None:
         if task not in (None, "classification", "regression"):
             raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
@@ -267,6 +283,10 @@ class ProfileBuilder:
         self.max_segment_values = max_segment_values
         self.positive_class = positive_class
         self.task = task
+        if not 0.0 < pca_variance <= 1.0 or pca_max_features < 0:
+            raise ValueError("pca_variance must be in (0, 1] and pca_max_features >= 0")
+        self.pca_variance = pca_variance
+        self.pca_max_features = pca_max_features
         self._chunks: list[_Chunk] = []
         self._pending = _Pending(segments={d: [] for d in dims})
 
@@ -504,11 +524,20 @@ class ProfileBuilder:
         features = {name: _prepare(col) for name, col in data.features.items()}
         segments: dict[str, SegmentReference] = {}
         for key, rows in self._segment_rows(data).items():
+            refs = {name: self._reference(col, rows) for name, col in features.items()}
+            numeric = {
+                name: (col[rows], ref)
+                for name, col in features.items()
+                if isinstance(ref := refs[name], NumericReference) and not isinstance(col, _Factor)
+            }
             segments[key] = SegmentReference(
                 count=int(rows.size),
                 rate_per_s=None if duration is None else int(timed[rows].sum()) / duration,
-                features={name: self._reference(col, rows) for name, col in features.items()},
+                features=refs,
                 **outputs.segment(rows, self),
+                reconstruction=fit_reconstruction(
+                    numeric, self.pca_variance, self.pca_max_features
+                ),
             )
         return ReferenceProfile(
             model_id=self.model_id,
@@ -522,6 +551,102 @@ class ProfileBuilder:
             max_categories=self.max_categories,
             max_segment_values=self.max_segment_values,
         )
+
+
+_FOLDS: Final = 5
+
+
+def _eigen(second: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Eigenvalues (clipped at 0) and eigenvectors of a symmetric matrix, largest first."""
+    eig, vec = np.linalg.eigh(second)
+    order = np.argsort(-eig, kind="stable")
+    return np.clip(eig[order], 0.0, None), vec[:, order]
+
+
+def fit_reconstruction(
+    columns: Mapping[str, tuple[NDArray[np.float64], NumericReference]],
+    variance: float = PCA_VARIANCE,
+    max_features: int = PCA_MAX_FEATURES,
+) -> ReconstructionReference | None:
+    """The PCA of a segment's standardised numeric features and its reconstruction error.
+
+    Each feature is standardised with its reference mean and sd (what the window's
+    :class:`~streamproc.sketch.CrossMoments` uses), a null counting as the mean; the
+    components are the leading eigenvectors of ``E[z zᵀ]`` over the rows, as many as keep
+    ``variance`` of its trace (at least one, at most ``d - 1``, so something is left to
+    reconstruct). The reference's error is measured out of sample (5-fold: each row under the
+    PCA of the other rows), as live rows are, since in-sample errors are biased low. The
+    ``max_features`` fullest features (fewest nulls, ties by name) take part, those with a
+    spread only.
+
+    Parameters
+    ----------
+    columns
+        Feature -> (its values over the segment's rows, NaN = null; its reference).
+    variance, max_features
+        As :class:`ProfileBuilder`'s ``pca_variance`` and ``pca_max_features``.
+
+    Returns
+    -------
+    ReconstructionReference or None
+        ``None`` with fewer than two usable features, or fewer than ``max(100, 2 d)`` rows.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((2000, 2))
+    >>> cols = {"a": x[:, 0], "b": 0.8 * x[:, 0] + 0.6 * x[:, 1], "c": x[:, 1]}
+    >>> rec = fit_reconstruction({k: (v, _numeric_reference(v, 10)) for k, v in cols.items()})
+    >>> rec.features, len(rec.components), round(rec.explained, 2), round(rec.error_mean, 2)
+    (['a', 'b', 'c'], 1, 0.66, 1.03)
+    """
+    usable = sorted(
+        (ref.nulls, name)
+        for name, (_, ref) in columns.items()
+        if ref.count >= 2 and ref.mean is not None and ref.std and math.isfinite(ref.std)
+    )
+    names = sorted(name for _, name in usable[:max_features])
+    d = len(names)
+    if d < 2:
+        return None
+    m = int(columns[names[0]][0].size)
+    if m < max(100, 2 * d):
+        return None
+    means = np.array([float(columns[k][1].mean or 0.0) for k in names])
+    stds = np.array([float(columns[k][1].std or 1.0) for k in names])
+    z = standardised(np.stack([columns[k][0] for k in names], axis=1), means, stds) / MV_SCALE
+    eig, vec = _eigen(z.T @ z / m)
+    total = float(eig.sum())
+    if total <= 0:
+        return None
+    share = np.cumsum(eig) / total
+    k = min(int(np.searchsorted(share, variance - 1e-12)) + 1, d - 1)
+    comps = vec[:, :k].T
+    comps *= np.where(comps[np.arange(k), np.abs(comps).argmax(axis=1)] < 0, -1.0, 1.0)[:, None]
+    # The error of rows the PCA was fitted on is biased low (the components follow their
+    # noise); live rows are new ones. So the reference's error is measured out of sample:
+    # each row's error under the k components fitted on the other folds.
+    errors = np.empty(m)
+    folds = np.arange(m) % _FOLDS
+    for f in range(_FOLDS):
+        held = folds == f
+        rest = z[~held]
+        _, fvec = _eigen(rest.T @ rest / rest.shape[0])
+        v = fvec[:, :k].T
+        errors[held] = np.square(z[held]).sum(axis=1) - np.square(z[held] @ v.T).sum(axis=1)
+    mean, sd = float(errors.mean()), float(errors.std(ddof=1))
+    skew = float(np.mean((errors - mean) ** 3) / sd**3) if sd > 0 else 0.0
+    return ReconstructionReference(
+        features=names,
+        means=means.tolist(),
+        stds=stds.tolist(),
+        components=comps.tolist(),
+        explained=float(share[k - 1]),
+        count=m,
+        error_mean=mean,
+        error_std=sd,
+        error_skew=skew,
+    )
 
 
 def _now_iso() -> str:

@@ -37,6 +37,7 @@ __all__ = [
     "CategoricalReference",
     "ColumnReference",
     "NumericReference",
+    "ReconstructionReference",
     "ReferenceProfile",
     "SegmentReference",
     "Task",
@@ -281,6 +282,30 @@ class ClassPerformanceReference(msgspec.Struct, frozen=True, kw_only=True):
     realised: dict[str, list[float]] = {}
 
 
+class ReconstructionReference(msgspec.Struct, frozen=True, kw_only=True):
+    """A segment's PCA of its numeric features, for multivariate drift (data reconstruction).
+
+    A row's numeric features ``features`` are standardised with ``means`` and ``stds`` (the
+    features' own reference moments), nulls and non-numbers set to 0 (the reference mean), and
+    clipped and rounded as :func:`streamproc.aggregate.multivariate.standardised` does; its
+    reconstruction error is the squared distance between that vector ``z`` and its projection
+    on the ``components`` (orthonormal rows, the leading eigenvectors of the reference's
+    ``E[z zᵀ]``, as many as keep ``explained`` of its trace). ``error_mean``, ``error_std`` and
+    ``error_skew`` describe the error over the ``count`` reference rows: a window's mean error
+    is judged against them.
+    """
+
+    features: list[str]
+    means: list[float]
+    stds: list[float]
+    components: list[list[float]]
+    explained: float
+    count: int
+    error_mean: float
+    error_std: float
+    error_skew: float
+
+
 class SegmentReference(msgspec.Struct, frozen=True, kw_only=True):
     """Everything a segment's monitors compare with.
 
@@ -314,6 +339,10 @@ class SegmentReference(msgspec.Struct, frozen=True, kw_only=True):
     mape
         Mean absolute percentage error, ``|prediction - label| / |label|``, over the labelled
         predictions whose label is not zero (regression); ``mape_labelled`` of them.
+    reconstruction
+        The PCA of the numeric features and the reference's reconstruction error, for
+        multivariate drift (``None``: fewer than two usable numeric features or too few
+        rows, or a baseline built before it existed; the check is then skipped).
     """
 
     count: int
@@ -333,6 +362,7 @@ class SegmentReference(msgspec.Struct, frozen=True, kw_only=True):
     rmse: float | None = None
     mape: float | None = None
     mape_labelled: int | None = None
+    reconstruction: ReconstructionReference | None = None
 
     def task_of(self) -> Task:
         """The segment's task: the stored one, else inferred as it was decided before it was
@@ -375,7 +405,9 @@ class SegmentReference(msgspec.Struct, frozen=True, kw_only=True):
         return msgspec.msgpack.encode(fields)
 
 
-_LATER_FIELDS: Final = ("class_performance", "task", "rmse", "mape", "mape_labelled")
+_LATER_FIELDS: Final = (
+    "class_performance", "task", "rmse", "mape", "mape_labelled", "reconstruction",
+)  # fmt: skip
 
 
 class ReferenceProfile(msgspec.Struct, frozen=True, kw_only=True):

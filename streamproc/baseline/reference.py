@@ -44,6 +44,7 @@ from numpy.typing import NDArray
 from streamproc.baseline import (
     CategoricalReference,
     NumericReference,
+    ReconstructionReference,
     SegmentReference,
 )
 from streamproc.errors import StateEncodingError
@@ -72,9 +73,33 @@ def ref_key(prefix: str, fp: str) -> str:
     return f"{prefix}:ref:{fp}"
 
 
+def fingerprint(segment: SegmentReference) -> str:
+    """The hash of a segment's bytes. The fields added after the first format are left out
+    while unset (:meth:`SegmentReference.fingerprint_bytes`), so references stored by older
+    versions keep their fingerprints (partials and judge state in flight name them).
+
+    >>> seg = SegmentReference(count=3)
+    >>> fingerprint(seg) == hashlib.blake2b(seg.fingerprint_bytes(), digest_size=8).hexdigest()
+    True
+    """
+    return hashlib.blake2b(segment.fingerprint_bytes(), digest_size=8).hexdigest()
+
+
 class _Stored(msgspec.Struct, frozen=True, array_like=True):
     origin: str
     segment: SegmentReference
+
+
+@dataclass(frozen=True, eq=False)
+class Reconstruction:
+    """A :class:`~streamproc.baseline.ReconstructionReference` as the arrays the fold and the
+    judge use."""
+
+    ref: ReconstructionReference
+    features: tuple[str, ...]
+    means: NDArray[np.float64]
+    stds: NDArray[np.float64]
+    components: NDArray[np.float64]
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,8 +117,7 @@ class Reference:
     @classmethod
     def of(cls, segment: SegmentReference, origin: Origin) -> Reference:
         """The handle of ``segment``; its fingerprint hashes the segment's bytes (not origin)."""
-        digest = hashlib.blake2b(segment.fingerprint_bytes(), digest_size=8)
-        return cls(digest.hexdigest(), origin, segment)
+        return cls(fingerprint(segment), origin, segment)
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> Reference:
@@ -116,8 +140,13 @@ class Reference:
         if features is None:
             return self
         keep = set(features)
+        rec = self.segment.reconstruction
+        if rec is not None and not keep.issuperset(rec.features):
+            rec = None  # its PCA spans a feature not watched: no multivariate check
         seg = msgspec.structs.replace(
-            self.segment, features={k: v for k, v in self.segment.features.items() if k in keep}
+            self.segment,
+            features={k: v for k, v in self.segment.features.items() if k in keep},
+            reconstruction=rec,
         )
         return Reference.of(seg, self.origin) if seg != self.segment else self
 
@@ -214,6 +243,20 @@ class Reference:
         if self.categorical_prediction is not None:
             return CategoricalSketch()
         return None
+
+    @cached_property
+    def reconstruction(self) -> Reconstruction | None:
+        """The multivariate-drift PCA as arrays, when the reference has one."""
+        rec = self.segment.reconstruction
+        if rec is None or len(rec.features) < 2 or not rec.components:
+            return None
+        return Reconstruction(
+            rec,
+            tuple(rec.features),
+            np.asarray(rec.means, dtype=np.float64),
+            np.asarray(rec.stds, dtype=np.float64),
+            np.asarray(rec.components, dtype=np.float64),
+        )
 
     @property
     def accuracy(self) -> float | None:

@@ -91,6 +91,7 @@ class Alert(msgspec.Struct, kw_only=True, frozen=True):
     kind: Literal[
         "feature_drift",
         "prediction_drift",
+        "multivariate_drift",
         "label_drift",
         "performance",
         "data_quality",

@@ -31,6 +31,7 @@ Severity = Literal["info", "warning", "critical"]
 Kind = Literal[
     "feature_drift",
     "prediction_drift",
+    "multivariate_drift",
     "label_drift",
     "performance",
     "data_quality",

@@ -304,6 +304,60 @@ def _categorical(
     )  # fmt: skip
 
 
+def multivariate(
+    cfg: MonitoringConfig, ref: Reference, window: WindowPartial, n_tests: int, judge: Judge
+) -> Row:
+    """Multivariate drift: the window's mean reconstruction error under the reference's PCA
+    (exact, from its :class:`~streamproc.sketch.CrossMoments`) against the reference's error.
+
+    A change in how features move together (a correlation flips, marginals unchanged) moves
+    the error while every per-feature test stays quiet. Fires when the error's relative change
+    reaches a ``reconstruction_error`` tier and is beyond the sampling band at
+    ``psi_significance / n_tests`` (:func:`~streamproc.judge.stats.mean_band`); skipped for a
+    reference without a PCA (older baselines) or a window under ``min_window_count``.
+    Returns the window's ``metrics.v1`` outputs: ``reconstruction_error`` and the band.
+    """
+    rec, mv = ref.reconstruction, window.mv
+    if not cfg.multivariate or rec is None or mv is None or mv.d != len(rec.features):
+        return {}
+    if mv.n < cfg.min_window_count:
+        return {}
+    r = rec.ref
+    error = mv.reconstruction_error(rec.components)
+    alpha = cfg.psi_significance / n_tests
+    band = stats.mean_band(error, r.error_mean, r.error_std, r.error_skew, mv.n, r.count, alpha)
+    change = error / r.error_mean - 1.0 if r.error_mean > 0 else 0.0
+    tiers = cfg.reconstruction_error
+    sev = severity(abs(change), tiers) if band.p < alpha else None
+    cleared = abs(change) < tiers.clearing() or band.p > 0.01
+    if error >= r.error_mean:
+        threshold = max(band.upper, r.error_mean * (1.0 + tiers.warning))
+    else:
+        threshold = min(band.lower, r.error_mean * (1.0 - tiers.warning))
+    judge(
+        None, "reconstruction_error", "multivariate_drift", sev, cleared, moment(error),
+        moment(threshold),
+        {
+            "window_count": mv.n,
+            "reconstruction_error": round(error, 6),
+            "reference_error_mean": round(r.error_mean, 6),
+            "reference_error_std": round(r.error_std, 6),
+            "relative_change": round(change, 6),
+            "band": [round(band.lower, 6), round(band.upper, 6)],
+            "p": band.p,
+            "features": len(rec.features),
+            "components": len(r.components),
+            "explained_variance": round(r.explained, 4),
+        },
+    )  # fmt: skip
+    return {
+        "reconstruction_error": moment(error),
+        "reconstruction_error_reference": moment(r.error_mean),
+        "reconstruction_error_lower": moment(band.lower),
+        "reconstruction_error_upper": moment(band.upper),
+    }
+
+
 def new_features(
     cfg: MonitoringConfig,
     ref: Reference,

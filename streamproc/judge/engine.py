@@ -722,7 +722,8 @@ class ModelJudge:
             self._observe(seg.version, seg.key, feature, detector, kind, v, emitted_at, out)
 
         n_monitors = max(len(self.segments), 1)
-        n_tests = max(len(ref.numeric) + len(ref.categorical), 1) * n_monitors
+        mv = int(cfg.multivariate and ref.reconstruction is not None)
+        n_tests = max(len(ref.numeric) + len(ref.categorical) + mv, 1) * n_monitors
         rows, agreeing = checks.features(cfg, ref, part, part.count, n_tests, judge)
         firing = [
             k.feature
@@ -748,6 +749,7 @@ class ModelJudge:
                     {"detections_in_window": len(hits), "agreeing_statistics": agree},
                 )  # fmt: skip
         outputs = checks.outputs(cfg, ref, part, win.common, n_monitors, judge)
+        outputs.update(checks.multivariate(cfg, ref, part, n_tests, judge))
         if complete:
             seg.past_counts = checks.volume(cfg, ref, win.common.count, seg.past_counts, judge)
         out.metrics.append(

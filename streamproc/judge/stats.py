@@ -426,6 +426,50 @@ def top1_rate(counts: Mapping[str, int] | ArrayLike) -> float:
 # -- calibration and CBPE ------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class MeanBand:
+    """Where a window's mean of a per-event statistic may fall by sampling alone."""
+
+    p: float  # two-sided: the chance of a window mean at least this far from the reference's
+    lower: float  # the band at the significance asked for
+    upper: float
+
+
+def mean_band(
+    value: float,
+    mean: float,
+    sd: float,
+    skew: float,
+    n: int,
+    ref_n: int,
+    alpha: float,
+) -> MeanBand:
+    """Is a window's mean ``value`` of ``n`` events beyond what sampling gives, for a statistic
+    whose per-event ``mean``, ``sd`` and ``skew`` were measured on ``ref_n`` reference events?
+
+    Under no change, the window mean minus the reference mean has variance
+    ``sd² (1/n + 1/ref_n)`` and third cumulant ``skew sd³ (1/n² - 1/ref_n²)``; a Pearson
+    type III distribution (a shifted gamma) with those three moments gives its two tails
+    (a skewed statistic, like a squared reconstruction error, has a long right tail that a
+    normal band would cut short). The band is centred on the reference mean.
+
+    >>> b = mean_band(1.3, 1.0, 1.0, 2.0, 400, 10_000, 1e-4)
+    >>> round(b.lower, 3), round(b.upper, 3), b.p < 1e-4
+    (0.813, 1.21, True)
+    >>> mean_band(1.05, 1.0, 1.0, 2.0, 400, 10_000, 1e-4).p > 0.1
+    True
+    """
+    var = sd * sd * (1.0 / n + (1.0 / ref_n if ref_n else 0.0))
+    if not var > 0:
+        return MeanBand(0.0 if value != mean else 1.0, mean, mean)
+    scale = math.sqrt(var)
+    third = skew * sd**3 * (1.0 / n**2 - (1.0 / ref_n**2 if ref_n else 0.0))
+    g = max(min(third / scale**3, 10.0), -10.0)
+    dist = sst.pearson3(g, loc=mean, scale=scale)
+    p = float(min(1.0, 2.0 * min(dist.sf(value), dist.cdf(value))))
+    return MeanBand(p, float(dist.ppf(alpha / 2)), float(dist.isf(alpha / 2)))
+
+
 def expected_calibration_error(confidences: ArrayLike, correct: ArrayLike, bins: int = 10) -> float:
     """Expected calibration error over ``bins`` equal-width, right-closed confidence bins.
 

@@ -601,8 +601,8 @@ class JudgeStage:
         counts: dict[tuple[str, str], int] = defaultdict(int)
         for key, severity in judge.tracker.firing():
             counts[(key.kind, severity)] += 1
-        for kind in ("feature_drift", "prediction_drift", "label_drift", "performance",
-                     "data_quality", "volume"):  # fmt: skip
+        for kind in ("feature_drift", "multivariate_drift", "prediction_drift", "label_drift",
+                     "performance", "data_quality", "volume"):  # fmt: skip
             for severity in ("info", "warning", "critical"):
                 g.alerts_firing.labels(model=model, kind=kind, severity=severity).set(
                     counts.get((kind, severity), 0)

@@ -22,13 +22,14 @@ SPN1   :class:`NumericSketch`   bin edges, histogram, moments, range
 SPC1   :class:`CategoricalSketch`  category counts, overflow, nulls
 SPQ1   :class:`QuantileSketch`  log-bucket counts (DDSketch-style)
 SPE1   :class:`CalibrationSketch`  per-confidence-bin count and sums
+SPX1   :class:`CrossMoments`    count, sum and cross products of fixed-point rows
 =====  ======================  ======================================
 
 Modules
 -------
 ``codec`` holds the versioned envelope (:func:`pack_state`, :func:`unpack_state`) and the array
-helpers; ``numeric``, ``categorical``, ``quantile`` and ``calibration`` one sketch each, with
-its bin edges. Import the names from ``streamproc.sketch``.
+helpers; ``numeric``, ``categorical``, ``quantile``, ``calibration`` and ``moments`` one
+sketch each, with its bin edges. Import the names from ``streamproc.sketch``.
 
 Examples
 --------
@@ -50,17 +51,22 @@ True
 from streamproc.sketch.calibration import CalibrationSketch, calibration_edges
 from streamproc.sketch.categorical import OTHER, CategoricalSketch
 from streamproc.sketch.codec import pack_state, unpack_state
+from streamproc.sketch.moments import MV_SCALE, MV_Z_CLIP, CrossMoments, standardised
 from streamproc.sketch.numeric import NumericSketch, reference_edges
 from streamproc.sketch.quantile import QuantileSketch
 
 __all__ = [
+    "MV_SCALE",
+    "MV_Z_CLIP",
     "OTHER",
     "CalibrationSketch",
     "CategoricalSketch",
+    "CrossMoments",
     "NumericSketch",
     "QuantileSketch",
     "calibration_edges",
     "pack_state",
     "reference_edges",
+    "standardised",
     "unpack_state",
 ]

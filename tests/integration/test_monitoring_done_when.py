@@ -262,7 +262,8 @@ def run_workload(cfg: Config, tmp_path: Path, spec: WorkloadSpec, n_events: int)
 
 # Which (kind, detector) a change can cause; None = any detector of that kind.
 CAUSES: dict[type[Change], set[tuple[str, str | None]]] = {
-    MeanShift: {("feature_drift", None)},
+    # a shifted feature moves the joint distribution too: the reconstruction error may see it
+    MeanShift: {("feature_drift", None), ("multivariate_drift", None)},
     NewCategory: {("feature_drift", "psi"), ("data_quality", "new_category")},
     NullBurst: {("data_quality", "null_rate")},
     SegmentSilence: {("volume", "volume_drop")},
@@ -302,7 +303,8 @@ def explains(truth: Injection, alert: dict[str, Any], effect_end: float) -> bool
         for kind, detector in CAUSES[type(change)]
     ):
         return False
-    if alert["feature"] != truth.feature or not overlaps(alert["segment"], truth.segment):
+    feature = truth.feature if alert["kind"] != "multivariate_drift" else None  # no feature
+    if alert["feature"] != feature or not overlaps(alert["segment"], truth.segment):
         return False
     assert truth.first_affected_time is not None
     start, end = _epoch_s(alert["window"]["start"]), _epoch_s(alert["window"]["end"])

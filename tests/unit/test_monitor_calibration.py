@@ -7,7 +7,9 @@ nothing fires; the 10^6-event figure is measured by running this module::
 
     .venv/bin/python -m tests.unit.test_monitor_calibration --events 1000000
 
-which prints the firing alerts and the raw detector detections, by detector.
+which prints the firing alerts and the raw detector detections, by detector. With the
+multivariate-drift check on (every segment of the synthetic baseline has a PCA of its 20
+numeric features): 0 firing alerts and 0 raw detections at 10^6 events, seeds 7 and 11.
 """
 
 from __future__ import annotations
