@@ -97,11 +97,6 @@ ana = ana.merge(tgt, on="id") if "y_true" not in ana.columns else ana
 ref.to_csv(f"{out}/{name}-reference.csv", index=False)
 ana.to_csv(f"{out}/{name}-analysis.csv", index=False)
 feats = spec["features"]
-# pandas' Arrow-backed strings break DLE's model fit: plain categories instead
-for frame in (ref, ana):
-    for c in feats:
-        if frame[c].dtype.kind not in "biufcM":
-            frame[c] = frame[c].astype(object).astype("category")
 res = {"chunks": [], "metrics": spec["metrics"]}
 uni = nml.UnivariateDriftCalculator(column_names=feats, chunk_size=chunk).fit(ref)
 u = uni.calculate(ana).filter(period="analysis").to_df()
@@ -234,7 +229,7 @@ def active(alerts: Sequence[dict[str, Any]], starts: Sequence[str]) -> list[dict
     for a in alerts:
         if a["segment"] != {}:
             continue
-        subject = a["feature"] or a["detector"]
+        subject = a["feature"] or f"{a['kind']}/{a['detector']}"
         key = (subject, a["detector"])
         sev = a["severity"] if a["status"] == "firing" else None
         episodes.setdefault(key, []).append((a["window"]["start"], sev))
@@ -302,7 +297,7 @@ def run_streamproc(
         row: dict[str, Any] = {
             "flagged": sorted(f for f in firing if f in features),
             "severity": {f: sev for f, sev in firing.items() if f in features},
-            "multivariate_drift": "multivariate_drift" in firing,
+            "multivariate_drift": any(f.startswith("multivariate_drift/") for f in firing),
             "reconstruction_error": next(
                 (r["outputs"].get("reconstruction_error") for r in recs if r.get("outputs")), None
             ),
