@@ -81,6 +81,7 @@ class TopicsConfig(_Section):
     alerts: str = "alerts"
     metrics: str = "metrics"
     deadletter: str = "deadletter"
+    incidents: str = "incidents"
 
 
 class WorkerConfig(_Section):

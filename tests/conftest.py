@@ -95,7 +95,7 @@ def config_for(endpoints: Endpoints, unique: str) -> Config:
         "STREAMPROC_REDIS_KEY_PREFIX": f"t-{unique}",
         "STREAMPROC_WORKER_APP_ID": f"t-{unique}",
     }
-    for role in ("predictions", "labels", "alerts", "metrics", "deadletter"):
+    for role in ("predictions", "labels", "alerts", "incidents", "metrics", "deadletter"):
         env[f"STREAMPROC_TOPICS_{role.upper()}"] = f"t-{unique}-{role}"
     return load_config(env=env)
 

@@ -22,12 +22,16 @@ __all__ = [
     "DeadLetterError",
     "EventTime",
     "FeatureValue",
+    "Incident",
+    "IncidentCause",
+    "IncidentMember",
     "Label",
     "MetricBand",
     "MetricsRecord",
     "NonEmptyStr",
     "NonNegative",
     "Prediction",
+    "RootCause",
     "Scalar",
     "Source",
     "Unit",
@@ -164,6 +168,80 @@ class MetricsRecord(msgspec.Struct, kw_only=True, frozen=True):
     class_performance: ClassPerformance | None = None
 
 
+class IncidentCause(msgspec.Struct, frozen=True):
+    """What an incident is about: a feature, or one of the model's signals.
+
+    ``signal`` is ``feature`` (``feature`` names it: drift, nulls, new categories of it),
+    ``performance`` (accuracy, error, calibration), ``volume``, ``prediction`` (the output
+    distribution), ``label`` (the label distribution) or ``multivariate`` (the joint
+    distribution of the features, no single feature moving) or ``latency`` (the serving
+    latency SLO).
+    """
+
+    signal: Literal[
+        "feature", "performance", "volume", "prediction", "label", "multivariate", "latency"
+    ]
+    feature: str | None = None
+
+
+class IncidentMember(msgspec.Struct, kw_only=True, frozen=True):
+    """One alert of an incident, as on the alerts topic (its latest state)."""
+
+    alert_id: str
+    status: Literal["firing", "resolved"]
+    severity: Literal["info", "warning", "critical"]
+    kind: str
+    detector: str
+    feature: str | None
+    segment: dict[str, str]
+    window: Window
+    source: Source
+
+
+class RootCause(msgspec.Struct, kw_only=True, frozen=True):
+    """Where the change is: the most specific segment that explains what the others show.
+
+    ``segment`` is ``{}`` for all traffic, or one value per dimension the change is confined to
+    (``{"country": "DE", "device": "ios"}`` when it is in DE's iOS traffic only). ``strength``
+    gives, per monitored segment, how far its windowed statistics went past their thresholds
+    (mean over the incident's windows, 1 = at the threshold), the evidence the root was chosen
+    from; ``summary`` says it in one line.
+    """
+
+    segment: dict[str, str]
+    summary: str
+    strength: dict[str, float]
+
+
+class Incident(msgspec.Struct, kw_only=True, frozen=True):
+    """One root cause of one model, with every alert it explains, on the incidents topic.
+
+    Firing alerts of a model version that overlap in time are grouped by cause: the same
+    feature across detectors, severities and segments; the model's performance; its volume.
+    ``opened`` when the first of them fires, ``updated`` when a member joins, escalates or
+    resolves, or the root cause gets more specific, ``resolved`` when the last member resolves.
+    ``incident_id`` is derived from the cause and its first alert, ``event_id`` from the
+    incident and its revision: a restart or a replay of the same offsets gives the same ids.
+    """
+
+    schema: Literal["incident.v1"] = "incident.v1"
+    event_id: NonEmptyStr
+    incident_id: NonEmptyStr
+    revision: int
+    status: Literal["opened", "updated", "resolved"]
+    reason: str
+    severity: Literal["info", "warning", "critical"]
+    model_id: str
+    model_version: str
+    cause: IncidentCause
+    root_cause: RootCause
+    started_at: str
+    leading: IncidentMember
+    members: list[IncidentMember]
+    updated_at: str
+    emitted_at: str
+
+
 class DeadLetterError(msgspec.Struct, frozen=True):
     code: str
     message: str
@@ -189,6 +267,7 @@ SCHEMAS: dict[str, type[msgspec.Struct]] = {
     "alert.v1": Alert,
     "metrics.v1": MetricsRecord,
     "deadletter.v1": DeadLetter,
+    "incident.v1": Incident,
 }
 
 _DESCRIPTIONS = {
@@ -200,6 +279,8 @@ _DESCRIPTIONS = {
     "alert.v1": "A drift, quality, volume or performance alert on the alerts topic.",
     "metrics.v1": "One summary per monitor and closed event-time window on the metrics topic.",
     "deadletter.v1": "A rejected message or batch element with its original bytes and reason.",
+    "incident.v1": "One root cause of one model (a feature, its performance or its volume) "
+    "with every alert it explains, on the incidents topic.",
 }
 
 

@@ -61,7 +61,7 @@ def _demo_config(base: Config, run: str) -> tuple[Config, dict[str, str]]:
         "STREAMPROC_MONITORING_TICK_S": "2",
         "STREAMPROC_MONITORING_LATENESS_S": "5",
     }
-    for role in ("predictions", "labels", "alerts", "metrics", "deadletter"):
+    for role in ("predictions", "labels", "alerts", "incidents", "metrics", "deadletter"):
         env[f"STREAMPROC_TOPICS_{role.upper()}"] = f"demo-{run}-{role}"
     return load_config(env=env), env
 
@@ -144,7 +144,7 @@ def _cleanup(cfg: Config) -> None:
 
     from streamproc.publish.sources import partials_topic
 
-    roles = ("predictions", "labels", "alerts", "metrics", "deadletter")
+    roles = ("predictions", "labels", "alerts", "incidents", "metrics", "deadletter")
     names = [getattr(cfg.topics, r) for r in roles] + [partials_topic(cfg)]
     with contextlib.suppress(Exception):
         for fut in AdminClient(cfg.kafka.librdkafka()).delete_topics(names).values():

@@ -2,8 +2,9 @@
 
 What is stored: the reference timeline (fingerprints only: references themselves live in Redis
 by fingerprint), the tick summaries and window partials not closed yet, detectors, warm-up
-samples, which segment values have monitors, and the alert tracker. Settings that shape the
-state (window, tick, lateness) are stored with it.
+samples, which segment values have monitors, the alert tracker and the open incidents (an
+older checkpoint without them restores with none open). Settings that shape the state (window,
+tick, lateness) are stored with it.
 
 :func:`restore` never raises on a checkpoint it cannot use: one of another format (``SPM1`` and
 ``SPM2`` were the single-process engine's, ``SPM3`` held tick partials), another code version,
@@ -32,6 +33,7 @@ from streamproc.config import MonitoringConfig
 from streamproc.errors import StateEncodingError
 from streamproc.judge.alerts import AlertTracker
 from streamproc.judge.detectors import ADWINDetector, PageHinkleyDetector
+from streamproc.judge.incidents import IncidentBook
 from streamproc.judge.engine import (
     DetectorPair,
     ModelJudge,
@@ -100,6 +102,7 @@ class _JudgeStored(msgspec.Struct, array_like=True):
     late_partials: int
     duplicate_partials: int
     pending_baselines: dict[str, _PendingStored] = {}
+    incidents: bytes = b""
 
 
 _ENC = msgspec.msgpack.Encoder()
@@ -199,6 +202,7 @@ def to_bytes(j: ModelJudge, cells: bool = True) -> bytes:
             v: _PendingStored(p.stamp, p.created_at, p.refs, p.dims, p.generation)
             for v, p in j.pending_baselines.items()
         },
+        j.incidents.to_bytes(),
     )
     return MAGIC + _ENC.encode(stored)
 
@@ -288,6 +292,7 @@ def _restore(s: _JudgeStored, j: ModelJudge) -> ModelJudge:
         )
         j.outcome_segments[(so.version, so.key)] = oseg
     j.tracker = AlertTracker.from_bytes(s.tracker)
+    j.incidents = IncidentBook.from_bytes(j.model_id, s.incidents)
     j.late_partials, j.duplicate_partials = s.late_partials, s.duplicate_partials
     j.pending_baselines = {
         v: PendingBaseline(p.stamp, p.created_at, dict(p.refs), list(p.dims), p.generation)

@@ -53,10 +53,11 @@ from streamproc.aggregate.partials import (
 from streamproc.aggregate.wire import PartialsMessage
 from streamproc.baseline.reference import Reference, ReferenceCache
 from streamproc.config import MonitoringConfig
-from streamproc.contracts import Alert, MetricsRecord, Window
+from streamproc.contracts import Alert, Incident, MetricsRecord, Window
 from streamproc.judge import checks
 from streamproc.judge.alerts import AlertKey, AlertTracker, Kind, Severity, Verdict, iso
 from streamproc.judge.detectors import ADWINDetector, PageHinkleyDetector
+from streamproc.judge.incidents import IncidentBook
 from streamproc.judge.progress import Bounds
 from streamproc.judge.timeline import ReferenceTimeline
 from streamproc.sketch import OTHER
@@ -93,6 +94,7 @@ class Output:
     """What one :meth:`ModelJudge.advance` emitted."""
 
     alerts: list[Alert] = field(default_factory=list)
+    incidents: list[Incident] = field(default_factory=list)
     metrics: list[MetricsRecord] = field(default_factory=list)
     detections: list[tuple[str, str, str]] = field(default_factory=list)  # detector, seg, feat
     references: list[tuple[str, str, Reference]] = field(default_factory=list)  # warm-ups
@@ -100,6 +102,7 @@ class Output:
 
     def extend(self, other: Output) -> None:
         self.alerts += other.alerts
+        self.incidents += other.incidents
         self.metrics += other.metrics
         self.detections += other.detections
         self.references += other.references
@@ -216,6 +219,7 @@ class ModelJudge:
         self.outcome_segments: dict[tuple[str, str], OutcomeSegment] = {}
         self.known_values: dict[str, dict[str, float]] = {}  # dim -> value -> admitted at
         self.tracker = AlertTracker(cfg.clear_windows)
+        self.incidents = IncidentBook(model_id)
         self.late_partials = 0
         self.duplicate_partials = 0
         self.empty_run = 0
@@ -424,6 +428,7 @@ class ModelJudge:
             items.append((w + window_s, 1, w))
         items += [(end, 3, end - window_s) for end in self.pending_outcome_windows if end <= b_o]
         for end, kind, start in sorted(items):
+            first = len(out.alerts)
             if kind == 0:
                 self._close_tick(start, emitted_at, out)
             elif kind == 1:
@@ -433,6 +438,7 @@ class ModelJudge:
                 self._close_outcome_tick(start, emitted_at, out)
             else:
                 self._close_outcome_window(start, emitted_at, out)
+            out.incidents += self.incidents.step(out.alerts[first:], end, emitted_at)
         if b_p > self.closed_until and b_p < math.inf:
             self.closed_until = b_p
         if b_o > self.outcome_closed_until and b_o < math.inf:
@@ -621,6 +627,7 @@ class ModelJudge:
             self.model_id, version, tuple(sorted(segment_of(key).items())), feature, detector,
             kind,
         )  # fmt: skip
+        self.incidents.verdict(akey, verdict)
         out.alerts.extend(self.tracker.observe(akey, verdict, self.topic, emitted_at))
 
     def _close_window(self, w: float, emitted_at: str, out: Output, complete: bool) -> None:

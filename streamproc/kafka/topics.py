@@ -17,7 +17,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from streamproc.config import Config
 from streamproc.errors import TopicError
 
-ROLES = ("predictions", "labels", "alerts", "metrics", "deadletter")
+ROLES = ("predictions", "labels", "alerts", "incidents", "metrics", "deadletter")
 
 
 @dataclass(frozen=True)

@@ -396,11 +396,10 @@ class JudgeStage:
                         "model %s version %s segment %s: warm-up reference built from its "
                         "first windows", model, version, key,
                     )  # fmt: skip
-        alerts = [a for out in outputs.values() for a in out.alerts]
+        ids = [a.alert_id for out in outputs.values() for a in out.alerts]
+        ids += [i.event_id for out in outputs.values() for i in out.incidents]
         seen = await retry(
-            lambda: published_before(self.client, self.keys, [a.alert_id for a in alerts]),
-            "redis",
-            self.metrics,
+            lambda: published_before(self.client, self.keys, ids), "redis", self.metrics
         )
         cfg = self.cfg
         for model, out in outputs.items():
@@ -409,8 +408,13 @@ class JudgeStage:
             outbox[k] += [
                 (cfg.topics.alerts, key, encode(a)) for a in out.alerts if a.alert_id not in seen
             ]
+            outbox[k] += [
+                (cfg.topics.incidents, key, encode(i))
+                for i in out.incidents
+                if i.event_id not in seen
+            ]
             outbox[k] += [(cfg.topics.metrics, key, encode(r)) for r in out.metrics]
-        alert_ids = [msgspec.json.decode(r[2])["alert_id"] for r in _alerts_of(outbox, cfg)]
+        alert_ids = [_id_of(r) for r in _alerts_of(outbox, cfg)]
         new_refs = [ref for out in outputs.values() for _, _, ref in out.references]
         if new_refs:
             await retry(
@@ -427,7 +431,7 @@ class JudgeStage:
             parked = defaultdict(
                 list, {m: b for m, b in parked.items() if self._owner(m) not in revoked}
             )
-            alert_ids = [msgspec.json.decode(r[2])["alert_id"] for r in _alerts_of(outbox, cfg)]
+            alert_ids = [_id_of(r) for r in _alerts_of(outbox, cfg)]
         held_judges = {
             m: self.judges[m]
             for k in touched
@@ -475,7 +479,7 @@ class JudgeStage:
                 partitions = {k: b for k, b in partitions.items() if k not in lost}
                 outbox = defaultdict(list, {k: r for k, r in outbox.items() if k not in lost})
                 outputs = {m: o for m, o in outputs.items() if m not in gone}
-                alert_ids = [msgspec.json.decode(r[2])["alert_id"] for r in _alerts_of(outbox, cfg)]
+                alert_ids = [_id_of(r) for r in _alerts_of(outbox, cfg)]
         await retry(
             lambda: publish_outbox(self.client, self.keys, self.output, outbox),
             "kafka",
@@ -607,6 +611,11 @@ class JudgeStage:
                 g.alerts_firing.labels(model=model, kind=kind, severity=severity).set(
                     counts.get((kind, severity), 0)
                 )
+        open_by: dict[str, int] = defaultdict(int)
+        for inc in judge.incidents.firing():
+            open_by[inc.severity] += 1
+        for severity in ("info", "warning", "critical"):
+            g.incidents_open.labels(model=model, severity=severity).set(open_by.get(severity, 0))
         g.monitors.set(sum(len(j.segments) for j in self.judges.values()))
 
     def _owner(self, model: str) -> int:
@@ -653,7 +662,14 @@ def top_features(rows: Mapping[str, Mapping[str, Any]], k: int) -> list[str]:
 
 
 def _alerts_of(outbox: Mapping[int, Sequence[Record]], cfg: Config) -> list[Record]:
-    return [r for records in outbox.values() for r in records if r[0] == cfg.topics.alerts]
+    """The alerts and incident events of ``outbox``: what is published once, by id."""
+    once = (cfg.topics.alerts, cfg.topics.incidents)
+    return [r for records in outbox.values() for r in records if r[0] in once]
+
+
+def _id_of(record: Record) -> str:
+    fields = msgspec.json.decode(record[2])
+    return str(fields.get("alert_id") or fields["event_id"])
 
 
 def _timeline_bytes(judge: ModelJudge) -> bytes:

@@ -31,7 +31,7 @@ from streamproc.baseline import ReferenceProfile
 from streamproc.baseline.reference import ReferenceCache, references_of
 from streamproc.baseline.store import stamp_of
 from streamproc.config import Config
-from streamproc.contracts import Alert, MetricsRecord
+from streamproc.contracts import Alert, Incident, MetricsRecord
 from streamproc.errors import StateEncodingError
 from streamproc.ingest.ingestor import Ingestor, Observed, RawMessage
 from streamproc.ingest.join import Joined
@@ -102,6 +102,7 @@ class InProcessPipeline:
         self.emitted_at = emitted_at
         self.on_window: Hook | None = None
         self.alerts: list[Alert] = []
+        self.incidents: list[Incident] = []
         self.records: list[MetricsRecord] = []
         self.detections: list[tuple[str, str, str, str]] = []
         self.idle_sources: set[str] = set()
@@ -238,6 +239,7 @@ class InProcessPipeline:
         for model in sorted(self.judges):
             out = self.judges[model].advance(bounds, self.emitted_at(), final)
             self.alerts += out.alerts
+            self.incidents += out.incidents
             self.records += out.metrics
             self.detections += [(model, *d) for d in out.detections]
             total.extend(out)

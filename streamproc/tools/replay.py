@@ -1022,6 +1022,7 @@ def check_publish_topic(cfg: Config, topic: str) -> None:
     """
     live = {
         cfg.topics.alerts: "alerts",
+        cfg.topics.incidents: "incidents",
         cfg.topics.metrics: "metrics",
         cfg.topics.predictions: "predictions",
         cfg.topics.labels: "labels",

@@ -108,6 +108,11 @@ class WorkerMetrics:
             "streamproc_alerts_firing", "Alerts currently firing", ["model", "kind", "severity"],
             registry=r,
         )  # fmt: skip
+        self.incidents_open = Gauge(
+            "streamproc_incidents_open",
+            "Incidents open (one per root cause: a feature, performance or volume of a model)",
+            ["model", "severity"], registry=r,
+        )  # fmt: skip
         self.detections = Counter(
             "streamproc_detector_detections", "Drift detections by River detectors",
             ["model", "detector", "segment"], registry=r,

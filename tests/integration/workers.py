@@ -37,7 +37,7 @@ def config_env(cfg: Config, **extra: str) -> dict[str, str]:
             "STREAMPROC_WORKER_APP_ID": cfg.worker.app_id,
         }
     )
-    for role in ("predictions", "labels", "alerts", "metrics", "deadletter"):
+    for role in ("predictions", "labels", "alerts", "incidents", "metrics", "deadletter"):
         env[f"STREAMPROC_TOPICS_{role.upper()}"] = getattr(cfg.topics, role)
     env.update(extra)
     return env
@@ -400,7 +400,7 @@ def worker_topics(cfg: Config) -> list[str]:
         names = consumer.list_topics(timeout=10).topics
     finally:
         consumer.close()
-    outputs = {cfg.topics.alerts, cfg.topics.metrics, cfg.topics.deadletter}
+    outputs = {cfg.topics.alerts, cfg.topics.incidents, cfg.topics.metrics, cfg.topics.deadletter}
     inputs = [cfg.topics.predictions, cfg.topics.labels]
     internal = sorted(
         t
