@@ -33,7 +33,6 @@ from streamproc.config import MonitoringConfig
 from streamproc.errors import StateEncodingError
 from streamproc.judge.alerts import AlertTracker
 from streamproc.judge.detectors import ADWINDetector, PageHinkleyDetector
-from streamproc.judge.incidents import IncidentBook
 from streamproc.judge.engine import (
     DetectorPair,
     ModelJudge,
@@ -41,6 +40,7 @@ from streamproc.judge.engine import (
     PendingBaseline,
     Segment,
 )
+from streamproc.judge.incidents import IncidentBook
 from streamproc.judge.timeline import ReferenceTimeline, TimelineState
 
 MAGIC: Final = b"SPM4"
