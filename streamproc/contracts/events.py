@@ -219,7 +219,7 @@ class Incident(msgspec.Struct, kw_only=True, frozen=True):
     Firing alerts of a model version that overlap in time are grouped by cause: the same
     feature across detectors, severities and segments; the model's performance; its volume.
     ``opened`` when the first of them fires, ``updated`` when a member joins, escalates or
-    resolves, or the root cause gets more specific, ``resolved`` when the last member resolves.
+    fires again, or the root cause gets more specific, ``resolved`` when the last member resolves.
     ``incident_id`` is derived from the cause and its first alert, ``event_id`` from the
     incident and its revision: a restart or a replay of the same offsets gives the same ids.
     """

@@ -70,6 +70,8 @@ _RANK: Final = {"info": 1, "warning": 2, "critical": 3}
 _TICK_DETECTORS: Final = frozenset({"adwin", "page_hinkley", "adwin_error"})
 """Detectors judged per tick: they join incidents, but have no window strength."""
 _ALL: Final = "all"
+_EXPLAINED: Final = {"prediction": "feature", "multivariate": "feature", "label": "performance"}
+"""Signals another incident's cause may explain: they join an open incident of that signal."""
 
 
 def cause_of(kind: str, feature: str | None) -> tuple[str, str | None]:
@@ -203,8 +205,9 @@ class IncidentBook:
             return []
         changed: dict[str, list[str]] = {}  # incident id -> reasons, in order
         opened: set[str] = set()
-        by_id = {inc.incident_id: inc for inc in self.open}
-        for alert in alerts:
+        # what a feature or the performance explains joins after those have opened
+        ordered = sorted(alerts, key=lambda a: cause_of(a.kind, a.feature)[0] in _EXPLAINED)
+        for alert in ordered:
             key = _key(alert)
             if alert.status == "resolved":
                 for inc in self.open:
@@ -216,7 +219,6 @@ class IncidentBook:
             inc = self._home(alert)
             if inc is None:
                 inc = self._open(alert)
-                by_id[inc.incident_id] = inc
                 opened.add(inc.incident_id)
                 changed[inc.incident_id] = ["opened by " + _what(alert)]
                 continue
@@ -259,9 +261,8 @@ class IncidentBook:
                 continue
             if inc.incident_id in opened:
                 out.append(self._event(inc, "opened", reasons[0], t, emitted_at))
-            elif [r for r in reasons if not r.startswith("fired again")]:
-                text = "; ".join(r for r in reasons if not r.startswith("fired again"))
-                out.append(self._event(inc, "updated", text, t, emitted_at))
+            elif reasons:
+                out.append(self._event(inc, "updated", "; ".join(reasons), t, emitted_at))
         self.open = still
         return out
 
@@ -271,7 +272,7 @@ class IncidentBook:
         for inc in self.open:
             if (inc.version, inc.signal, inc.feature) == (alert.model_version, signal, feature):
                 return inc
-        host = {"prediction": "feature", "multivariate": "feature", "label": "performance"}
+        host = _EXPLAINED
         if signal not in host:
             return None
         k = segment_key(sorted(alert.segment.items()))

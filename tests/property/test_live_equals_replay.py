@@ -9,8 +9,8 @@ from the last committed offsets); silence (traffic stops, the worker catches up,
 passes); a new model version. Kafka is a list per partition here: the stages produce to it
 and read from it as Faust would hand them batches.
 
-Invariants: no exception escapes; no alert id is published twice; and at the end the alerts
-published equal those of an in-process replay (:class:`~streamproc.tools.inprocess.
+Invariants: no exception escapes; no alert id or incident event id is published twice; and at
+the end the alerts and the incident events published equal those of an in-process replay (:class:`~streamproc.tools.inprocess.
 InProcessPipeline`) of the same records, fed in record-time order, with the reference timeline
 the live judges decided (which baseline judges which window), field for field but
 ``emitted_at``.
@@ -119,7 +119,8 @@ class LogOutput:
             for topic, partition, value in queued:
                 self.live.deliver(topic, partition, value)
         if crash:
-            if delivered and any(t == self.live.cfg.topics.alerts for t, _, _ in queued):
+            once = (self.live.cfg.topics.alerts, self.live.cfg.topics.incidents)
+            if delivered and any(t in once for t, _, _ in queued):
                 # Killed after Kafka took the alerts, before the outbox was deleted: the next
                 # process publishes the outbox again (at-least-once, same ids, same content).
                 self.live.may_repeat = True
@@ -143,6 +144,7 @@ class Live:
         self.read = dict(self.committed)  # what the current process has read (not committed)
         self.join = MemoryJoin()  # Redis: survives every process
         self.alerts: list[dict[str, Any]] = []
+        self.incidents: list[dict[str, Any]] = []
         self.wall = 1_700_000_000.0
         self.crash_at: str | None = None
         self.may_repeat = False
@@ -156,6 +158,9 @@ class Live:
     def deliver(self, topic: str, partition: int | None, value: bytes) -> None:
         if topic == self.cfg.topics.alerts:
             self.alerts.append(orjson.loads(value))
+            return
+        if topic == self.cfg.topics.incidents:
+            self.incidents.append(orjson.loads(value))
             return
         if topic in (self.cfg.topics.metrics, self.cfg.topics.deadletter):
             return
@@ -404,14 +409,21 @@ class LiveEqualsReplay(RuleBasedStateMachine):
             assert all(len(c) == 1 for c in contents.values()), "an alert id changed content"
             if not live.may_repeat:
                 assert len(live.alerts) == len(contents), "an alert id was published twice"
-            replayed = self.replay()
+            for i in live.incidents:
+                contents.setdefault(i["event_id"], set()).add(_comparable(i))
+            assert all(len(c) == 1 for c in contents.values()), "an incident event changed"
+            if not live.may_repeat:
+                n = len(live.alerts) + len(live.incidents)
+                assert n == len(contents), "an incident event was published twice"
+            replayed, replayed_incidents = self.replay()
             got = sorted({_comparable(a) for a in live.alerts})
             assert got == replayed
+            assert sorted({_comparable(i) for i in live.incidents}) == replayed_incidents
         finally:
             live.run(live.client.aclose())
             live.loop.close()
 
-    def replay(self) -> list[bytes]:
+    def replay(self) -> tuple[list[bytes], list[bytes]]:
         """The same records through one in-process pipeline, in record-time order, with the
         live judges' timelines and the same silences."""
         live, cfg = self.live, self.cfg
@@ -436,7 +448,10 @@ class LiveEqualsReplay(RuleBasedStateMachine):
             pipe.feed_sync(topic, [RawMessage(live.logs[topic].name, p, o, None, v, ts)])
         for s in silences:
             pipe.idle(s)
-        return sorted(_comparable(msgspec.to_builtins(a)) for a in pipe.alerts)
+        return (
+            sorted(_comparable(msgspec.to_builtins(a)) for a in pipe.alerts),
+            sorted(_comparable(msgspec.to_builtins(i)) for i in pipe.incidents),
+        )
 
 
 def _comparable(alert: dict[str, Any]) -> bytes:
