@@ -63,6 +63,7 @@ def _produce_workload(cfg: Config) -> int:
 
 
 def _run(cfg: Config, tmp_path: Path, workers: int) -> list[dict]:
+    """The alerts of the workload through ``workers`` workers (incidents: :func:`_incidents`)."""
     topics.apply(cfg, topics.load_topics(cfg))
     _store_baseline(cfg)
     procs = [WorkerProcess(cfg, tmp_path, **MONITOR_ENV) for _ in range(workers)]
@@ -79,6 +80,22 @@ def _run(cfg: Config, tmp_path: Path, workers: int) -> list[dict]:
             w.stop()
     alerts = [orjson.loads(m.value()) for m in consume_all(cfg, cfg.topics.alerts, 10_000, 10)]
     return alerts
+
+
+def _incidents(cfg: Config) -> list[dict]:
+    return [orjson.loads(m.value()) for m in consume_all(cfg, cfg.topics.incidents, 10_000, 5)]
+
+
+def _comparable_incidents(events: list[dict]) -> list[str]:
+    """Incident events without what differs between runs on other topics (``emitted_at``, the
+    members' ``source`` topic names)."""
+    out = []
+    for e in events:
+        e = {k: v for k, v in e.items() if k != "emitted_at"}
+        e["members"] = [{k: v for k, v in m.items() if k != "source"} for m in e["members"]]
+        e["leading"] = {k: v for k, v in e["leading"].items() if k != "source"}
+        out.append(json.dumps(e, sort_keys=True))
+    return sorted(out)
 
 
 def test_shift_in_one_segment_alerts_there_only_and_resolves(
@@ -98,6 +115,24 @@ def test_shift_in_one_segment_alerts_there_only_and_resolves(
         text = json.dumps(a)
         assert "prediction_id" not in text and "-0000" not in text  # no ids leak into alerts
     assert len({a["alert_id"] for a in alerts}) == len(alerts), "an alert was published twice"
+    # on-call is paged once: one incident, rooted at the shifted segment and feature, whose
+    # members are every firing alert
+    incidents = _incidents(config)
+    by_id: dict[str, list[dict]] = {}
+    for e in incidents:
+        by_id.setdefault(e["incident_id"], []).append(e)
+    assert len(by_id) == 1, [e["root_cause"]["summary"] for e in incidents]
+    (events,) = by_id.values()
+    last = max(events, key=lambda e: e["revision"])
+    assert (last["cause"], last["root_cause"]["segment"]) == (
+        {"signal": "feature", "feature": "f03"},
+        {"country": "DE"},
+    )
+    assert [e["status"] for e in events].count("opened") == 1 and events[0]["status"] == "opened"
+    if last["status"] == "resolved":
+        assert all(m["status"] == "resolved" for m in last["members"])
+    assert {m["alert_id"] for e in events for m in e["members"]} >= {a["alert_id"] for a in firing}
+    assert len({e["event_id"] for e in incidents}) == len(incidents)
 
 
 def test_one_and_two_workers_publish_the_same_alerts(endpoints: object, tmp_path: Path) -> None:
@@ -108,8 +143,9 @@ def test_one_and_two_workers_publish_the_same_alerts(endpoints: object, tmp_path
     def cfg_for(tag: str) -> Config:
         return config_for(endpoints, f"{uuid.uuid4().hex[:8]}-{tag}")
 
-    one = _run(cfg_for("one"), tmp_path, workers=1)
-    two = _run(cfg_for("two"), tmp_path, workers=2)
+    cfg_one, cfg_two = cfg_for("one"), cfg_for("two")
+    one = _run(cfg_one, tmp_path, workers=1)
+    two = _run(cfg_two, tmp_path, workers=2)
 
     def comparable(alerts: list[dict]) -> list[str]:
         keep = []
@@ -123,6 +159,9 @@ def test_one_and_two_workers_publish_the_same_alerts(endpoints: object, tmp_path
     only_one = [x[:400] for x in a if x not in b]
     only_two = [x[:400] for x in b if x not in a]
     assert a == b, f"only with one worker: {only_one}\nonly with two: {only_two}"
+    incidents_one = _comparable_incidents(_incidents(cfg_one))
+    assert incidents_one, "the scenario must open an incident to compare"
+    assert incidents_one == _comparable_incidents(_incidents(cfg_two))
 
 
 def _closed_windows(cfg: Config) -> list[tuple[str, str]]:
@@ -159,6 +198,11 @@ def test_sigkill_mid_stream_then_restart_loses_no_state_and_publishes_no_duplica
     firing = [a for a in alerts if a["status"] == "firing"]
     assert any(a["feature"] == "f03" and a["segment"] == {"country": "DE"} for a in firing)
     assert all(a["feature"] == "f03" for a in firing)
+    incidents = _incidents(config)
+    events = [e["event_id"] for e in incidents]
+    assert len(events) == len(set(events)), "a restart republished an incident event"
+    assert len({e["incident_id"] for e in incidents}) == 1, "a restart reopened the incident"
+    assert sum(e["status"] == "opened" for e in incidents) == 1
 
 
 def test_accuracy_drop_arrives_through_the_label_join_as_a_performance_alert(

@@ -10,10 +10,10 @@ passes); a new model version. Kafka is a list per partition here: the stages pro
 and read from it as Faust would hand them batches.
 
 Invariants: no exception escapes; no alert id or incident event id is published twice; and at
-the end the alerts and the incident events published equal those of an in-process replay (:class:`~streamproc.tools.inprocess.
-InProcessPipeline`) of the same records, fed in record-time order, with the reference timeline
-the live judges decided (which baseline judges which window), field for field but
-``emitted_at``.
+the end the alerts and the incident events published equal those of an in-process replay
+(:class:`~streamproc.tools.inprocess.InProcessPipeline`) of the same records, fed in record-time
+order, with the reference timeline the live judges decided (which baseline judges which
+window), field for field but ``emitted_at``.
 
 ``STREAMPROC_PROPERTY_EXAMPLES=500`` runs many more examples than the suite's default.
 """
