@@ -166,3 +166,13 @@ def test_metrics_examples_carry_the_figures_of_their_task_only(task: str) -> Non
         assert regression <= set(perf) and "accuracy" not in perf
     else:
         assert "accuracy" in perf and not regression & set(perf)
+
+
+@pytest.mark.parametrize(
+    "path", sorted((EXAMPLES / "incidents").glob("*.json")), ids=lambda p: p.name
+)
+def test_incident_examples_are_accepted_by_schema_and_contract(path: Path) -> None:
+    doc = json.loads(path.read_bytes())
+    jsonschema.validate(doc, json.loads((SCHEMAS / "incident.v1.json").read_text()))
+    incident = msgspec.json.decode(path.read_bytes(), type=contracts.Incident)
+    assert incident.leading in incident.members
