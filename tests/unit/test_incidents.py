@@ -9,12 +9,15 @@ restarts and crashes in between, give the same incident events.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 import pytest
 
+from streamproc.baseline import ProfileBuilder, ReferenceProfile
 from streamproc.config import MonitoringConfig
 from streamproc.contracts import Alert, Incident
 from streamproc.dev.synthetic import (
@@ -26,6 +29,7 @@ from streamproc.dev.synthetic import (
     SegmentDim,
     SegmentSilence,
     VarianceScale,
+    Workload,
     WorkloadSpec,
 )
 from streamproc.judge.alerts import AlertKey, AlertTracker, Verdict
@@ -77,6 +81,61 @@ WORKLOADS = {
         changes=(MeanShift("f11", 1.5, start=9000, segment={"country": "US", "device": "ios"}),),
     ),
 }
+
+
+NAMES = {  # another team's feature names for a 12-numeric, 2-categorical model
+    **{f"f{i:02d}": n for i, n in enumerate(
+        ["tenure_months", "balance", "logins_7d", "tickets_30d", "age", "avg_basket",
+         "days_since_order", "discount_rate", "sessions_30d", "refunds_90d", "nps", "latency"]
+    )},
+    "c0": "plan",
+    "c1": "channel",
+}  # fmt: skip
+
+
+def renamed(spec: WorkloadSpec) -> tuple[ReferenceProfile, pipeline.Edit]:
+    """``spec``'s baseline and predictions with the features called by :data:`NAMES`."""
+    stationary = dataclasses.replace(spec, changes=())
+    dims = [d.name for d in spec.segment_dims]
+    builder = ProfileBuilder(spec.model_id, spec.model_version, dims)
+    for row in Workload(stationary, 30_000, seed=101).reference_rows():
+        builder.add(
+            {NAMES[k]: row[k] for k in NAMES},
+            prediction=row["prediction"],
+            score=row["score"],
+            label=row["label"],
+            segments={d: row[d] for d in dims},
+        )
+
+    def edit(_index: int, event: dict[str, Any]) -> dict[str, Any]:
+        return {**event, "features": {NAMES[k]: v for k, v in event["features"].items()}}
+
+    return builder.build("renamed reference"), edit
+
+
+def test_another_teams_feature_names_and_dimensions_get_the_same_one_incident_per_change() -> None:
+    spec = WorkloadSpec(
+        model_id="m-e",
+        segment_dims=(
+            SegmentDim("market", ("uk", "fr", "es", "it"), (0.4, 0.3, 0.2, 0.1)),
+            SegmentDim("app", ("v1", "v2"), (0.7, 0.3)),
+        ),
+        n_numeric=12,
+        n_categorical=2,
+        changes=(
+            MeanShift("f05", 1.0, start=9000, end=24_000, segment={"market": "es"}),
+            NewCategory("c1", "partner", 0.2, start=12_000, segment={"app": "v2"}),
+        ),
+    )
+    profile, edit = renamed(spec)
+    run = pipeline.run(spec, N, CFG, labels=True, edit=edit, profile=profile)
+    final = latest(run.pipe.incidents)
+    got = sorted(
+        (i.cause.feature, tuple(sorted(i.root_cause.segment.items()))) for i in final.values()
+    )
+    assert got == [("avg_basket", (("market", "es"),)), ("channel", (("app", "v2"),))], [
+        i.root_cause.summary for i in final.values()
+    ]
 
 
 def expected_cause(change: Change) -> tuple[str, str | None]:
