@@ -364,6 +364,26 @@ class IncidentBook:
         """The open incidents."""
         return list(self.open)
 
+    def series(self) -> list[tuple[tuple[str, str, str, str], int]]:
+        """``/metrics`` labels ``(version, severity, cause, root)`` of each open incident and
+        its value (1; several incidents with the same labels add up). Feature names and
+        segment values only: never a raw feature value or an id.
+
+        >>> from streamproc.judge.alerts import AlertKey, AlertTracker, Verdict
+        >>> book, key = IncidentBook("m"), AlertKey("m", "1", (), None, "volume_drop", "volume")
+        >>> verdict = Verdict("critical", False, 1.0, 0.5, (0.0, 60.0))
+        >>> alerts = AlertTracker().observe(key, verdict, "", "")
+        >>> _ = book.step(alerts, 60.0, "")
+        >>> book.series()
+        [(('1', 'critical', 'volume', 'all'), 1)]
+        """
+        out: dict[tuple[str, str, str, str], int] = {}
+        for inc in self.open:
+            cause = describe_cause(inc.signal, inc.feature)
+            labels = (inc.version, inc.severity, cause, segment_key(sorted(inc.root.items())))
+            out[labels] = out.get(labels, 0) + 1
+        return sorted(out.items())
+
     def to_bytes(self) -> bytes:
         return _MAGIC + msgspec.msgpack.encode(self.open)
 

@@ -143,6 +143,7 @@ class JudgeStage:
         self._changes: bytes | None = None
         self._stored_fps: set[str] = set()
         self._exported: dict[tuple[str, str], set[str]] = {}
+        self._incident_series: dict[str, set[tuple[str, str, str, str]]] = {}
         # One batch (or quarantine retry) at a time: judging runs in a thread, off the loop.
         self._lock = asyncio.Lock()
 
@@ -611,11 +612,14 @@ class JudgeStage:
                 g.alerts_firing.labels(model=model, kind=kind, severity=severity).set(
                     counts.get((kind, severity), 0)
                 )
-        open_by: dict[str, int] = defaultdict(int)
-        for inc in judge.incidents.firing():
-            open_by[inc.severity] += 1
-        for severity in ("info", "warning", "critical"):
-            g.incidents_open.labels(model=model, severity=severity).set(open_by.get(severity, 0))
+        # one series per open incident, so that a rule pages once per root cause
+        shown_incidents = {labels for labels, _ in judge.incidents.series()}
+        for labels in self._incident_series.get(model, set()) - shown_incidents:
+            with contextlib.suppress(KeyError):
+                g.incidents_open.remove(model, *labels)
+        for labels, value in judge.incidents.series():
+            g.incidents_open.labels(model, *labels).set(value)
+        self._incident_series[model] = shown_incidents
         g.monitors.set(sum(len(j.segments) for j in self.judges.values()))
 
     def _owner(self, model: str) -> int:

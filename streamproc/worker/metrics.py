@@ -110,8 +110,9 @@ class WorkerMetrics:
         )  # fmt: skip
         self.incidents_open = Gauge(
             "streamproc_incidents_open",
-            "Incidents open (one per root cause: a feature, performance or volume of a model)",
-            ["model", "severity"], registry=r,
+            "1 per open incident (one root cause of a model: a feature, its performance, its "
+            "volume...), by severity, cause and root-cause segment",
+            ["model", "version", "severity", "cause", "root"], registry=r,
         )  # fmt: skip
         self.detections = Counter(
             "streamproc_detector_detections", "Drift detections by River detectors",

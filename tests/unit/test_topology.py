@@ -163,7 +163,8 @@ def test_every_label_matcher_names_a_label_the_metric_has(where: str, expr: str)
 
 def test_rules_cover_drift_worker_lag_deadletter_and_labels() -> None:
     exprs = " ".join(r["expr"] for r in RULES)
-    assert 'streamproc_alerts_firing{severity="critical"}' in exprs
+    assert 'streamproc_incidents_open{severity="critical"}' in exprs
+    assert "streamproc_alerts_firing" not in exprs  # raw alerts never page: incidents do
     assert 'up{job="streamproc"} == 0' in exprs
     assert "deriv(streamproc_consumer_lag[10m]) > 0" in exprs
     assert "rate(streamproc_deadletter_total[5m])" in exprs
@@ -230,48 +231,70 @@ def _expect(alertname: str, at: str, *labels: dict[str, str]) -> dict[str, Any]:
 
 # Each case: input series (1-minute steps) and the alerts expected (or not) at given times.
 RULE_CASES: dict[str, dict[str, Any]] = {
-    "critical_drift_pages_after_a_minute_and_warnings_do_not": {
+    "a_critical_incident_pages_once_per_root_cause_after_a_minute": {
         "input_series": [
             {
-                "series": f'streamproc_alerts_firing{{{W},model="churn",kind="feature_drift",'
-                'severity="critical"}',
+                "series": f'streamproc_incidents_open{{{W},model="churn",version="7",'
+                'severity="critical",cause="feature f03",root="country=DE"}',
                 "values": "0 0 1x10",
             },
             {
-                "series": f'streamproc_alerts_firing{{{W},model="fraud",kind="volume",'
-                'severity="warning"}',
+                "series": f'streamproc_incidents_open{{{W},model="churn",version="7",'
+                'severity="critical",cause="performance",root="all"}',
+                "values": "0 0 0 1x10",
+            },
+            {
+                "series": f'streamproc_incidents_open{{{W},model="fraud",version="2",'
+                'severity="warning",cause="volume",root="region=apac"}',
                 "values": "1x12",
             },
         ],
         "alert_rule_test": [
-            _expect("StreamprocCriticalDriftAlert", "2m"),
+            _expect("StreamprocIncidentCritical", "2m"),
             _expect(
-                "StreamprocCriticalDriftAlert",
-                "5m",
+                "StreamprocIncidentCritical",
+                "6m",
                 {
                     "severity": "critical",
                     "job": "streamproc",
                     "model": "churn",
-                    "kind": "feature_drift",
+                    "version": "7",
+                    "cause": "feature f03",
+                    "root": "country=DE",
+                },
+                {
+                    "severity": "critical",
+                    "job": "streamproc",
+                    "model": "churn",
+                    "version": "7",
+                    "cause": "performance",
+                    "root": "all",
                 },
             ),
-            _expect("StreamprocDriftWarning", "10m"),
+            _expect("StreamprocIncidentWarning", "10m"),
         ],
     },
-    "a_warning_unresolved_for_30m_opens_a_ticket": {
+    "a_warning_incident_open_for_30m_opens_a_ticket": {
         "input_series": [
             {
-                "series": f'streamproc_alerts_firing{{{W},model="fraud",kind="volume",'
-                'severity="warning"}',
+                "series": f'streamproc_incidents_open{{{W},model="fraud",version="2",'
+                'severity="warning",cause="volume",root="region=apac"}',
                 "values": "1x45",
             }
         ],
         "alert_rule_test": [
-            _expect("StreamprocDriftWarning", "20m"),
+            _expect("StreamprocIncidentWarning", "20m"),
             _expect(
-                "StreamprocDriftWarning",
+                "StreamprocIncidentWarning",
                 "40m",
-                {"severity": "warning", "job": "streamproc", "model": "fraud", "kind": "volume"},
+                {
+                    "severity": "warning",
+                    "job": "streamproc",
+                    "model": "fraud",
+                    "version": "2",
+                    "cause": "volume",
+                    "root": "region=apac",
+                },
             ),
         ],
     },
@@ -493,7 +516,8 @@ def _reads(panels: list[dict[str, Any]]) -> set[str]:
 def test_dashboard_on_call_row_shows_alerts_psi_top1_accuracy_and_workers() -> None:
     on_call = _reads(_rows()["On-call"])
     assert {
-        "streamproc_alerts_firing", "streamproc_feature_psi", "streamproc_prediction_top1_rate",
+        "streamproc_incidents_open", "streamproc_alerts_firing", "streamproc_feature_psi",
+        "streamproc_prediction_top1_rate",
         "streamproc_accuracy", "up",
     } <= on_call  # fmt: skip
 
