@@ -1,14 +1,18 @@
 """On-call tooling: ``streamproc alerts tail`` and ``streamproc status``.
 
-Both read what the worker publishes (``alert.v1`` on ``topics.alerts``, ``metrics.v1`` on
-``topics.metrics``) with a confluent-kafka consumer that *assigns* partitions and never commits:
-they join no consumer group, move no offsets, and cannot disturb another reader.
+Both read what the worker publishes (``incident.v1`` on ``topics.incidents``, ``alert.v1`` on
+``topics.alerts``, ``metrics.v1`` on ``topics.metrics``) with a confluent-kafka consumer that
+*assigns* partitions and never commits: they join no consumer group, move no offsets, and
+cannot disturb another reader.
 
-``alerts tail`` prints each alert as it arrives (or, with ``--from-beginning``, every retained
-one), with the command that replays its evidence. ``status`` reads the metrics of the last
-``--since`` (24 h by default; the start offsets come from ``offsets_for_times``) and every
-retained alert, and prints one row per monitor (model, version, segment): its latest window,
-the features that drifted most by PSI, and the alerts firing on it now.
+``alerts tail`` prints each incident event as it arrives (or, with ``--from-beginning``, every
+retained one): its root cause in one line, its member alerts folded, and the command that
+replays the evidence of its leading alert (:mod:`streamproc.tools.incident_text`); with
+``--alerts``, each raw alert instead. ``status`` reads every retained incident event and lists
+the open incidents, then the metrics of the last ``--since`` (24 h by default; the start offsets
+come from ``offsets_for_times``) and every retained alert, and prints one row per monitor
+(model, version, segment): its latest window, the features that drifted most by PSI, and the
+alerts firing on it now.
 
 A message that is not a valid record of its contract is skipped with a warning on stderr; the
 tools never crash on data.
@@ -51,9 +55,17 @@ from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 import msgspec
 
 from streamproc.config import Config, load_config
-from streamproc.contracts import Alert, ClassPerformance, MetricsRecord, Window, encode
+from streamproc.contracts import (
+    Alert,
+    ClassPerformance,
+    Incident,
+    MetricsRecord,
+    Window,
+    encode,
+)
 from streamproc.errors import StreamprocError
 from streamproc.kafka import ranges as kafka_ranges
+from streamproc.tools.incident_text import format_incident, open_incidents, render_incidents
 
 if TYPE_CHECKING:
     from confluent_kafka import Consumer, Message
@@ -68,6 +80,7 @@ __all__ = [
     "decode_record",
     "detector_text",
     "format_alert",
+    "format_incident",
     "matches",
     "parse_duration",
     "parse_time",
@@ -270,8 +283,9 @@ def use_colour(stream: TextIO, env: Mapping[str, str] | None = None) -> bool:
     return bool(isatty and isatty())
 
 
-def matches(alert: Alert, severity: str | None = None, model: str | None = None) -> bool:
-    """Whether ``alert`` is at least ``severity`` and belongs to ``model`` (``None``: any)."""
+def matches(alert: Alert | Incident, severity: str | None = None, model: str | None = None) -> bool:
+    """Whether an alert (or an incident) is at least ``severity`` and belongs to ``model``
+    (``None``: any)."""
     if severity is not None and _RANK[alert.severity] < _RANK[severity]:
         return False
     return model is None or alert.model_id == model
@@ -306,11 +320,13 @@ def parse_duration(text: str) -> float:
 
 # -- decoding --------------------------------------------------------------------------------
 
-T = TypeVar("T", Alert, MetricsRecord)
+T = TypeVar("T", Alert, MetricsRecord, Incident)
 _DECODERS: dict[type, msgspec.json.Decoder[Any]] = {
     Alert: msgspec.json.Decoder(Alert),
     MetricsRecord: msgspec.json.Decoder(MetricsRecord),
+    Incident: msgspec.json.Decoder(Incident),
 }
+_NAMES = {Alert: "alert.v1", MetricsRecord: "metrics.v1", Incident: "incident.v1"}
 
 
 def decode_record(value: bytes | None, kind: type[T]) -> T | str:
@@ -320,8 +336,10 @@ def decode_record(value: bytes | None, kind: type[T]) -> T | str:
     'invalid JSON: ...'
     >>> decode_record(b'{"schema": "alert.v1"}', Alert)
     'not alert.v1: Object missing required field `alert_id`'
+    >>> decode_record(b'{"schema": "alert.v1"}', Incident).startswith("not incident.v1: ")
+    True
     """
-    name = "alert.v1" if kind is Alert else "metrics.v1"
+    name = _NAMES[kind]
     if not value:
         return "empty message"
     try:
@@ -451,6 +469,17 @@ class StatusBoard:
         self._metrics: dict[MonitorKey, MetricsRecord] = {}
         self._signals: dict[tuple[Any, ...], Alert] = {}
         self._performance: dict[MonitorKey, dict[str, tuple[str, ClassPerformance]]] = {}
+        self._incidents: dict[str, Incident] = {}
+
+    def add_incident(self, incident: Incident) -> None:
+        """Keep ``incident`` if it is its incident's latest event (highest revision)."""
+        have = self._incidents.get(incident.incident_id)
+        if have is None or incident.revision >= have.revision:
+            self._incidents[incident.incident_id] = incident
+
+    def incidents(self, model: str | None = None) -> list[Incident]:
+        """The open incidents (latest event not ``resolved``), most severe first."""
+        return open_incidents(self._incidents.values(), model)
 
     def add_metrics(self, record: MetricsRecord) -> None:
         """Keep ``record`` if its window ends later than the monitor's latest so far."""
@@ -638,17 +667,20 @@ class TailOptions:
     as_json: bool = False
     max_alerts: int | None = None
     timeout: float | None = None
+    alerts: bool = False  # the raw alerts of topics.alerts instead of the incidents
 
 
 def tail(cfg: Config, opts: TailOptions, out: TextIO, err: TextIO) -> int:
-    """Print the alerts of ``topics.alerts`` that match ``opts``; return how many were printed.
+    """Print the incident events of ``topics.incidents`` (with ``opts.alerts``, the alerts of
+    ``topics.alerts``) that match ``opts``; return how many were printed.
 
     Runs until ``opts.max_alerts`` were printed, ``opts.timeout`` seconds passed, or it is
     interrupted.
     """
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
 
-    topic = cfg.topics.alerts
+    topic = cfg.topics.alerts if opts.alerts else cfg.topics.incidents
+    kind: type[Alert] | type[Incident] = Alert if opts.alerts else Incident
     colour = not opts.as_json and use_colour(out)
     consumer = _consumer(cfg)
     printed = 0
@@ -668,16 +700,18 @@ def tail(cfg: Config, opts: TailOptions, out: TextIO, err: TextIO) -> int:
             if msg.error() is not None:
                 print(f"streamproc: reading {topic!r}: {msg.error()}", file=err)
                 continue
-            alert = decode_record(msg.value(), Alert)
-            if isinstance(alert, str):
-                print(f"streamproc: skipped {_where(msg)}: {alert}", file=err)
+            record = decode_record(msg.value(), kind)
+            if isinstance(record, str):
+                print(f"streamproc: skipped {_where(msg)}: {record}", file=err)
                 continue
-            if not matches(alert, opts.severity, opts.model):
+            if not matches(record, opts.severity, opts.model):
                 continue
             if opts.as_json:
-                out.write(encode(alert).decode() + "\n")
+                out.write(encode(record).decode() + "\n")
+            elif isinstance(record, Alert):
+                out.write(format_alert(record, colour) + "\n\n")
             else:
-                out.write(format_alert(alert, colour) + "\n\n")
+                out.write(format_incident(record, colour) + "\n\n")
             out.flush()
             printed += 1
     finally:
@@ -694,24 +728,36 @@ def status(
     err: TextIO,
     now: float | None = None,
 ) -> StatusBoard:
-    """Read ``topics.metrics`` (the last ``since_s`` seconds) and all of ``topics.alerts``."""
+    """Read all of ``topics.incidents``, ``topics.metrics`` (the last ``since_s`` seconds) and
+    all of ``topics.alerts``."""
     board = StatusBoard()
     now = time.time() if now is None else now
     since_ms = int((now - since_s) * 1000)
-    for topic, kind, since in (
+    reads: tuple[tuple[str, type[Any], int | None], ...] = (
+        # An incident (an alert) opened a week ago may still be open: read every retained one.
+        (cfg.topics.incidents, Incident, None),
         (cfg.topics.metrics, MetricsRecord, since_ms),
-        # An alert that fired a week ago may still be firing: read every retained alert.
         (cfg.topics.alerts, Alert, None),
-    ):
+    )
+    for topic, kind, since in reads:
         skipped: list[str] = []
-        for msg in read_bounded(cfg, topic, since, timeout, err):
-            record = decode_record(msg.value(), kind)
-            if isinstance(record, str):
-                skipped.append(f"{_where(msg)}: {record}")
-            elif isinstance(record, Alert):
-                board.add_alert(record)
-            elif model is None or record.model_id == model:
-                board.add_metrics(record)
+        try:
+            for msg in read_bounded(cfg, topic, since, timeout, err):
+                record = decode_record(msg.value(), kind)
+                if isinstance(record, str):
+                    skipped.append(f"{_where(msg)}: {record}")
+                elif isinstance(record, Incident):
+                    board.add_incident(record)
+                elif isinstance(record, Alert):
+                    board.add_alert(record)
+                elif model is None or record.model_id == model:
+                    board.add_metrics(record)
+        except OncallError as exc:
+            if kind is not Incident:
+                raise
+            # A deployment from before incidents (no such topic): say so, show the rest.
+            print(f"streamproc: no incidents shown: {exc}", file=err)
+            continue
         if skipped:
             print(
                 f"streamproc: skipped {len(skipped)} invalid message(s) on {topic!r}; "
@@ -755,6 +801,7 @@ def run_tail(args: argparse.Namespace) -> int:
         as_json=args.json,
         max_alerts=args.max,
         timeout=args.timeout,
+        alerts=args.alerts,
     )
     try:
         tail(cfg, opts, sys.stdout, sys.stderr)
@@ -860,7 +907,9 @@ def run_status(args: argparse.Namespace) -> int:
     rows = board.rows(args.model, top=args.top)
     if args.json:
         print(json.dumps([r.to_json() for r in rows], separators=(",", ":")))
-    elif rows:
+        return 0
+    print(render_incidents(board.incidents(args.model)) + "\n")
+    if rows:
         print(render_table(rows))
     else:
         scope = f" for model {args.model!r}" if args.model else ""
@@ -873,29 +922,37 @@ def run_status(args: argparse.Namespace) -> int:
 
 def register_cli(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``alerts tail`` and ``status`` to the ``streamproc`` command line."""
-    p = sub.add_parser("alerts", help="read the alerts topic")
+    p = sub.add_parser("alerts", help="read the incidents (or the alerts) topic")
     actions = p.add_subparsers(dest="alerts_action", required=True)
     t = actions.add_parser(
         "tail",
-        help="print alerts as they arrive, with the command to replay each",
-        description="Print the alerts published on topics.alerts. Joins no consumer group "
-        "and commits nothing.",
+        help="print incidents (one per root cause) as they change, with the replay command",
+        description="Print the incident events published on topics.incidents: root cause in "
+        "one line, member alerts folded. --alerts: every raw alert of topics.alerts instead. "
+        "Joins no consumer group and commits nothing.",
     )
-    t.add_argument("--severity", choices=SEVERITIES, help="only alerts of at least this severity")
-    t.add_argument("--model", help="only alerts of this model_id")
+    t.add_argument("--alerts", action="store_true", help="the raw alerts instead of the incidents")
     t.add_argument(
-        "--from-beginning", action="store_true", help="every retained alert, then new ones"
+        "--severity", choices=SEVERITIES, help="only incidents (alerts) of at least this severity"
     )
-    t.add_argument("--json", action="store_true", help="one compact alert.v1 JSON per line")
-    t.add_argument("--max", type=_positive_int, help="stop after printing N alerts")
+    t.add_argument("--model", help="only this model_id")
+    t.add_argument(
+        "--from-beginning", action="store_true", help="every retained event, then new ones"
+    )
+    t.add_argument(
+        "--json", action="store_true", help="one compact incident.v1 (alert.v1) JSON per line"
+    )
+    t.add_argument("--max", type=_positive_int, help="stop after printing N events")
     t.add_argument("--timeout", type=_positive_float, help="stop after S seconds")
     t.set_defaults(func=run_tail)
 
     s = sub.add_parser(
         "status",
-        help="per model, version and segment: latest window, top PSI, firing alerts",
-        description="Read the metrics of the last --since and every retained alert; print one "
-        "row per monitor.",
+        help="open incidents, then per model, version and segment: latest window, top PSI, "
+        "firing alerts",
+        description="Read every retained incident event, the metrics of the last --since and "
+        "every retained alert; print the open incidents and one row per monitor (--json: the "
+        "rows only).",
     )
     s.add_argument("--model", help="only this model_id")
     s.add_argument(

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -111,7 +112,36 @@ def published(config: Config) -> Config:
         config.topics.metrics, encode(old), timestamp=int((time.time() - 3 * 86400) * 1000)
     )
     assert producer.flush(30) == 0
+    produce(config, config.topics.incidents, [INCIDENT.read_bytes(), b"not json"])
     return config
+
+
+INCIDENT = Path(__file__).resolve().parents[2] / "schemas/examples/incidents/opened.json"
+
+
+def test_tail_prints_incidents_by_default_root_cause_first_members_folded(
+    published: Config,
+) -> None:
+    result = _cli(published, "alerts", "tail", "--from-beginning", "--timeout", "8")
+    assert result.returncode == 0, result.stderr
+    (block,) = _blocks(result.stdout)
+    head, *rest = block.splitlines()
+    assert head.startswith("CRITICAL OPENED  model demo-churn/1  feature c1 changed in device=web")
+    assert "4 alerts, 4 firing:" in rest[0]
+    assert any("device=web" in line for line in rest[1:])
+    assert rest[-1].startswith("  investigate: streamproc replay --from-alert ")
+    assert "skipped" in result.stderr and "incidents" in result.stderr
+    as_json = _cli(
+        published, "alerts", "tail", "--from-beginning", "--json", "--max", "1", "--timeout", "20"
+    )
+    assert (
+        json.loads(as_json.stdout)["incident_id"]
+        == json.loads(INCIDENT.read_bytes())["incident_id"]
+    )
+    none = _cli(
+        published, "alerts", "tail", "--from-beginning", "--model", "fraud", "--timeout", "5"
+    )
+    assert none.returncode == 0 and none.stdout == ""
 
 
 def _cli(cfg: Config, *args: str) -> subprocess.CompletedProcess[str]:
@@ -131,7 +161,9 @@ def _blocks(stdout: str) -> list[str]:
 def test_tail_from_beginning_prints_each_alert_readably_and_skips_garbage(
     published: Config,
 ) -> None:
-    result = _cli(published, "alerts", "tail", "--from-beginning", "--max", "4", "--timeout", "20")
+    result = _cli(
+        published, "alerts", "tail", "--alerts", "--from-beginning", "--max", "4", "--timeout", "20"
+    )
     assert result.returncode == 0, result.stderr
     blocks = _blocks(result.stdout)
     assert len(blocks) == 4
@@ -153,7 +185,16 @@ def test_tail_from_beginning_prints_each_alert_readably_and_skips_garbage(
 
 def test_tail_json_prints_one_alert_v1_per_line(published: Config) -> None:
     result = _cli(
-        published, "alerts", "tail", "--from-beginning", "--json", "--max", "4", "--timeout", "20"
+        published,
+        "alerts",
+        "tail",
+        "--alerts",
+        "--from-beginning",
+        "--json",
+        "--max",
+        "4",
+        "--timeout",
+        "20",
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -162,8 +203,8 @@ def test_tail_json_prints_one_alert_v1_per_line(published: Config) -> None:
 
 def test_tail_severity_critical_shows_only_the_critical_alert(published: Config) -> None:
     result = _cli(
-        published, "alerts", "tail", "--from-beginning", "--severity", "critical", "--json",
-        "--timeout", "8",
+        published, "alerts", "tail", "--alerts", "--from-beginning", "--severity", "critical",
+        "--json", "--timeout", "8",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert [msgspec.json.decode(line, type=Alert) for line in result.stdout.splitlines()] == [
@@ -173,14 +214,14 @@ def test_tail_severity_critical_shows_only_the_critical_alert(published: Config)
 
 def test_tail_model_filter_and_a_new_tail_starts_at_the_end(published: Config) -> None:
     only_fraud = _cli(
-        published, "alerts", "tail", "--from-beginning", "--model", "fraud", "--json",
+        published, "alerts", "tail", "--alerts", "--from-beginning", "--model", "fraud", "--json",
         "--max", "2", "--timeout", "20",
     )  # fmt: skip
     assert [json.loads(line)["alert_id"] for line in only_fraud.stdout.splitlines()] == [
         "e07f3c9a11d84b26",
         "41aa6b0f9e3c4d58",
     ]
-    from_end = _cli(published, "alerts", "tail", "--json", "--timeout", "5")
+    from_end = _cli(published, "alerts", "tail", "--alerts", "--json", "--timeout", "5")
     assert from_end.returncode == 0 and from_end.stdout == ""
 
 
@@ -189,7 +230,10 @@ def test_status_shows_latest_window_top_psi_and_firing_alerts_per_monitor(
 ) -> None:
     result = _cli(published, "status")
     assert result.returncode == 0, result.stderr
-    header, *rows = result.stdout.splitlines()
+    incidents, table = result.stdout.split("\n\n", 1)
+    assert incidents.splitlines()[0] == "OPEN INCIDENTS: 1"
+    assert "demo-churn/1  feature c1 in device=web" in incidents
+    header, *rows = table.strip().splitlines()
     assert header.split()[:3] == ["MODEL", "VERSION", "SEGMENT"]
     by_segment = {tuple(r.split()[:3]): r for r in rows}
     assert set(by_segment) == {("churn", "7", "all"), ("churn", "7", "country=DE,"),
