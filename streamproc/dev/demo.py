@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import subprocess
 import sys
@@ -113,10 +114,11 @@ def _baseline(cfg: Config, spec: object) -> None:
     BaselineStore(client, cfg.redis.key_prefix).put(profile)
 
 
-def _alerts(cfg: Config, stop: float) -> Iterator[object]:
+def _incidents(cfg: Config, stop: float) -> Iterator[object]:
+    """The incident events of the demo's topic as they come (``None`` when none came)."""
     from confluent_kafka import Consumer
 
-    from streamproc.contracts import Alert
+    from streamproc.contracts import Incident
 
     consumer = Consumer(
         {
@@ -126,16 +128,80 @@ def _alerts(cfg: Config, stop: float) -> Iterator[object]:
             "enable.auto.commit": False,
         }
     )
-    consumer.subscribe([cfg.topics.alerts])
+    consumer.subscribe([cfg.topics.incidents])
     try:
         while time.monotonic() < stop:
             msg = consumer.poll(0.5)
             if msg is None or msg.error() is not None:
                 yield None
                 continue
-            yield msgspec.json.decode(msg.value(), type=Alert)
+            yield msgspec.json.decode(msg.value(), type=Incident)
     finally:
         consumer.close()
+
+
+def expected_incident(key: tuple[str, str | None, str]) -> tuple[str, str | None, str]:
+    """The incident an :data:`EXPECTED` change must give: ``(signal, feature, root)``.
+
+    >>> expected_incident(("feature_drift", "f03", "country=DE"))
+    ('feature', 'f03', 'country=DE')
+    >>> expected_incident(("performance", None, "all"))
+    ('performance', None, 'all')
+    """
+    kind, feature, segment = key
+    signal = "feature" if kind in ("feature_drift", "data_quality") else kind
+    return (signal, feature, segment)
+
+
+def incident_key(incident: object) -> tuple[str, str | None, str]:
+    """``(signal, feature, root)`` of an ``incident.v1`` event."""
+    root = incident.root_cause.segment  # type: ignore[attr-defined]
+    where = ",".join(f"{k}={v}" for k, v in sorted(root.items())) or "all"
+    return (incident.cause.signal, incident.cause.feature, where)  # type: ignore[attr-defined]
+
+
+def traffic_end() -> str:
+    """Event time of the demo's last event (RFC 3339): its traffic stops there, which the
+    worker reports, once it has been silent for ``idle_timeout_s``, as a volume incident."""
+    from streamproc.judge.alerts import iso
+
+    return iso(_spec().time_of(N_EVENTS - 1))
+
+
+def summary(incidents: list[object]) -> tuple[list[str], bool]:
+    """The demo's closing lines from every incident event it read, and whether each injected
+    change is exactly one incident and nothing else opened one (but the volume incident of the
+    traffic's end, a change too)."""
+    from streamproc.tools.incident_text import latest_incidents
+
+    latest = latest_incidents(incidents)  # type: ignore[arg-type]
+    alerts = {m.alert_id for i in incidents for m in i.members if m.status == "firing"}  # type: ignore[attr-defined]
+    lines = [f"{len(latest)} incident(s) for {len(EXPECTED)} injected change(s) and the end of "
+             f"the traffic, grouping {len(alerts)} firing alerts:"]  # fmt: skip
+    want = {expected_incident(k): text for k, text in EXPECTED.items()}
+    got = [incident_key(i) for i in latest]
+    end = traffic_end()
+    ended = [
+        k == ("volume", None, "all") and i.started_at >= end  # type: ignore[attr-defined]
+        for i, k in zip(latest, got, strict=True)
+    ]
+    for inc, key, stop in zip(latest, got, ended, strict=True):
+        mark = "injected: " + want[key] if key in want else "NOT INJECTED"
+        mark = "the demo's traffic ends here" if stop else mark
+        lines.append(
+            f"  {inc.severity.upper():8} {inc.status:8} {inc.root_cause.summary}  [{mark}]"  # type: ignore[attr-defined]
+        )
+    missing = [text for key, text in want.items() if got.count(key) != 1]
+    extra = [k for k, stop in zip(got, ended, strict=True) if k not in want and not stop]
+    ok = not missing and not extra
+    if ok:
+        lines.append("Summary: every injected change was reported as one incident.")
+    else:
+        if missing:
+            lines.append("Summary: not reported as one incident: " + "; ".join(missing))
+        if extra:
+            lines.append(f"Summary: {len(extra)} incident(s) no injected change explains")
+    return lines, ok
 
 
 def _cleanup(cfg: Config) -> None:
@@ -158,7 +224,8 @@ def _cleanup(cfg: Config) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from streamproc.kafka import topics
-    from streamproc.tools.oncall import format_alert, use_colour
+    from streamproc.tools.incident_text import format_incident
+    from streamproc.tools.oncall import use_colour
 
     base = load_config(args.config)
     run_id = uuid.uuid4().hex[:6]
@@ -185,30 +252,30 @@ def run(args: argparse.Namespace) -> int:
         f"http://127.0.0.1:{web_port}/metrics  (log: {log_path})"
     )
     print("  injected: " + "; ".join(EXPECTED.values()))
-    seen: set[tuple[str, str | None, str]] = set()
+    events: list[object] = []
     try:
         _produce(cfg, spec)
-        print("\nAlerts (as `streamproc alerts tail` prints them):\n")
+        print("\nIncidents (as `streamproc alerts tail` prints them):\n")
         colour = use_colour(sys.stdout)
-        for alert in _alerts(cfg, time.monotonic() + args.timeout):
+        want = {expected_incident(k) for k in EXPECTED}
+        quiet_until = math.inf  # once every change has its incident: a last look for others
+        for incident in _incidents(cfg, time.monotonic() + args.timeout):
             if worker.poll() is not None:
                 print(f"the worker exited ({worker.returncode}); see {log_path}")
                 return 1
-            if alert is None:
-                if all(k in seen for k in EXPECTED):
+            if incident is None:
+                opened = {incident_key(e) for e in events}
+                if want <= opened:
+                    quiet_until = min(quiet_until, time.monotonic() + 5.0)
+                if time.monotonic() > quiet_until:
                     break
                 continue
-            print(format_alert(alert, colour=colour), end="\n\n")  # type: ignore[arg-type]
-            seg = ",".join(f"{k}={v}" for k, v in sorted(alert.segment.items())) or "all"  # type: ignore[attr-defined]
-            if alert.status == "firing":  # type: ignore[attr-defined]
-                seen.add((alert.kind, alert.feature, seg))  # type: ignore[attr-defined]
-        missing = [text for key, text in EXPECTED.items() if key not in seen]
-        print(
-            "Summary: every injected change was reported."
-            if not missing
-            else "Summary: not reported within the timeout: " + "; ".join(missing)
-        )
-        return 0 if not missing else 1
+            events.append(incident)
+            if incident.status != "updated" or "root cause" in incident.reason:  # type: ignore[attr-defined]
+                print(format_incident(incident, colour=colour), end="\n\n")  # type: ignore[arg-type]
+        lines, ok = summary(events)
+        print("\n".join(lines))
+        return 0 if ok else 1
     finally:
         worker.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):

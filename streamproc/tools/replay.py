@@ -65,7 +65,7 @@ import msgspec
 
 from streamproc.baseline import NumericReference
 from streamproc.baseline.reference import Reference
-from streamproc.contracts import Alert, MetricsRecord, encode, event_time
+from streamproc.contracts import Alert, Incident, MetricsRecord, encode, event_time
 from streamproc.errors import StreamprocError
 from streamproc.ingest.ingestor import RawMessage
 from streamproc.judge import stats
@@ -460,6 +460,7 @@ class ReplayResult:
     context: list[tuple[str, str]]
     notes: list[str]
     alert: Alert | None = None
+    incidents: list[Incident] = field(default_factory=list)
 
     @property
     def events_per_s(self) -> float:
@@ -797,6 +798,11 @@ def replay(cfg: Config, opts: ReplayOptions, err: TextIO = sys.stderr) -> Replay
         if model is None or a.model_id == model
     ]
     metrics = [msgspec.structs.replace(r, emitted_at=stamp) for r in mine]
+    incidents = [
+        msgspec.structs.replace(i, emitted_at=stamp)
+        for i in pipe.incidents
+        if model is None or i.model_id == model
+    ]
     context = [("range", described)]
     context += [(f"baseline {m}", d) for m, d in sorted(refs.described.items())]
     overrides = [f"window_s={mcfg.window_s:g}"] if opts.window_s else []
@@ -809,6 +815,7 @@ def replay(cfg: Config, opts: ReplayOptions, err: TextIO = sys.stderr) -> Replay
     context += [("note", n) for n in notes]
     return ReplayResult(
         alerts=alerts,
+        incidents=incidents,
         metrics=metrics,
         histograms=sorted(
             (h for h in best.best.values() if model is None or h.model_id == model),
@@ -984,12 +991,18 @@ def measure_raw(cfg: Config, topic: str, ranges: Ranges, timeout_s: float) -> tu
 
 
 def write_outputs(result: ReplayResult, out: Path) -> list[Path]:
-    """Write ``alerts.jsonl``, ``metrics.jsonl`` and ``report.html`` into ``out``."""
+    """Write ``alerts.jsonl``, ``incidents.jsonl``, ``metrics.jsonl`` and ``report.html`` into
+    ``out``."""
     from streamproc.tools.report import render_report
 
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, records in (("alerts.jsonl", result.alerts), ("metrics.jsonl", result.metrics)):
+    outputs: tuple[tuple[str, Sequence[Any]], ...] = (
+        ("alerts.jsonl", result.alerts),
+        ("incidents.jsonl", result.incidents),
+        ("metrics.jsonl", result.metrics),
+    )
+    for name, records in outputs:
         path = out / name
         path.write_bytes(b"".join(encode(r) + b"\n" for r in records))
         written.append(path)
@@ -1004,6 +1017,7 @@ def write_outputs(result: ReplayResult, out: Path) -> list[Path]:
         result.histograms,
         result.context,
         title=title,
+        incidents=result.incidents,
     )
     path = out / "report.html"
     path.write_text(page, encoding="utf-8")

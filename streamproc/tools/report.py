@@ -47,7 +47,14 @@ from typing import Any
 import msgspec
 
 from streamproc.config import MonitoringConfig
-from streamproc.contracts import Alert, ClassPerformance, MetricBand, MetricsRecord, Window
+from streamproc.contracts import (
+    Alert,
+    ClassPerformance,
+    Incident,
+    MetricBand,
+    MetricsRecord,
+    Window,
+)
 from streamproc.judge import cbpe
 
 __all__ = [
@@ -580,6 +587,45 @@ def _table(headers: Sequence[str], rows: Iterable[tuple[Sequence[str], dict[str,
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def _incidents(events: Sequence[Incident]) -> str:
+    """ "What happened": one row per incident of the range (its latest event).
+
+    >>> _incidents([])
+    '<h2>What happened: incidents</h2><p class="muted">No incident in this range.</p>'
+    """
+    from streamproc.tools.incident_text import cause_text, latest_incidents, root_text
+
+    head = "<h2>What happened: incidents</h2>"
+    latest = latest_incidents(events)
+    if not latest:
+        return head + '<p class="muted">No incident in this range.</p>'
+    rows = []
+    for i in latest:
+        firing = sum(m.status == "firing" for m in i.members)
+        cells = [
+            f"{i.model_id}/{i.model_version}",
+            cause_text(i),
+            root_text(i),
+            i.severity,
+            _utc(i.started_at),
+            "open" if i.status != "resolved" else "resolved",
+            f"{len(i.members)} ({firing} firing at the end)",
+            f"{i.leading.detector} in {segment_text(i.leading.segment)}",
+        ]
+        rows.append((cells, {"class": "hot"} if i.severity == "critical" else {}))
+    note = (
+        '<p class="muted">One row per root cause: every alert a change fired (detectors, '
+        "severities, overlapping segments) is a member of its incident; the root is the most "
+        "specific segment that explains the others.</p>"
+    )
+    table = _table(
+        ["model", "cause", "root cause", "severity", "started (UTC)", "at the end", "alerts",
+         "leading alert"],
+        rows,
+    )  # fmt: skip
+    return head + note + table
+
+
 def _answers(an: Analysis, cfg: MonitoringConfig) -> str:
     warn = cfg.psi.warning
     pred = [s for s in an.signals if s.subject == PREDICTION]
@@ -705,6 +751,7 @@ def render_report(
     histograms: Sequence[FeatureHistogram] = (),
     context: Sequence[tuple[str, str]] = (),
     title: str = "streamproc replay",
+    incidents: Sequence[Incident] = (),
 ) -> str:
     """The report as one HTML document (see the module docstring).
 
@@ -722,6 +769,8 @@ def render_report(
         ``(label, text)`` rows describing the replay (range, baseline, overrides).
     title
         The page title.
+    incidents
+        The ``incident.v1`` events of the range: the report opens with them, one row each.
     """
     an = analyse(metrics, alerts, cfg)
     warn = cfg.psi.warning
@@ -744,6 +793,7 @@ def render_report(
         + "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in meta)
         + "</table>"
     )
+    parts.append(_incidents(incidents))
     parts.append(_answers(an, cfg))
 
     parts.append("<h2>Did the prediction distribution shift?</h2>")

@@ -142,6 +142,18 @@ def test_replay_of_the_workers_offsets_gives_back_its_alerts(live: Live, full: P
     assert positions == sorted(positions)
 
 
+def test_replay_of_the_workers_offsets_gives_back_its_incidents(live: Live, full: Path) -> None:
+    topic = live.cfg.topics.incidents
+    published = [orjson.loads(m.value()) for m in consume_all(live.cfg, topic, 10_000, 5)]
+    assert published, "the live run must open an incident to compare"
+    replayed = {comparable(i) for i in lines(full / "incidents.jsonl")}
+    missing = [comparable(i)[:300] for i in published if comparable(i) not in replayed]
+    assert not missing, f"live only: {missing}"
+    page = (full / "report.html").read_text()
+    assert page.index("What happened: incidents") < page.index("Which features drifted?")
+    assert "feature f03" in page
+
+
 def test_replay_metrics_match_the_live_windows(live: Live, full: Path) -> None:
     replayed = {
         (json.dumps(r["segment"], sort_keys=True), r["window"]["start"]): r

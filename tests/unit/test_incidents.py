@@ -19,7 +19,7 @@ import pytest
 
 from streamproc.baseline import ProfileBuilder, ReferenceProfile
 from streamproc.config import MonitoringConfig
-from streamproc.contracts import Alert, Incident
+from streamproc.contracts import Alert, Incident, IncidentCause
 from streamproc.dev.synthetic import (
     AccuracyDrop,
     Change,
@@ -178,6 +178,7 @@ def test_each_injected_change_is_one_incident_rooted_at_its_segment_and_feature(
 
 
 def test_the_demo_workload_pages_three_incidents_instead_of_dozens_of_alerts() -> None:
+    from streamproc.dev import demo
     from streamproc.dev.demo import N_EVENTS, _spec
 
     run = pipeline.run(_spec(), N_EVENTS, CFG, labels=True)
@@ -193,6 +194,23 @@ def test_the_demo_workload_pages_three_incidents_instead_of_dozens_of_alerts() -
     }
     assert len(run.firing) > 10 * len(final)
     assert sum(1 for i in run.pipe.incidents if i.status == "opened") == 3
+    lines, ok = demo.summary(list(run.pipe.incidents))
+    assert ok, lines
+    assert lines[0].startswith("3 incident(s) for 3 injected change(s) and the end of the")
+    assert lines[-1] == "Summary: every injected change was reported as one incident."
+    # an incident no change explains, or a change without one, fails the demo
+    assert not demo.summary(list(run.pipe.incidents)[:1])[1]
+    # but the volume incident of the traffic's end is the demo stopping, not a false one
+    volume = IncidentCause("volume", None)
+    some = run.pipe.incidents[0]
+    stopped = msgspec.structs.replace(
+        some, incident_id="end", cause=volume, started_at="2024-01-01T00:18:00.000Z",
+        root_cause=msgspec.structs.replace(some.root_cause, segment={}),
+    )  # fmt: skip
+    lines, ok = demo.summary([*run.pipe.incidents, stopped])
+    assert ok and "[the demo's traffic ends here]" in lines[-2], lines
+    early = msgspec.structs.replace(stopped, started_at="2024-01-01T00:10:00.000Z")
+    assert not demo.summary([*run.pipe.incidents, early])[1]
 
 
 def test_incident_events_are_the_same_whatever_the_consumption_order_and_restarts() -> None:
