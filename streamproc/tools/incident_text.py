@@ -44,6 +44,7 @@ __all__ = [
     "MAX_GROUPS",
     "MAX_REASONS",
     "MAX_SEGMENTS",
+    "badges",
     "cause_text",
     "fold_members",
     "format_incident",
@@ -194,15 +195,25 @@ def _replay_command(alert_id: str) -> str:
     return replay_command(alert_id)
 
 
+def badges(severity: str, status: str, colour: bool) -> tuple[str, str]:
+    """Severity and status as a block's first words, coloured on a terminal.
+
+    >>> badges("critical", "resolved", False)
+    ('CRITICAL', 'RESOLVED')
+    """
+    sev, st = severity.upper(), status.upper()
+    if colour:
+        sev = f"{_COLOURS[severity]}{sev}{_RESET}"
+        if status == "resolved":
+            st = f"{_RESOLVED}{st}{_RESET}"
+    return sev, st
+
+
 def format_incident(incident: Incident, colour: bool = False) -> str:
     """One incident event, as ``alerts tail`` prints it: the root cause in one line, the
     members folded, the reason of an update and the replay command of the leading alert.
     """
-    severity, status = incident.severity.upper(), incident.status.upper()
-    if colour:
-        severity = f"{_COLOURS[incident.severity]}{severity}{_RESET}"
-        if incident.status == "resolved":
-            status = f"{_RESOLVED}{status}{_RESET}"
+    severity, status = badges(incident.severity, incident.status, colour)
     head = (
         f"{severity} {status}  model {incident.model_id}/{incident.model_version}  "
         f"{incident_summary(incident)}"

@@ -65,7 +65,12 @@ from streamproc.contracts import (
 )
 from streamproc.errors import StreamprocError
 from streamproc.kafka import ranges as kafka_ranges
-from streamproc.tools.incident_text import format_incident, open_incidents, render_incidents
+from streamproc.tools.incident_text import (
+    badges,
+    format_incident,
+    open_incidents,
+    render_incidents,
+)
 
 if TYPE_CHECKING:
     from confluent_kafka import Consumer, Message
@@ -98,9 +103,6 @@ __all__ = [
 
 SEVERITIES = ("info", "warning", "critical")
 _RANK = {s: i for i, s in enumerate(SEVERITIES)}
-_COLOURS = {"info": "\033[36m", "warning": "\033[33m", "critical": "\033[1;31m"}
-_RESOLVED = "\033[32m"
-_RESET = "\033[0m"
 
 
 class OncallError(StreamprocError):
@@ -243,12 +245,7 @@ def format_alert(alert: Alert, colour: bool = False) -> str:
 
     ``colour`` adds ANSI colours to the severity and to a resolved status.
     """
-    severity = alert.severity.upper()
-    status = alert.status.upper()
-    if colour:
-        severity = f"{_COLOURS[alert.severity]}{severity}{_RESET}"
-        if alert.status == "resolved":
-            status = f"{_RESOLVED}{status}{_RESET}"
+    severity, status = badges(alert.severity, alert.status, colour)
     head = (
         f"{severity} {status}  model {alert.model_id}/{alert.model_version}"
         f"  segment {segment_text(alert.segment)}"
