@@ -763,7 +763,7 @@ def test_a_profile_stored_before_the_task_loads_with_its_task_inferred() -> None
     assert again.segments[ALL].task is None and again.task == "regression"
     # a reference stored before keeps its fingerprint: it hashes the bytes of then
     seg = again.segments[ALL]
-    legacy = {f: getattr(seg, f) for f in seg.__struct_fields__[:-6]}
+    legacy = {f: getattr(seg, f) for f in seg.__struct_fields__[:-7]}
     assert seg.fingerprint_bytes() == msgspec.msgpack.encode(legacy)
     assert profile.segments[ALL].fingerprint_bytes() != seg.fingerprint_bytes()
 
