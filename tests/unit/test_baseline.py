@@ -755,7 +755,9 @@ def test_a_profile_stored_before_the_task_loads_with_its_task_inferred() -> None
     builder.add_columns({}, prediction=pred, label=label)
     profile = builder.build("t")
     old_segments = {
-        k: msgspec.structs.replace(s, task=None, rmse=None, mape=None, mape_labelled=None)
+        k: msgspec.structs.replace(
+            s, task=None, rmse=None, mape=None, mape_labelled=None, losses=None
+        )
         for k, s in profile.segments.items()
     }
     old = msgspec.structs.replace(profile, segments=old_segments)
