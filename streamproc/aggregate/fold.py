@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from streamproc.aggregate.columns import Columns, group_counts, is_number
+from streamproc.aggregate.losses import fold_losses, leaves_of
 from streamproc.aggregate.partials import (
     CONFIDENCE_EDGES,
     MICRO_CAP,
@@ -38,6 +39,7 @@ from streamproc.aggregate.partials import (
 )
 from streamproc.aggregate.scores import SEP, ScorePairs
 from streamproc.baseline import category_value
+from streamproc.baseline.profile import LossModelReference
 from streamproc.baseline.reference import Reconstruction, Reference
 from streamproc.sketch import CategoricalSketch, CrossMoments, NumericSketch, standardised
 
@@ -205,6 +207,7 @@ def fold_predictions(cols: Columns, groups: Sequence[FoldGroup], sample_k: int) 
     predictions: dict[int, tuple[dict[str, int], int]] = {}
     if predicted:
         predictions = _label_counts(cols, "", cols.prediction_labels(), groups, predicted)
+    leaves = _loss_leaves(cols, groups, binned)
     latency, has_latency = cols.latency()
     pairs = None
     if cols.scores is not None:
@@ -261,6 +264,10 @@ def fold_predictions(cols: Columns, groups: Sequence[FoldGroup], sample_k: int) 
                 sk = p.categorical[name] = CategoricalSketch()
             found, nulls = label_counts[name][gi]
             sk.update_counts(found, nulls)
+        if gi in leaves:
+            model, at, leaf = leaves[gi]
+            where = at[idx]
+            fold_losses(p.losses, model, leaf, where[where >= 0])
         if isinstance(p.prediction, NumericSketch):
             col = cols.prediction_numbers()
             preds = col.values[idx]
@@ -269,6 +276,41 @@ def fold_predictions(cols: Columns, groups: Sequence[FoldGroup], sample_k: int) 
             p.prediction.update_many(preds)
         elif p.prediction is not None:
             p.prediction.update_counts(*predictions[gi])
+
+
+def _loss_leaves(
+    cols: Columns, groups: Sequence[FoldGroup], binned: list[int]
+) -> dict[int, tuple[LossModelReference, np.ndarray, dict[str, np.ndarray]]]:
+    """Per group whose reference has loss trees (a regression model's): the trees, each batch
+    row's position in the leaves (-1: not a row of such a group, or no finite prediction) and
+    the leaves. Rows are run down one model's trees once, whatever the groups sharing it."""
+    by_model: dict[str, list[int]] = {}
+    for gi in binned:
+        ref = groups[gi].ref
+        if ref is not None and ref.losses is not None:
+            by_model.setdefault(ref.losses_key, []).append(gi)
+    out: dict[int, tuple[LossModelReference, np.ndarray, dict[str, np.ndarray]]] = {}
+    if not by_model:
+        return out
+    pred = cols.prediction_numbers().values
+    for gis in by_model.values():
+        model = groups[gis[0]].ref.losses  # type: ignore[union-attr]
+        assert model is not None
+        rows = np.unique(np.concatenate([groups[gi].idx for gi in gis]))
+        rows = rows[np.isfinite(pred[rows])]
+        at = np.full(len(cols), -1, dtype=np.int64)
+        at[rows] = np.arange(rows.size)
+
+        def column(name: str, rows: np.ndarray = rows) -> Any:
+            if name in model.categories:  # noqa: B023 (used at once)
+                labels = cols.labels(name)
+                return [labels[i] for i in rows.tolist()]
+            return cols.numeric(name).values[rows]
+
+        leaf = leaves_of(model, pred[rows], column)
+        for gi in gis:
+            out[gi] = (model, at, leaf)
+    return out
 
 
 def prepare(partial: WindowPartial, ref: Reference | None) -> None:

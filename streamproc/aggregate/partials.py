@@ -262,6 +262,8 @@ class WindowPartial:
     sample_values: int = field(default=-1, compare=False, repr=False)
     # the reference's PCA features' fixed-point cross moments (multivariate drift), if it has one
     mv: CrossMoments | None = None
+    # a regression reference's loss trees: tree -> leaf -> events (see streamproc.aggregate.losses)
+    losses: dict[str, dict[int, int]] = field(default_factory=dict)
 
     @property
     def complete_sample(self) -> bool:
@@ -303,6 +305,7 @@ class WindowPartial:
                 cmine += csk
         _add_counts(self.mismatched, other.mismatched)
         add_sums(self.zsum, other.zsum)
+        add_hists(self.losses, other.losses)
         if other.prediction is not None:
             if self.prediction is None:
                 self.prediction = other.prediction.copy()
@@ -352,6 +355,7 @@ class WindowPartial:
             {t: x.copy() for t, x in self.ticks.items()},
             {k: dict(h) for k, h in self.class_scores.items()},
             mv=None if self.mv is None else self.mv.copy(),
+            losses={k: dict(h) for k, h in self.losses.items()},
         )
 
 
@@ -481,6 +485,7 @@ class PartialState(msgspec.Struct, array_like=True, omit_defaults=True):
     ticks: dict[float, SummaryState] = {}
     class_scores: dict[str, dict[int, int]] = {}
     mv: bytes = b""  # CrossMoments bytes (absent from partials of older versions)
+    losses: dict[str, dict[int, int]] = {}  # loss tree leaf counts (idem)
 
 
 class OutcomeState(msgspec.Struct, array_like=True, omit_defaults=True):
@@ -527,6 +532,7 @@ def encode_partial(p: WindowPartial) -> PartialState:
         {t: encode_summary(x) for t, x in p.ticks.items()},
         p.class_scores,
         b"" if p.mv is None else p.mv.to_bytes(),
+        p.losses,
     )
 
 
@@ -553,6 +559,7 @@ def decode_partial(s: PartialState) -> WindowPartial:
         {t: decode_summary(x) for t, x in s.ticks.items()},
         {k: dict(h) for k, h in s.class_scores.items()},
         mv=CrossMoments.from_bytes(s.mv) if s.mv else None,
+        losses={k: dict(h) for k, h in s.losses.items()},
     )
 
 

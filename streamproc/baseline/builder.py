@@ -33,6 +33,7 @@ from streamproc.baseline.profile import (
     CategoricalReference,
     ClassPerformanceReference,
     ColumnReference,
+    LossModelReference,
     NumericReference,
     ReconstructionReference,
     ReferenceProfile,
@@ -715,6 +716,7 @@ class _Outputs:
     positive_class: str | None
     task: Task
     classes: _ClassScores | None = None
+    losses: LossModelReference | None = None  # regression with labels, fitted on every row
 
     @classmethod
     def of(cls, data: _Chunk, positive_class: str | None, task: Task | None = None) -> _Outputs:
@@ -755,6 +757,11 @@ class _Outputs:
                     derived = np.where(predicted == positive_class, score, 1.0 - score)
                 confidence[derive] = derived[derive]
         classes = _ClassScores.of(data, predicted, label, score, positive_class)
+        losses = None
+        if task == "regression" and _numeric_pair(pred, label):
+            from streamproc.aggregate.losses import fit_loss_model
+
+            losses = fit_loss_model(pred, label, data.features)
         return cls(
             prediction=None if pred is None else _prepare(pred),
             score=score,
@@ -766,6 +773,7 @@ class _Outputs:
             positive_class=positive_class,
             task=task,
             classes=classes,
+            losses=losses,
         )
 
     def segment(self, rows: NDArray[np.intp], builder: ProfileBuilder) -> dict[str, Any]:
@@ -792,7 +800,16 @@ class _Outputs:
                 out["top1_rate"] = int(counts.max()) / total
         if self.classes is not None:
             out["class_performance"] = self.classes.segment(rows)
+        if self.losses is not None and np.isfinite(self.abs_error[rows]).any():
+            out["losses"] = self.losses
         return out
+
+
+def _numeric_pair(pred: NDArray[Any] | None, label: NDArray[Any] | None) -> bool:
+    return (
+        isinstance(pred, np.ndarray) and pred.dtype != object
+        and isinstance(label, np.ndarray) and label.dtype != object
+    )  # fmt: skip
 
 
 @dataclass

@@ -36,6 +36,8 @@ __all__ = [
     "CalibrationReference",
     "CategoricalReference",
     "ColumnReference",
+    "LossModelReference",
+    "LossTreeReference",
     "NumericReference",
     "ReconstructionReference",
     "ReferenceProfile",
@@ -282,6 +284,47 @@ class ClassPerformanceReference(msgspec.Struct, frozen=True, kw_only=True):
     realised: dict[str, list[float]] = {}
 
 
+class LossTreeReference(msgspec.Struct, frozen=True, kw_only=True):
+    """One regression tree of a :class:`LossModelReference`, as node arrays (node 0 the root).
+
+    Node ``i`` splits on input ``feature[i]`` (``-1``: a leaf): a numeric input sends
+    ``value <= threshold[i]`` to ``left[i]`` (nulls and non-numbers to ``right[i]``), a
+    categorical one the category numbered ``threshold[i]``. ``value[i]`` is the mean loss of
+    the ``count[i]`` reference rows in the node.
+    """
+
+    feature: list[int]
+    threshold: list[float]
+    left: list[int]
+    right: list[int]
+    value: list[float]
+    count: list[int]
+
+
+class LossModelReference(msgspec.Struct, frozen=True, kw_only=True):
+    """A regression model's expected losses given its prediction and features, for the
+    estimated MAE, RMSE and MAPE of unlabelled windows (see :mod:`streamproc.aggregate.losses`).
+
+    Attributes
+    ----------
+    inputs
+        What the trees split on: ``None`` is the prediction, a name a feature.
+    categories
+        Per categorical input, its categories in the order the trees number them.
+    trees
+        ``"abs"``, ``"sq"`` and ``"pct"``: the trees of the absolute, squared and absolute
+        percentage error (the last fitted on the rows whose label is not zero).
+    labelled
+        Labelled reference rows the trees were fitted on (of the whole reference: every
+        segment shares the model, as the per-class calibration of a classifier).
+    """
+
+    inputs: list[str | None]
+    categories: dict[str, list[str]] = {}
+    trees: dict[str, LossTreeReference] = {}
+    labelled: int = 0
+
+
 class ReconstructionReference(msgspec.Struct, frozen=True, kw_only=True):
     """A segment's PCA of its numeric features, for multivariate drift (data reconstruction).
 
@@ -343,6 +386,10 @@ class SegmentReference(msgspec.Struct, frozen=True, kw_only=True):
         The PCA of the numeric features and the reference's reconstruction error, for
         multivariate drift (``None``: fewer than two usable numeric features or too few
         rows, or a baseline built before it existed; the check is then skipped).
+    losses
+        The loss trees of a regression model with labelled reference rows, for the estimated
+        MAE, RMSE and MAPE of windows without labels (``None``: a classifier, no labels, or a
+        baseline built before them).
     """
 
     count: int
@@ -363,6 +410,7 @@ class SegmentReference(msgspec.Struct, frozen=True, kw_only=True):
     mape: float | None = None
     mape_labelled: int | None = None
     reconstruction: ReconstructionReference | None = None
+    losses: LossModelReference | None = None
 
     def task_of(self) -> Task:
         """The segment's task: the stored one, else inferred as it was decided before it was
@@ -406,7 +454,7 @@ class SegmentReference(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _LATER_FIELDS: Final = (
-    "class_performance", "task", "rmse", "mape", "mape_labelled", "reconstruction",
+    "class_performance", "task", "rmse", "mape", "mape_labelled", "reconstruction", "losses",
 )  # fmt: skip
 
 

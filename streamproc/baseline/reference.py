@@ -43,6 +43,7 @@ from numpy.typing import NDArray
 
 from streamproc.baseline import (
     CategoricalReference,
+    LossModelReference,
     NumericReference,
     ReconstructionReference,
     SegmentReference,
@@ -257,6 +258,18 @@ class Reference:
             np.asarray(rec.stds, dtype=np.float64),
             np.asarray(rec.components, dtype=np.float64),
         )
+
+    @property
+    def losses(self) -> LossModelReference | None:
+        """A regression model's loss trees, for its estimated MAE, RMSE and MAPE."""
+        return self.segment.losses
+
+    @cached_property
+    def losses_key(self) -> str:
+        """A hash of the loss trees: the segments of a model share them (rows are run down
+        them once per batch)."""
+        blob = msgspec.msgpack.encode(self.segment.losses)
+        return hashlib.blake2b(blob, digest_size=8).hexdigest()
 
     @property
     def accuracy(self) -> float | None:

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from streamproc.aggregate import losses
 from streamproc.aggregate.partials import Z_SCALE, OutcomePartial, WindowPartial, moments_of
 from streamproc.baseline import (
     CategoricalReference,
@@ -469,7 +470,21 @@ def outputs(
             out["estimated_accuracy"] = stats.cbpe_estimated_accuracy_from_counts(
                 cal.to_map(), score.hist
             )
+    out.update(estimated_errors(cfg, ref, window))
     return out
+
+
+def estimated_errors(cfg: MonitoringConfig, ref: Reference, window: WindowPartial) -> Row:
+    """``estimated_mae``, ``estimated_rmse`` and ``estimated_mape`` of a regression model's
+    window of predictions, from its loss trees' leaf counts (:mod:`streamproc.aggregate.losses`);
+    none without the reference's trees or under ``min_window_count`` predictions."""
+    model = ref.losses
+    if model is None or ref.task != "regression" or not window.losses:
+        return {}
+    counted = sum(next(iter(window.losses.values())).values())
+    if counted < cfg.min_window_count:
+        return {}
+    return {f"estimated_{m}": moment(v) for m, v in losses.estimate(model, window.losses).items()}
 
 
 def volume(

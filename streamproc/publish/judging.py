@@ -598,6 +598,11 @@ class JudgeStage:
                     g.regression_error.labels(model=model, segment=seg, metric=metric).set(
                         float(value)
                     )
+                value = record.outputs.get(f"estimated_{metric}")
+                if value is not None:
+                    g.regression_error_estimated.labels(
+                        model=model, segment=seg, metric=metric
+                    ).set(float(value))
         for detector, seg_key, _feature in out.detections:
             g.detections.labels(model=model, detector=detector, segment=seg_key).inc()
         judge = self.judges.get(model)

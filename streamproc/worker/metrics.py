@@ -104,6 +104,12 @@ class WorkerMetrics:
             "(mape a share, over labels that are not zero)",
             ["model", "segment", "metric"], registry=r,
         )  # fmt: skip
+        self.regression_error_estimated = Gauge(
+            "streamproc_regression_error_estimated",
+            "Estimated error of a regression model per window of predictions, before its labels "
+            "(loss trees fitted on the reference): metric = mae | rmse | mape",
+            ["model", "segment", "metric"], registry=r,
+        )  # fmt: skip
         self.alerts_firing = Gauge(
             "streamproc_alerts_firing", "Alerts currently firing", ["model", "kind", "severity"],
             registry=r,

@@ -171,6 +171,7 @@ def assert_same_partial(got: WindowPartial, want: WindowPartial) -> None:
         "sampled_out",
         "ticks",
         "class_scores",
+        "losses",
     )
     assert {k: getattr(got, k) for k in exact} == {k: getattr(want, k) for k in exact}
     assert got.numeric.keys() == want.numeric.keys()
