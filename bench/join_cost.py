@@ -2,12 +2,10 @@
 
 Run: ``.venv/bin/python bench/join_cost.py [--events 100000] [--repeats 3] [--baseline-ref REF]``
 
-"Before" is ``streamproc/join.py`` as of ``--baseline-ref`` (``git show`` into a temporary
-module; the default is the last commit with the three-keys-per-id layout), "previous" the same
-as of ``--previous-ref`` (default af582a0, one key per id but reading the layout before too
-while its upgrade window lasted, which every prefix started in), and "after" is the working
-tree's, which reads its own layout only and keeps the other half's blob in a join's tombstone
-(to hand a join back to a redelivery of the half that completed it). All run the same workload
+"Before" is the join as of ``--baseline-ref`` (``git show`` into a temporary module; the
+default, 42f567c, is the last commit of key layout 2: keys built from ARGV, one Redis only), and
+"after" is the working tree's (layout 3: hash-tagged keys given in KEYS, a batch split by join
+shard, the stored value built by the client). All run the same workload
 against the same Redis, pass after pass interleaved, each pass under a fresh key prefix:
 
 * ``--events`` predictions with shuffled ids, sent in batches of ``--batch`` like one consumed
@@ -82,13 +80,14 @@ class Pass:
 
 def load_before(ref: str, name: str) -> ModuleType:
     """``streamproc/join.py`` as of ``ref``, imported as ``name``."""
-    source = subprocess.run(
-        ["git", "show", f"{ref}:streamproc/join.py"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    for where in ("streamproc/ingest/join.py", "streamproc/join.py"):  # the layout moved
+        shown = subprocess.run(
+            ["git", "show", f"{ref}:{where}"], cwd=ROOT, capture_output=True, text=True
+        )
+        if shown.returncode == 0:
+            break
+    shown.check_returncode()
+    source = shown.stdout
     path = Path(tempfile.mkdtemp(prefix="join-before-")) / f"{name}.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location(name, path)
@@ -177,11 +176,10 @@ async def run_pass(module: ModuleType, name: str, url: str, batches: list[Batch]
     joined: list[str] = []
     events = sum(len(b.items) for b in batches)
     await client.ping()
-    if hasattr(join, "setup"):
-        # A deployment checks its layout once at start; marked here so that a shared Redis
-        # given by --redis-url is not scanned.
-        await client.set(f"{prefix}:layout", "2")
-        await join.setup()
+    # A deployment checks its layout once at start; marked here so that a shared Redis given by
+    # --redis-url is not scanned.
+    await client.set(f"{prefix}:layout", module.LAYOUT)
+    await join.setup()
     cpu0, us0 = redis_cpu(sync)
     t0 = time.perf_counter()
     for b in batches:
@@ -193,19 +191,22 @@ async def run_pass(module: ModuleType, name: str, url: str, batches: list[Batch]
         joined += [pid for (pid, _), r in zip(b.items, results, strict=True) if r == "joined"]
     wall = time.perf_counter() - t0
     cpu1, us1 = redis_cpu(sync)
-    sample = [f"{prefix}:{'j' if module.__name__ == 'join_before' else 'i'}:{pid}"
-              for pid in joined[:: max(1, len(joined) // 500)]]  # fmt: skip
+    sample = [state_key(module, prefix, pid) for pid in joined[:: max(1, len(joined) // 500)]]
     size = statistics.mean(len(v) for v in sync.mget(sample)) if sample else 0.0
     memory = statistics.mean(sync.memory_usage(k, samples=0) for k in sample) if sample else 0.0
-    ids = sorted({pid for b in batches for pid, _ in b.items})
-    keys = [f"{prefix}:{kind}:{pid}" for kind in "plji" for pid in ids]
-    keys += [f"{prefix}:due:{side}:{shard}" for side in "pl" for shard in range(module.SHARDS)]
-    keys += [f"{prefix}:layout", f"{prefix}:legacy"]
+    keys = [k for p in after_module.key_patterns(prefix) for k in sync.scan_iter(p, count=10_000)]
     for start in range(0, len(keys), 10_000):
         sync.unlink(*keys[start : start + 10_000])
     await client.aclose()
     sync.close()
     return Pass(name, events, wall, cpu1 - cpu0, us1 - us0, dict(counts), size, memory)
+
+
+def state_key(module: ModuleType, prefix: str, pid: str) -> str:
+    """The key of an id's join state in ``module``'s layout."""
+    if hasattr(module, "shard_tag"):  # layout 3: hash-tagged by join shard
+        return f"{module.shard_tag(prefix, module.shard_of(pid))}:i:{pid}"
+    return f"{prefix}:i:{pid}"
 
 
 def main() -> None:
@@ -215,8 +216,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--label-fraction", type=float, default=0.8)
     ap.add_argument("--early-fraction", type=float, default=0.2)
-    ap.add_argument("--baseline-ref", default="c8add18", help="git ref of the 'before' join.py")
-    ap.add_argument("--previous-ref", default="af582a0", help="git ref of 'previous' join.py")
+    ap.add_argument("--baseline-ref", default="42f567c", help="git ref of the 'before' join.py")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--redis-url", default=os.environ.get("STREAMPROC_REDIS_URL"))
     args = ap.parse_args()
@@ -228,11 +228,10 @@ def main() -> None:
 def measure(args: argparse.Namespace, url: str) -> None:
     """Run the passes against ``url`` and print the table."""
     before = load_before(args.baseline_ref, "join_before")
-    previous = load_before(args.previous_ref, "join_previous")
     batches = workload(args.events, args.batch, args.label_fraction, args.early_fraction, args.seed)
     passes: list[Pass] = []
     for _ in range(args.repeats):
-        for name, module in implementations(before, previous):
+        for name, module in implementations(before):
             p = asyncio.run(run_pass(module, name, url, batches))
             passes.append(p)
             print(
@@ -242,7 +241,7 @@ def measure(args: argparse.Namespace, url: str) -> None:
                 f"{p.tombstone_bytes:.0f} B ({p.tombstone_memory:.0f} B used)  {p.counts}",
                 flush=True,
             )
-    names = [name for name, _ in implementations(before, previous)]
+    names = [name for name, _ in implementations(before)]
     counts = {p.impl: p.counts for p in passes}
     if any(counts[name] != counts["before"] for name in names):
         sys.exit(f"result counts differ: {counts}")
@@ -258,7 +257,7 @@ def measure(args: argparse.Namespace, url: str) -> None:
         "tombstone MEMORY USAGE bytes": lambda p: p.tombstone_memory,
     }
     print(f"\n{len(batches)} batches, {passes[0].events:,} events, medians of {args.repeats}")
-    pairs = [(n, names[0]) for n in names[1:]] + [(names[-1], names[1])]
+    pairs = [(n, names[0]) for n in names[1:]]
     ratios = [f"{a} / {b}" for a, b in pairs]
     print("| measure | " + " | ".join(names + ratios) + " |")
     print("| --- |" + " ---: |" * (len(names) + len(pairs)))
@@ -269,11 +268,9 @@ def measure(args: argparse.Namespace, url: str) -> None:
         print(f"| {label} | " + " | ".join(cells) + " |")
 
 
-def implementations(before: ModuleType, previous: ModuleType) -> list[tuple[str, ModuleType]]:
-    """What each pass runs: name and module. "previous" starts each pass on a fresh prefix, so
-    inside the window in which it also read keys of the layout before, as every deployment of
-    it did for its first ``prediction_ttl_s`` plus an hour."""
-    return [("before", before), ("previous, legacy window", previous), ("after", after_module)]
+def implementations(before: ModuleType) -> list[tuple[str, ModuleType]]:
+    """What each pass runs: name and module."""
+    return [("before", before), ("after", after_module)]
 
 
 if __name__ == "__main__":

@@ -101,7 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("topics", help="create missing topics and report mismatches")
     p.add_argument("action", choices=["apply"])
     p.add_argument("--file", help="topics YAML (default: topology/topics.yaml)")
-    p.add_argument("--replication-factor", type=int, default=1)
+    p.add_argument(
+        "--replication-factor",
+        type=int,
+        help="copies of each topic created (default: kafka.replication_factor, 1); "
+        "from 3 on, min.insync.replicas is 2",
+    )
     p.set_defaults(func=cmd_topics)
 
     p = sub.add_parser("schemas", help="write or check schemas/*.json against the code")

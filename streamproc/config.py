@@ -49,6 +49,19 @@ class KafkaConfig(_Section):
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+    # Copies of every topic streamproc creates (``topics apply``, the internal partials topic);
+    # 3 on a production cluster, which then also gets min.insync.replicas 2.
+    replication_factor: PositiveInt = 1
+
+    @property
+    def min_insync_replicas(self) -> int:
+        """What a topic created with ``replication_factor`` copies requires for a write:
+        2 of 3 (a broker may fail and nothing acknowledged is lost), 1 below 3.
+
+        >>> KafkaConfig(replication_factor=3).min_insync_replicas
+        2
+        """
+        return 2 if self.replication_factor >= 3 else 1
 
     def librdkafka(self) -> dict[str, str]:
         """The connection settings as confluent-kafka (librdkafka) expects them."""
@@ -66,11 +79,51 @@ class KafkaConfig(_Section):
 
 
 class RedisConfig(_Section):
-    """How to reach Redis. ``rediss://`` for TLS; the password may come from ``password``."""
+    """How to reach Redis. ``rediss://`` for TLS; the password may come from ``password``.
+
+    A Redis Cluster is selected by ``cluster: true`` or a ``redis+cluster://`` (TLS:
+    ``rediss+cluster://``) URL naming any of its nodes; redis-py's cluster client finds the
+    rest. On a cluster the join's state spreads over the nodes by join shard, and every other
+    key (baselines, checkpoints, outbox, worker registry) carries the hash tag ``{key_prefix}``
+    so that the transactions over them stay in one slot.
+
+    >>> RedisConfig(url="redis+cluster://10.0.0.5:7000").is_cluster
+    True
+    >>> RedisConfig(url="redis+cluster://10.0.0.5:7000").prefix
+    '{streamproc}'
+    >>> RedisConfig().prefix
+    'streamproc'
+    """
 
     url: str = "redis://127.0.0.1:6379/0"
     password: str | None = None
     key_prefix: str = "streamproc"
+    cluster: bool = False
+
+    def __post_init__(self) -> None:
+        if "{" in self.key_prefix or "}" in self.key_prefix:
+            raise ValueError(
+                "key_prefix must not contain '{' or '}': streamproc adds its own Redis Cluster "
+                "hash tags"
+            )
+        scheme = self.url.partition("://")[0]
+        if scheme not in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
+            raise ValueError(
+                f"url scheme {scheme!r} is not one of redis://, rediss:// (TLS), unix://, "
+                "redis+cluster://, rediss+cluster://"
+            )
+        if self.is_cluster and scheme == "unix":
+            raise ValueError("a Redis Cluster is reached over TCP: use redis+cluster://host:port")
+
+    @property
+    def is_cluster(self) -> bool:
+        """Whether this is a Redis Cluster (``cluster: true`` or a ``+cluster`` URL)."""
+        return self.cluster or self.url.partition("://")[0].endswith("+cluster")
+
+    @property
+    def prefix(self) -> str:
+        """The prefix of every key but the join's: ``key_prefix``, in a hash tag on a cluster."""
+        return f"{{{self.key_prefix}}}" if self.is_cluster else self.key_prefix
 
 
 class TopicsConfig(_Section):

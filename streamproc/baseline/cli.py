@@ -126,11 +126,9 @@ def describe(profile: ReferenceProfile, segment: str = ALL) -> str:
 
 
 def _store(cfg: Config) -> BaselineStore:
-    import redis
+    from streamproc.redis_client import sync_client
 
-    return BaselineStore(
-        redis.Redis.from_url(cfg.redis.url, password=cfg.redis.password), cfg.redis.key_prefix
-    )
+    return BaselineStore(sync_client(cfg.redis), cfg.redis.prefix)
 
 
 def _redis_call(cfg: Config, what: Any) -> Any:

@@ -83,7 +83,7 @@ def _produce(cfg: Config, spec: object) -> None:
     from streamproc.dev.synthetic import Workload
 
     work = Workload(spec, N_EVENTS, seed=7)  # type: ignore[arg-type]
-    producer = Producer({**cfg.kafka.librdkafka(), "linger.ms": 20})
+    producer = Producer({**cfg.kafka.librdkafka(), "linger.ms": 20, "enable.idempotence": True})
     for topic, events, what in (
         (cfg.topics.predictions, work.predictions(), "predictions"),
         (cfg.topics.labels, work.labels(), "labels"),
@@ -104,14 +104,13 @@ def _produce(cfg: Config, spec: object) -> None:
 
 
 def _baseline(cfg: Config, spec: object) -> None:
-    import redis
-
     from streamproc.baseline import BaselineStore
     from streamproc.dev.synthetic import reference_profile
+    from streamproc.redis_client import sync_client
 
     profile = reference_profile(spec, 30_000, source="demo reference (30,000 rows)")  # type: ignore[arg-type]
-    client = redis.Redis.from_url(cfg.redis.url, password=cfg.redis.password)
-    BaselineStore(client, cfg.redis.key_prefix).put(profile)
+    client = sync_client(cfg.redis)
+    BaselineStore(client, cfg.redis.prefix).put(profile)
 
 
 def _incidents(cfg: Config, stop: float) -> Iterator[object]:
@@ -205,10 +204,11 @@ def summary(incidents: list[object]) -> tuple[list[str], bool]:
 
 
 def _cleanup(cfg: Config) -> None:
-    import redis
     from confluent_kafka.admin import AdminClient
 
+    from streamproc.ingest.join import key_patterns
     from streamproc.publish.sources import partials_topic
+    from streamproc.redis_client import sync_client
 
     roles = ("predictions", "labels", "alerts", "incidents", "metrics", "deadletter")
     names = [getattr(cfg.topics, r) for r in roles] + [partials_topic(cfg)]
@@ -216,8 +216,9 @@ def _cleanup(cfg: Config) -> None:
         for fut in AdminClient(cfg.kafka.librdkafka()).delete_topics(names).values():
             fut.result(10)
     with contextlib.suppress(Exception):
-        client = redis.Redis.from_url(cfg.redis.url, password=cfg.redis.password)
-        keys = list(client.scan_iter(f"{cfg.redis.key_prefix}:*", count=5000))
+        client = sync_client(cfg.redis)
+        patterns = [f"{cfg.redis.prefix}:*", *key_patterns(cfg.redis.key_prefix)]
+        keys = [k for p in patterns for k in client.scan_iter(p, count=5000)]
         for i in range(0, len(keys), 1000):
             client.delete(*keys[i : i + 1000])
 

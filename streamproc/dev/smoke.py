@@ -10,11 +10,11 @@ from streamproc.config import load_config
 
 
 def run(args: argparse.Namespace) -> int:
-    import redis
     from confluent_kafka import Consumer, Producer
 
     from streamproc import contracts
     from streamproc.kafka import topics
+    from streamproc.redis_client import sync_client
 
     cfg = load_config(args.config)
     for line in topics.apply(cfg, topics.load_topics(cfg)).lines():
@@ -42,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
         print("kafka: the smoke prediction did not come back within 30 s")
         return 1
     print(f"kafka: produced and consumed a valid prediction on {cfg.topics.predictions!r}")
-    client = redis.Redis.from_url(cfg.redis.url, password=cfg.redis.password)
-    key = f"{cfg.redis.key_prefix}:smoke:{pid}"
+    client = sync_client(cfg.redis)
+    key = f"{cfg.redis.prefix}:smoke:{pid}"
     client.set(key, b"ok", ex=60)
     ok = client.get(key) == b"ok"
     client.delete(key)

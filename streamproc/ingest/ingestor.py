@@ -31,8 +31,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
-import redis.asyncio as aioredis
-
 from streamproc.config import Config
 from streamproc.contracts import (
     DeadLetter,
@@ -55,6 +53,7 @@ from streamproc.ingest.join import (
 from streamproc.kafka.producer import OutputProducer
 from streamproc.kafka.retry import retry
 from streamproc.offload import off_loop
+from streamproc.redis_client import async_client
 from streamproc.worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -153,7 +152,7 @@ def check_join_layout(cfg: Config) -> None:
     layout under ``cfg.redis.key_prefix`` (:class:`streamproc.join.JoinLayoutError`)."""
 
     async def check() -> None:
-        client = aioredis.Redis.from_url(cfg.redis.url, password=cfg.redis.password)
+        client = async_client(cfg.redis)
         try:
             await ensure_layout(client, cfg.redis.key_prefix)
         finally:

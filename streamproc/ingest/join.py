@@ -30,9 +30,9 @@ of two segments and three features, ~100 bytes of value instead of ~17 (``MEMORY
 instead of ~120 bytes per joined id, ``bench/join_cost.py``). A joined tombstone left by a
 worker of layout 2 before this (no blob) makes such a redelivery plain ``redelivered``.
 
-Keys (``P`` is the configured prefix)::
+Keys (``P`` is the configured prefix, ``S`` a join shard 0-15 from the id's CRC-32)::
 
-    P:i:<id>            an id's state, one of
+    {P:jS}:i:<id>       an id's state, one of
                           "p<origin>|<blob>"  pending prediction: a JoinRecord blob (versioned
                                               msgpack, never pickle)
                           "l<origin>|<blob>"  pending label: a LabelRecord blob
@@ -41,21 +41,25 @@ Keys (``P`` is the configured prefix)::
                                               and the other side's blob
                           "j<prediction origin>/<label origin>"  tombstone of an expiry (the
                                               expired side's origin only, the other empty)
-    P:due:p:<shard>     sorted set id -> deadline (Unix seconds) of pending predictions
-    P:due:l:<shard>     the same for pending labels
+    {P:jS}:due:p        sorted set state key -> deadline (Unix seconds) of pending predictions
+    {P:jS}:due:l        the same for pending labels
     P:layout            the key layout's version, ``LAYOUT``
+
+The braces are a Redis Cluster hash tag: every key of a shard lives in one slot, so a script
+call (one shard's part of a batch) touches one slot and runs on Redis Cluster as on a single
+Redis. The scripts receive every key they are given in KEYS; the sweep also reads the state keys
+its sorted set names, which share the set's slot. A batch is split by shard and pipelined (on a
+cluster, redis-py's cluster pipeline sends each node its shards' calls).
 
 :meth:`RedisJoin.setup` (run by the worker before it consumes, and by the first call of a
 :class:`RedisJoin`) checks ``P:layout``: it sets it under a prefix without one, unless keys of
-the layout before (``P:p:<id>``, ``P:l:<id>``, ``P:j:<id>``: three keys per id) are found, and
-fails with :class:`JoinLayoutError` when they are, or when ``P:layout`` names another version:
-the scripts read this layout only (streamproc is unreleased; reading both cost Redis about a
-third more CPU per event). The message says how to drain or delete the old keys.
+an earlier layout (``P:p:<id>``, ``P:l:<id>``, ``P:j:<id>`` of layout 1, ``P:i:<id>`` of
+layout 2) are found, and fails with :class:`JoinLayoutError` when they are, or when
+``P:layout`` names another version: the scripts read this layout only (streamproc is
+unreleased). The message says how to drain or delete the old keys.
 
 Deadlines are wall-clock (they bound how long Redis keeps state, not event time). Each key also
 carries a Redis TTL a grace period past its deadline, so state never outlives a lost sweeper.
-The scripts address keys they build from ARGV, so this needs a single Redis (or a proxy that
-routes by prefix), not Redis Cluster.
 """
 
 from __future__ import annotations
@@ -69,6 +73,8 @@ from typing import Literal
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.exceptions import NoScriptError
 
 from streamproc.contracts import Scalar
 from streamproc.errors import StateEncodingError, StreamprocError
@@ -81,7 +87,7 @@ SHARDS = 16
 GRACE_S = 3600
 CHUNK = 500
 CHUNKS_PER_ROUND_TRIP = 20  # 10,000 events: tens of ms of Redis time per round trip
-LAYOUT = b"2"
+LAYOUT = b"3"
 
 
 class JoinRecord(msgspec.Struct, array_like=True, frozen=True):
@@ -157,132 +163,126 @@ class Expired:
     labels: int  # labels whose prediction never came
 
 
-# ARGV: prefix, now, deadline, key ttl, dedupe ttl, own side, other side, then (id, shard,
-# origin, blob) quadruples. Returns, per id: 0 = pending, 1 = duplicate (another message carried
-# the same id), 2 = redelivery (this very message again, e.g. after a restart), 3 = late (the
-# other half already expired), the other side's "<origin>|<blob>" when this arrival completed the
-# join, or {other side's origin, its blob} when this is a redelivery of the arrival that completed
-# it (the outcome is rebuilt from the tombstone: see "at-least-once" in the module docstring).
+# KEYS: this shard's due set of the arriving side, the other side's, then one state key per
+# event. ARGV: deadline, key ttl, dedupe ttl, own side, other side, then per event the value a
+# pending arrival stores, "<side><origin>|<blob>" (built by the client, so the script
+# concatenates nothing for a plain arrival). Returns, per event: 0 = pending, 1 = duplicate
+# (another message carried the same id), 2 = redelivery (this very message again, e.g. after a
+# restart), 3 = late (the other half already expired), the other side's "<origin>|<blob>" when
+# this arrival completed the join, or {other side's origin, its blob} when this is a
+# redelivery of the arrival that completed it (the outcome is rebuilt from the tombstone: see
+# "at-least-once" in the module docstring).
 #
 # Redis spends a script's time mostly on creating, deleting and looking up keys and sorted-set
 # members, less on the per-command overhead of redis.call (a perf profile puts dictFind and key
 # comparison first). So an id's whole state is one key (a join overwrites the pending value with
 # its tombstone in place instead of deleting one key and creating another), the script reads
-# every id's key with one MGET, keeps what it changes in a table (an id may come twice in one
-# call), and sends the sorted-set updates as one command per key at the end; one SET with its
-# TTL remains per event. bench/join_cost.py: ~0.7x the Redis CPU per event of three keys per id.
+# every key with one MGET, keeps what it changes in a table (an id may come twice in one call),
+# and sends the sorted-set updates as one command per set at the end; one SET with its TTL
+# remains per event. The sorted sets hold the state key itself, so the sweep reads it as it is.
 _ARRIVE = """
-local prefix = ARGV[1]
-local deadline = ARGV[3]
-local ttl, dedupe = ARGV[4], ARGV[5]
-local mine, other = ARGV[6], ARGV[7]
+local deadline = ARGV[1]
+local ttl, dedupe = ARGV[2], ARGV[3]
+local mine, other = ARGV[4], ARGV[5]
 local find, sub, call = string.find, string.sub, redis.call
 local STEP = 800
--- One command over many items, in slices that stay within Lua's unpack limit.
-local function bulk(cmd, key, items)
-  for i = 1, #items, STEP do
-    call(cmd, key, unpack(items, i, math.min(i + STEP - 1, #items)))
-  end
+local n = #KEYS - 2
+local vals = {}
+for i = 3, #KEYS, STEP do
+  local got = call('MGET', unpack(KEYS, i, math.min(i + STEP - 1, #KEYS)))
+  for j = 1, #got do vals[i + j - 3] = got[j] end
 end
-local n = (#ARGV - 7) / 4
-local keys, vals = {}, {}
-for k = 0, n - 1 do
-  keys[k + 1] = prefix .. ':i:' .. ARGV[8 + 4 * k]
-end
-for i = 1, #keys, STEP do
-  local got = call('MGET', unpack(keys, i, math.min(i + STEP - 1, #keys)))
-  for j = 1, #got do vals[i + j - 1] = got[j] end
-end
--- state[id]: "p<origin>|<blob>", "l<origin>|<blob>", "j<p origin>/<l origin>[|<side><blob>]"
+-- state[key]: "p<origin>|<blob>", "l<origin>|<blob>", "j<p origin>/<l origin>[|<side><blob>]"
 -- or false
 local state = {}
 local adds, rems = {}, {}
 local out = {}
-for k = 0, n - 1 do
-  local a = 8 + 4 * k
-  local id, shard, origin = ARGV[a], ARGV[a + 1], ARGV[a + 2]
-  local s = state[id]
-  if s == nil then s = vals[k + 1] end
-  local tag = s and sub(s, 1, 1)
-  local seen, rest, again = false, false, false
-  if tag == 'j' then
-    local slash = find(s, '/', 2, true)
-    local bar = find(s, '|', slash + 1, true)
-    local p_origin, l_origin
-    if bar then
-      l_origin = sub(s, slash + 1, bar - 1)
-      rest = sub(s, bar + 1)
-    else
-      l_origin = sub(s, slash + 1)
-    end
-    p_origin = sub(s, 2, slash - 1)
-    if mine == 'p' then seen = p_origin else seen = l_origin end
-    if seen == '' then seen = 'late' end
-    if rest and sub(rest, 1, 1) == mine and seen == origin then
-      -- the completing half again: hand back the other half to rebuild the outcome
-      local theirs = l_origin
-      if mine == 'l' then theirs = p_origin end
-      out[k + 1] = {theirs, sub(rest, 2)}
-      again = true
-    end
-  elseif tag == mine then
-    local bar = find(s, '|', 2, true)
-    if bar then seen = sub(s, 2, bar - 1) else seen = sub(s, 2) end
-  end
-  if again then
-    -- nothing changes
-  elseif seen then
-    if seen == origin then
-      out[k + 1] = 2
-    elseif seen == 'late' then
-      out[k + 1] = 3
-    else
-      out[k + 1] = 1
-    end
-  elseif tag == other then
-    local found = sub(s, 2)
-    local bar = find(found, '|', 1, true)
-    local theirs = sub(found, 1, bar - 1)
-    local pair = theirs .. '/' .. origin
-    if mine == 'p' then pair = origin .. '/' .. theirs end
-    s = 'j' .. pair .. '|' .. mine .. sub(found, bar + 1)
-    call('SET', keys[k + 1], s, 'EX', dedupe)
-    local r = rems[shard]
-    if not r then r = {}; rems[shard] = r end
-    r[#r + 1] = id
-    out[k + 1] = found
+for k = 1, n do
+  local key, value = KEYS[k + 2], ARGV[k + 5]
+  local s = state[key]
+  if s == nil then s = vals[k] end
+  if not s then
+    call('SET', key, value, 'EX', ttl)
+    adds[#adds + 1] = deadline
+    adds[#adds + 1] = key
+    out[k] = 0
+    state[key] = value
   else
-    s = mine .. origin .. '|' .. ARGV[a + 3]
-    call('SET', keys[k + 1], s, 'EX', ttl)
-    local z = adds[shard]
-    if not z then z = {}; adds[shard] = z end
-    z[#z + 1] = deadline
-    z[#z + 1] = id
-    out[k + 1] = 0
+    local tag = sub(s, 1, 1)
+    local origin = sub(value, 2, find(value, '|', 2, true) - 1)
+    local seen, rest, again = false, false, false
+    if tag == 'j' then
+      local slash = find(s, '/', 2, true)
+      local bar = find(s, '|', slash + 1, true)
+      local p_origin, l_origin
+      if bar then
+        l_origin = sub(s, slash + 1, bar - 1)
+        rest = sub(s, bar + 1)
+      else
+        l_origin = sub(s, slash + 1)
+      end
+      p_origin = sub(s, 2, slash - 1)
+      if mine == 'p' then seen = p_origin else seen = l_origin end
+      if seen == '' then seen = 'late' end
+      if rest and sub(rest, 1, 1) == mine and seen == origin then
+        -- the completing half again: hand back the other half to rebuild the outcome
+        local theirs = l_origin
+        if mine == 'l' then theirs = p_origin end
+        out[k] = {theirs, sub(rest, 2)}
+        again = true
+      end
+    elseif tag == mine then
+      local bar = find(s, '|', 2, true)
+      if bar then seen = sub(s, 2, bar - 1) else seen = sub(s, 2) end
+    end
+    if again then
+      -- nothing changes
+    elseif seen then
+      if seen == origin then
+        out[k] = 2
+      elseif seen == 'late' then
+        out[k] = 3
+      else
+        out[k] = 1
+      end
+    else
+      -- tag == other: this arrival completes the join
+      local found = sub(s, 2)
+      local bar = find(found, '|', 1, true)
+      local theirs = sub(found, 1, bar - 1)
+      local pair = theirs .. '/' .. origin
+      if mine == 'p' then pair = origin .. '/' .. theirs end
+      s = 'j' .. pair .. '|' .. mine .. sub(found, bar + 1)
+      call('SET', key, s, 'EX', dedupe)
+      rems[#rems + 1] = key
+      out[k] = found
+      state[key] = s
+    end
   end
-  state[id] = s
 end
-local due = prefix .. ':due:'
-for shard, ids in pairs(rems) do bulk('ZREM', due .. other .. ':' .. shard, ids) end
-for shard, scored in pairs(adds) do bulk('ZADD', due .. mine .. ':' .. shard, scored) end
+for i = 1, #rems, STEP do
+  call('ZREM', KEYS[2], unpack(rems, i, math.min(i + STEP - 1, #rems)))
+end
+for i = 1, #adds, 2 * STEP do
+  call('ZADD', KEYS[1], unpack(adds, i, math.min(i + 2 * STEP - 1, #adds)))
+end
 return out
 """
 
-# ARGV: prefix, side, shard, now, limit, dedupe_ttl. Pops due ids, turns each one's pending
-# value into a tombstone with one side empty, returns their blobs.
+# KEYS: a shard's due set of one side. ARGV: side, now, limit, dedupe_ttl. Pops due state
+# keys (in the set's slot), turns each one's pending value into a tombstone with one side
+# empty, returns their blobs.
 _SWEEP = """
-local prefix = ARGV[1]
-local side, shard = ARGV[2], ARGV[3]
-local now, limit, dedupe = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local due = KEYS[1]
+local side = ARGV[1]
+local now, limit, dedupe = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local find, sub, call = string.find, string.sub, redis.call
-local due = prefix .. ':due:' .. side .. ':' .. shard
-local ids = call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, limit)
+local keys = call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, limit)
 local out = {}
-for i = 1, #ids, 800 do
-  call('ZREM', due, unpack(ids, i, math.min(i + 799, #ids)))
+for i = 1, #keys, 800 do
+  call('ZREM', due, unpack(keys, i, math.min(i + 799, #keys)))
 end
-for _, id in ipairs(ids) do
-  local key = prefix .. ':i:' .. id
+for _, key in ipairs(keys) do
   local value = call('GET', key)
   if value and sub(value, 1, 1) == side then
     value = sub(value, 2)
@@ -302,36 +302,66 @@ class JoinLayoutError(StreamprocError):
     """Redis holds join state of another key layout than this version reads."""
 
 
+def shard_of(prediction_id: str) -> int:
+    return zlib.crc32(prediction_id.encode()) % SHARDS
+
+
+def shard_tag(prefix: str, shard: int) -> str:
+    """The hash-tagged head of a join shard's keys.
+
+    >>> shard_tag("streamproc", 3)
+    '{streamproc:j3}'
+    """
+    return f"{{{prefix}:j{shard}}}"
+
+
+def key_patterns(prefix: str) -> list[str]:
+    """SCAN patterns of every join key under ``prefix``, of this layout and the ones before."""
+    escaped = _glob_escape(prefix)
+    return [f"{{{escaped}:j*", *(f"{escaped}:{tail}" for tail in ("[plji]:*", "due:*", "layout"))]
+
+
 def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-def _delete_command(client: aioredis.Redis, prefix: str) -> str:
-    """The shell command that deletes every join key under ``prefix`` (no password in it)."""
-    kw = client.connection_pool.connection_kwargs
-    where = f"-h {kw.get('host', '127.0.0.1')} -p {kw.get('port', 6379)} -n {kw.get('db', 0)}"
-    patterns = " ".join(
-        shlex.quote(f"{_glob_escape(prefix)}:{tail}")
-        for tail in ("[plji]:*", "due:*", "layout", "legacy")
-    )
-    return (
+def _is_cluster(client: object) -> bool:
+    return isinstance(client, AsyncRedisCluster)
+
+
+def _delete_command(client: aioredis.Redis | AsyncRedisCluster, prefix: str) -> str:
+    """The shell command that deletes every join key under ``prefix`` (no password in it); on a
+    cluster, one loop per primary node."""
+    if _is_cluster(client):
+        nodes = [(n.host, n.port) for n in client.get_primaries()]  # type: ignore[union-attr]
+        wheres = [f"-c -h {host} -p {port}" for host, port in nodes]
+    else:
+        kw = client.connection_pool.connection_kwargs  # type: ignore[union-attr]
+        host, port, db = kw.get("host", "127.0.0.1"), kw.get("port", 6379), kw.get("db", 0)
+        wheres = [f"-h {host} -p {port} -n {db}"]
+    patterns = " ".join(shlex.quote(p) for p in key_patterns(prefix))
+    per_call = 1 if _is_cluster(client) else 500  # a cluster's UNLINK takes keys of one slot
+    return "; ".join(
         f'for p in {patterns}; do redis-cli {where} --scan --pattern "$p" '
-        f"| xargs -r -d '\\n' -n 500 redis-cli {where} unlink; done"
+        f"| xargs -r -d '\\n' -n {per_call} redis-cli {where} unlink; done"
+        for where in wheres
     )
 
 
-async def ensure_layout(client: aioredis.Redis, prefix: str) -> None:
+async def ensure_layout(client: aioredis.Redis | AsyncRedisCluster, prefix: str) -> None:
     """Mark ``prefix`` as holding this key layout, or fail if it holds another.
 
-    Under a prefix without ``P:layout`` it looks once for keys of the layout before (one SCAN
+    Under a prefix without ``P:layout`` it looks once for keys of the layouts before (one SCAN
     pass, stopping at the first hit) and sets ``P:layout`` if there are none.
 
     Raises
     ------
     JoinLayoutError
-        ``P:layout`` names another version, or keys of the layout before exist; the message
+        ``P:layout`` names another version, or keys of a layout before exist; the message
         says what was found and how to drain or delete it.
     """
+    marker = f"{prefix}:layout"
+    found = await client.get(marker)  # first: a cluster client then knows its nodes
     fix = (
         "Either drain it with the streamproc version that wrote it (its worker, until no such "
         "key is left: pending predictions live up to join.prediction_ttl_s, tombstones "
@@ -339,14 +369,12 @@ async def ensure_layout(client: aioredis.Redis, prefix: str) -> None:
         "joins and tombstones (add -a/--tls as your Redis needs): "
         + _delete_command(client, prefix)
     )
-    marker = f"{prefix}:layout"
-    found = await client.get(marker)
     if found is None:
-        async for key in client.scan_iter(match=f"{_glob_escape(prefix)}:[plj]:*", count=1000):
+        async for key in client.scan_iter(match=f"{_glob_escape(prefix)}:[plji]:*", count=1000):
             raise JoinLayoutError(
-                f"Redis holds join state of the previous key layout under prefix {prefix!r} "
-                f"(e.g. {key.decode(errors='replace')!r}: three keys per prediction id) and no "
-                f"{marker}; this version reads only layout {LAYOUT.decode()}. {fix}"
+                f"Redis holds join state of an earlier key layout under prefix {prefix!r} "
+                f"(e.g. {key.decode(errors='replace')!r}) and no {marker}; this version reads "
+                f"only layout {LAYOUT.decode()} (keys {shard_tag(prefix, 0)}:i:<id> ...). {fix}"
             )
         await client.set(marker, LAYOUT, nx=True)
         found = await client.get(marker)
@@ -361,17 +389,14 @@ async def ensure_layout(client: aioredis.Redis, prefix: str) -> None:
 _RESULT: dict[int, JoinResult] = {0: "pending", 1: "duplicate", 2: "redelivered", 3: "late"}
 
 
-def shard_of(prediction_id: str) -> int:
-    return zlib.crc32(prediction_id.encode()) % SHARDS
-
-
 class RedisJoin:
     """Joins predictions and labels by id through Redis, atomically and in pipelined batches.
 
     Parameters
     ----------
     client
-        An asyncio Redis client (``decode_responses=False``).
+        An asyncio Redis client (``decode_responses=False``), or an asyncio Redis Cluster
+        client.
     prefix
         Key prefix; one per deployment (the config's ``redis.key_prefix``).
     prediction_ttl_s, label_ttl_s
@@ -382,7 +407,7 @@ class RedisJoin:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: aioredis.Redis | AsyncRedisCluster,
         prefix: str,
         prediction_ttl_s: int = 7 * 24 * 3600,
         label_ttl_s: int = 3600,
@@ -396,33 +421,79 @@ class RedisJoin:
         self._ready = False
         self._arrive = client.register_script(_ARRIVE)
         self._sweep = client.register_script(_SWEEP)
+        tags = [shard_tag(prefix, shard) for shard in range(SHARDS)]
+        self._state_key = [f"{tag}:i:" for tag in tags]
+        self._due = {side: [f"{tag}:due:{side}" for tag in tags] for side in "pl"}
 
     async def setup(self) -> None:
         """Check (once) that Redis holds this key layout under the prefix; see
-        :func:`ensure_layout`, which raises :class:`JoinLayoutError` otherwise."""
+        :func:`ensure_layout`, which raises :class:`JoinLayoutError` otherwise. On a cluster
+        it also loads the scripts on every node (a cluster pipeline does not)."""
         if not self._ready:
             await ensure_layout(self.client, self.prefix)
+            if _is_cluster(self.client):
+                await self._load_scripts()
             self._ready = True
+
+    async def _load_scripts(self) -> None:
+        cluster: AsyncRedisCluster = self.client  # type: ignore[assignment]
+        for script in (self._arrive, self._sweep):
+            await cluster.execute_command(
+                "SCRIPT LOAD", script.script, target_nodes=AsyncRedisCluster.ALL_NODES
+            )
+
+    async def _run(self, calls: list[tuple[object, list[str], list[object]]]) -> list[object]:
+        """Run script calls ``(script, keys, args)`` pipelined; return their replies in order.
+
+        A cluster node that does not know a script (a replica promoted after the scripts were
+        loaded, a restarted node) answers NOSCRIPT without running it: the scripts are loaded
+        on every node again and just those calls run again.
+        """
+        async with self.client.pipeline(transaction=False) as pipe:
+            for script, keys, args in calls:
+                await script(keys=keys, args=args, client=pipe)  # type: ignore[operator]
+            replies = await pipe.execute(raise_on_error=False)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing and _is_cluster(self.client):
+            await self._load_scripts()
+            again = await self._run([calls[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
 
     async def _arrive_batch(
         self, side: str, other: str, ttl: int, items: Sequence[tuple[str, str, bytes]], now: float
     ) -> list[int | tuple[bytes, bytes] | list[bytes]]:
         await self.setup()
-        results: list[int | bytes | list[bytes]] = []
-        deadline = now + ttl
-        head = [self.prefix, now, deadline, ttl + GRACE_S, max(self.dedupe_ttl_s, 1), side, other]
+        by_shard: dict[int, list[int]] = {}
+        for i, (pid, _, _) in enumerate(items):
+            by_shard.setdefault(shard_of(pid), []).append(i)
+        head: list[object] = [now + ttl, ttl + GRACE_S, max(self.dedupe_ttl_s, 1), side, other]
+        mark = side.encode()
+        calls: list[tuple[object, list[str], list[object]]] = []
+        order: list[int] = []
+        for shard, where in sorted(by_shard.items()):
+            dues = [self._due[side][shard], self._due[other][shard]]
+            state = self._state_key[shard]
+            for start in range(0, len(where), CHUNK):
+                part = where[start : start + CHUNK]
+                keys = dues + [state + items[i][0] for i in part]
+                args = head + [b"%s%s|%s" % (mark, items[i][1].encode(), items[i][2]) for i in part]
+                calls.append((self._arrive, keys, args))
+                order += part
+        results: list[int | bytes | list[bytes]] = [0] * len(items)
         # Bounded round trips: a consumed batch can hold 10^5 events, and one pipeline of
         # them all could outlast the client's socket timeout while Redis works through it.
-        step = CHUNK * CHUNKS_PER_ROUND_TRIP
-        for first in range(0, len(items), step):
-            async with self.client.pipeline(transaction=False) as pipe:
-                for start in range(first, min(first + step, len(items)), CHUNK):
-                    argv: list[str | bytes | float | int] = list(head)
-                    for pid, origin, blob in items[start : start + CHUNK]:
-                        argv += [pid, shard_of(pid), origin, blob]
-                    await self._arrive(keys=[], args=argv, client=pipe)
-                for chunk in await pipe.execute():
-                    results.extend(chunk)
+        got: list[int | bytes | list[bytes]] = []
+        step = CHUNKS_PER_ROUND_TRIP
+        for first in range(0, len(calls), step):
+            for chunk in await self._run(calls[first : first + step]):
+                got.extend(chunk)  # type: ignore[arg-type]
+        for i, reply in zip(order, got, strict=True):
+            results[i] = reply
         # A joined reply is the other side's stored "<origin>|<blob>": keep both parts. A
         # redelivery of the completing half gets [<origin>, <blob>] (a list) instead.
         return [tuple(r.split(b"|", 1)) if isinstance(r, bytes) else r for r in results]
@@ -476,12 +547,12 @@ class RedisJoin:
         """Move everything past its deadline to EXPIRED; each id is reported by one caller only."""
         now = time.time() if now is None else now
         await self.setup()
-        async with self.client.pipeline(transaction=False) as pipe:
-            for side in ("p", "l"):
-                for shard in range(SHARDS):
-                    args = [self.prefix, side, shard, now, limit, max(self.dedupe_ttl_s, 1)]
-                    await self._sweep(keys=[], args=args, client=pipe)
-            replies = await pipe.execute()
+        calls: list[tuple[object, list[str], list[object]]] = [
+            (self._sweep, [self._due[side][shard]], [side, now, limit, max(self.dedupe_ttl_s, 1)])
+            for side in "pl"
+            for shard in range(SHARDS)
+        ]
+        replies: list[list[bytes]] = await self._run(calls)  # type: ignore[assignment]
         predictions = [decode_prediction(b) for reply in replies[:SHARDS] for b in reply]
         labels = sum(len(reply) for reply in replies[SHARDS:])
         return Expired(predictions, labels)
@@ -489,8 +560,8 @@ class RedisJoin:
     async def pending(self) -> tuple[int, int]:
         """How many predictions and labels are waiting (for metrics)."""
         async with self.client.pipeline(transaction=False) as pipe:
-            for side in ("p", "l"):
-                for shard in range(SHARDS):
-                    pipe.zcard(f"{self.prefix}:due:{side}:{shard}")
+            for side in "pl":
+                for key in self._due[side]:
+                    pipe.zcard(key)
             counts = await pipe.execute()
         return sum(counts[:SHARDS]), sum(counts[SHARDS:])

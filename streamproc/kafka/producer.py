@@ -19,6 +19,9 @@ class OutputProducer:
                 "linger.ms": 20,
                 "compression.type": "lz4",
                 "message.max.bytes": 8_388_608,
+                # Every record on all in-sync replicas, and a retry neither duplicates nor
+                # reorders it (idempotence implies acks=all; said here for the reader).
+                "acks": "all",
                 "enable.idempotence": True,
             }
         )

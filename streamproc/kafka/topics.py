@@ -77,9 +77,18 @@ def load_topics(cfg: Config, path: str | Path | None = None) -> list[TopicSpec]:
 
 
 def apply(
-    cfg: Config, specs: list[TopicSpec], replication_factor: int = 1, timeout: float = 30.0
+    cfg: Config,
+    specs: list[TopicSpec],
+    replication_factor: int | None = None,
+    timeout: float = 30.0,
 ) -> ApplyReport:
-    """Create missing topics; compare existing ones with their spec and report differences."""
+    """Create missing topics; compare existing ones with their spec and report differences.
+
+    Topics are created with ``replication_factor`` copies (default ``kafka.replication_factor``)
+    and, from 3 copies on, ``min.insync.replicas`` 2 unless their spec sets it.
+    """
+    rf = replication_factor or cfg.kafka.replication_factor
+    isr = {"min.insync.replicas": "2"} if rf >= 3 else {}
     admin = AdminClient(cfg.kafka.librdkafka())
     report = ApplyReport()
     try:
@@ -89,7 +98,7 @@ def apply(
     missing = [s for s in specs if s.name not in existing]
     if missing:
         futures = admin.create_topics(
-            [NewTopic(s.name, s.partitions, replication_factor, config=s.config) for s in missing],
+            [NewTopic(s.name, s.partitions, rf, config={**isr, **s.config}) for s in missing],
             operation_timeout=timeout,
         )
         for name, fut in futures.items():

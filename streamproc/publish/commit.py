@@ -86,7 +86,8 @@ async def _fenced_transaction(
             try:
                 if owners:
                     await pipe.watch(*owners)
-                    held = await pipe.mget(owners)
+                    # one GET each: a cluster pipeline refuses MGET (owners are few)
+                    held = [await pipe.get(o) for o in owners]
                     lost = [
                         o
                         for o, v in zip(owners, held, strict=True)

@@ -133,7 +133,7 @@ class JudgeStage:
         self.l_sources = [f"l{i}" for i in range(label_partitions)]
         self.partitions = partitions
         self.wall = wall
-        self.keys = Keys(cfg.redis.key_prefix)
+        self.keys = Keys(cfg.redis.prefix)
         self.refs = ReferenceCache()
         self.parts: dict[int, Partition] = {}
         self.judges: dict[str, ModelJudge] = {}
@@ -230,7 +230,7 @@ class JudgeStage:
         self._refreshed_at, self._changes = now, changes
         from streamproc.baseline import AsyncBaselineStore
 
-        store = AsyncBaselineStore(self.client, self.cfg.redis.key_prefix)
+        store = AsyncBaselineStore(self.client, self.cfg.redis.prefix)
         generation = int(changes or 0)
         new_refs = []
         for model, judge in sorted(self.judges.items()):
@@ -250,7 +250,7 @@ class JudgeStage:
                     )  # fmt: skip
                     new_refs += [r for r in refs.values() if r.fp not in self._stored_fps]
         if new_refs:
-            await ReferenceCache.store(self.client, self.cfg.redis.key_prefix, new_refs)
+            await ReferenceCache.store(self.client, self.cfg.redis.prefix, new_refs)
             self._stored_fps.update(r.fp for r in new_refs)
 
     def _heavy(self, model: str, judge: ModelJudge, added: dict[str, list[bytes]] | None) -> bool:
@@ -354,7 +354,7 @@ class JudgeStage:
                 if model in self.judges:
                     fps |= self.judges[model].needed_fps()
         unknown = await retry(
-            lambda: self.refs.load(self.client, self.cfg.redis.key_prefix, fps),
+            lambda: self.refs.load(self.client, self.cfg.redis.prefix, fps),
             "redis",
             self.metrics,
         )
@@ -419,7 +419,7 @@ class JudgeStage:
         new_refs = [ref for out in outputs.values() for _, _, ref in out.references]
         if new_refs:
             await retry(
-                lambda: ReferenceCache.store(self.client, cfg.redis.key_prefix, new_refs),
+                lambda: ReferenceCache.store(self.client, cfg.redis.prefix, new_refs),
                 "redis",
                 self.metrics,
             )

@@ -52,7 +52,9 @@ def ensure_partials_topic(cfg: Config) -> int:
         # Messages are packed under 512 KiB (aggregate.wire.pack); one item alone may be bigger
         # (a sample of wide rows): allow what the producer allows.
         config = {"retention.ms": str(7 * 86_400_000), "max.message.bytes": str(8_388_608)}
-        topic = NewTopic(name, cfg.monitoring.partials_partitions, 1, config=config)
+        rf = cfg.kafka.replication_factor
+        config["min.insync.replicas"] = str(cfg.kafka.min_insync_replicas)
+        topic = NewTopic(name, cfg.monitoring.partials_partitions, rf, config=config)
         for fut in admin.create_topics([topic]).values():
             try:
                 fut.result()
@@ -105,7 +107,7 @@ class SourceStage:
         self.metrics = metrics
         self.partitions = partitions
         self.wall = wall
-        self.keys = Keys(cfg.redis.key_prefix)
+        self.keys = Keys(cfg.redis.prefix)
         self.topic = partials_topic(cfg)
         self.book = TimelineBook(cfg.monitoring, ReferenceCache())
         self.stage = AggregateStage(cfg.monitoring, self.book)
@@ -128,7 +130,7 @@ class SourceStage:
     async def refresh(self, force: bool = False) -> None:
         """Re-read the judges' timelines and the baseline store's stamps when they changed
         (one ``MGET`` per batch), or every ``baseline_refresh_s``."""
-        prefix = self.cfg.redis.key_prefix
+        prefix = self.cfg.redis.prefix
         await self.book.refresh(self.client, prefix, self.models, self.wall(), force)
 
     # -- the sink ---------------------------------------------------------------------------------

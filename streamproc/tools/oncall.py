@@ -855,10 +855,11 @@ def workers(cfg: Config, now: float | None = None) -> list[WorkerStatus]:
     import redis
 
     from streamproc.publish.keys import Keys
+    from streamproc.redis_client import sync_client
 
     now = time.time() if now is None else now
-    client = redis.Redis.from_url(cfg.redis.url, password=cfg.redis.password)
-    keys = Keys(cfg.redis.key_prefix)
+    client = sync_client(cfg.redis)
+    keys = Keys(cfg.redis.prefix)
     out = []
     try:
         for key in sorted(client.scan_iter(match=keys.workers, count=100)):

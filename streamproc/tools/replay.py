@@ -481,18 +481,16 @@ class _References:
 
     def client(self) -> Any:
         if self._client is None:
-            import redis
+            from streamproc.redis_client import sync_client
 
-            self._client = redis.Redis.from_url(
-                self.cfg.redis.url, password=self.cfg.redis.password
-            )
+            self._client = sync_client(self.cfg.redis)
         return self._client
 
     def store(self) -> Any:
         if self._store is None:
             from streamproc.baseline import BaselineStore
 
-            self._store = BaselineStore(self.client(), self.cfg.redis.key_prefix)
+            self._store = BaselineStore(self.client(), self.cfg.redis.prefix)
         return self._store
 
     def _call(self, what: Any) -> Any:
@@ -575,9 +573,7 @@ class _References:
 
         from streamproc.publish.keys import Keys
 
-        blob = self._call(
-            lambda: self.client().get(Keys(self.cfg.redis.key_prefix).timeline(model))
-        )
+        blob = self._call(lambda: self.client().get(Keys(self.cfg.redis.prefix).timeline(model)))
         if not blob:
             return False
         try:
@@ -588,7 +584,7 @@ class _References:
 
         fps = sorted(timeline.fps())
         blobs = self._call(
-            lambda: self.client().mget([ref_key(self.cfg.redis.key_prefix, fp) for fp in fps])
+            lambda: self.client().mget([ref_key(self.cfg.redis.prefix, fp) for fp in fps])
         ) if fps else []  # fmt: skip
         refs = [decode_reference(b) for b in blobs]
         if any(r is None for r in refs):
@@ -1066,7 +1062,7 @@ def publish(cfg: Config, topic: str, alerts: Sequence[Alert], timeout_s: float) 
         if error is not None:
             failed.append(str(error))
 
-    producer = Producer({**cfg.kafka.librdkafka(), "linger.ms": 20})
+    producer = Producer({**cfg.kafka.librdkafka(), "linger.ms": 20, "enable.idempotence": True})
     for a in alerts:
         producer.produce(topic, encode(a), a.model_id.encode(), on_delivery=delivered)
     left = producer.flush(timeout_s)

@@ -49,6 +49,7 @@ from streamproc.kafka.topics import partition_count
 from streamproc.publish.judging import JudgeStage
 from streamproc.publish.keys import Keys
 from streamproc.publish.sources import SourceStage, ensure_partials_topic, partials_topic
+from streamproc.redis_client import AsyncClient, async_client
 from streamproc.worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -76,24 +77,10 @@ def broker_credentials(kafka: KafkaConfig) -> faust.auth.Credentials | None:
     )
 
 
-def redis_client(cfg: Config) -> aioredis.Redis:
-    """The stages' Redis client. Its commands are packed by redis-py's Python packer, which
-    passes a large value through as it is, where hiredis's copies the whole command into one
-    buffer, on the event loop: a wide model's source checkpoint is tens of MB, and that copy
-    alone stalled the loop for up to a second. (hiredis still parses the replies.)"""
-    pool = aioredis.ConnectionPool.from_url(cfg.redis.url, password=cfg.redis.password)
-    pool.connection_class = _python_packed(pool.connection_class)
-    return aioredis.Redis(connection_pool=pool)
-
-
-def _python_packed(cls: type[Any]) -> type[Any]:
-    class PythonPacked(cls):  # type: ignore[misc,valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._command_packer = None  # redis-py then packs with _pack_command_python
-
-    PythonPacked.__name__ = PythonPacked.__qualname__ = f"PythonPacked{cls.__name__}"
-    return PythonPacked
+def redis_client(cfg: Config) -> AsyncClient:
+    """The stages' Redis client (commands packed by redis-py's Python packer: see
+    :func:`streamproc.redis_client.async_client`)."""
+    return async_client(cfg.redis, python_packed=True)
 
 
 def _raw(event: Any) -> RawMessage:
@@ -198,6 +185,8 @@ def build_app(cfg: Config, metrics: WorkerMetrics | None = None) -> faust.App:
         broker_heartbeat_interval=min(3.0, cfg.worker.session_timeout_s / 3),
         consumer_max_fetch_size=16 * 1024 * 1024,
         topic_allow_declare=False,
+        topic_replication_factor=cfg.kafka.replication_factor,
+        producer_acks=-1,  # all in-sync replicas
         topic_disable_leader=True,
         store="memory://",
         datadir=str(datadir),
@@ -347,7 +336,7 @@ async def write_heartbeat(
         quarantined = {m: why for p in runtime.judges.parts.values()
                        for m, why in p.quarantined.items()}  # fmt: skip
         fields["quarantined"] = "; ".join(f"{m}: {w}" for m, w in sorted(quarantined.items()))
-    key = Keys(runtime.cfg.redis.key_prefix).worker(runtime.worker_id)
+    key = Keys(runtime.cfg.redis.prefix).worker(runtime.worker_id)
     async with runtime.client.pipeline(transaction=True) as pipe:
         pipe.hset(key, mapping=fields)
         pipe.expire(key, HEARTBEAT_TTL_S)

@@ -13,8 +13,6 @@ import msgspec
 import numpy as np
 import orjson
 import pytest
-import redis
-import redis.asyncio
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -33,6 +31,7 @@ from streamproc.config import Config
 from streamproc.contracts import Prediction
 from streamproc.dev.synthetic import Workload, WorkloadSpec
 from streamproc.kafka import topics
+from streamproc.redis_client import async_client, sync_client
 from tests.integration.workers import config_env
 
 pytestmark = pytest.mark.integration
@@ -53,7 +52,7 @@ def _cli(config: Config, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _store(config: Config) -> BaselineStore:
-    return BaselineStore(redis.Redis.from_url(config.redis.url), config.redis.key_prefix)
+    return BaselineStore(sync_client(config.redis), config.redis.prefix)
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +132,8 @@ def test_build_errors_exit_2_with_one_line(config: Config, reference: dict[str, 
 
 
 def test_store_keeps_versions_and_the_latest(config: Config) -> None:
-    client = redis.Redis.from_url(config.redis.url)
-    store = BaselineStore(client, config.redis.key_prefix)
+    client = sync_client(config.redis)
+    store = BaselineStore(client, config.redis.prefix)
     profiles = []
     for version in ("2", "10", "3"):
         builder = ProfileBuilder("churn", version, ["country"])
@@ -142,7 +141,7 @@ def test_store_keeps_versions_and_the_latest(config: Config) -> None:
             builder.add({"x": float(i) * int(version)}, prediction="a", segments={"country": "DE"})
         profiles.append(builder.build(f"v{version}"))
         key = store.put(profiles[-1])
-        assert key == f"{config.redis.key_prefix}:baseline:churn:{version}"
+        assert key == f"{config.redis.prefix}:baseline:churn:{version}"
         assert client.get(key)[:4] == b"SPR1"  # type: ignore[index]
     assert store.get("churn", "10") == profiles[1]
     assert store.get("churn", "4") is None and store.latest("nobody") is None
@@ -151,12 +150,12 @@ def test_store_keeps_versions_and_the_latest(config: Config) -> None:
     assert store.versions("churn") == ["10", "2", "3"]
     assert [p.model_version for p in store.all_versions("churn")] == ["10", "2", "3"]
     assert store.models() == {"churn": "3"}
-    assert client.hget(f"{config.redis.key_prefix}:baselines", "churn") == b"3"
+    assert client.hget(f"{config.redis.prefix}:baselines", "churn") == b"3"
 
     async def read_async() -> tuple[Any, ...]:
-        aclient = redis.asyncio.Redis.from_url(config.redis.url)
+        aclient = async_client(config.redis)
         try:
-            astore = AsyncBaselineStore(aclient, config.redis.key_prefix)
+            astore = AsyncBaselineStore(aclient, config.redis.prefix)
             builder = ProfileBuilder("churn", "11")
             builder.add({"x": 1.0})
             await astore.put(builder.build("async"))

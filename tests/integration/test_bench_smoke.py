@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import redis
 from confluent_kafka.admin import AdminClient
 
 from streamproc.config import Config
 from streamproc.dev.stack import cache_dir
+from streamproc.redis_client import sync_client
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -65,7 +65,7 @@ def test_ingest_benchmark_reports_every_shape_and_path_and_leaves_nothing_behind
     prefix = f"bench-{doc['run_id']}-"
     topics = AdminClient(config.kafka.librdkafka()).list_topics(timeout=10).topics
     assert [t for t in topics if t.startswith(prefix)] == []
-    client = redis.Redis.from_url(config.redis.url)
+    client = sync_client(config.redis)
     try:
         assert list(client.scan_iter(f"{prefix}*", count=1000)) == []
     finally:
@@ -185,7 +185,7 @@ def test_run_all_writes_every_table_with_real_numbers_and_leaves_nothing_behind(
     assert [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)] == []
     groups = admin.list_consumer_groups(request_timeout=10).result()
     assert [g.group_id for g in groups.valid if g.group_id.startswith(prefix)] == []
-    client = redis.Redis.from_url(config.redis.url)
+    client = sync_client(config.redis)
     try:
         assert list(client.scan_iter(f"{prefix}*", count=1000)) == []
     finally:

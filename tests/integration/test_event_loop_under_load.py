@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-import redis
 
 from streamproc.baseline import BaselineStore, ProfileBuilder
 from streamproc.config import Config
 from streamproc.kafka import topics
+from streamproc.redis_client import sync_client
 from tests.integration.workers import WorkerProcess, produce
 
 pytestmark = pytest.mark.integration
@@ -61,8 +61,8 @@ def test_metrics_answer_within_a_second_while_a_wide_model_saturates_the_worker(
     builder = ProfileBuilder("wide", "1", segment_dims=("customer", "region"))
     for e in _events(3_000, seed=1, t0=T0 - 86_400):
         builder.add(e["features"], e["prediction"], segments=e["segments"])
-    with redis.Redis.from_url(applied.redis.url) as client:
-        BaselineStore(client, applied.redis.key_prefix).put(builder.build("test"))
+    with sync_client(applied.redis) as client:
+        BaselineStore(client, applied.redis.prefix).put(builder.build("test"))
     traffic = _events(EVENTS, seed=2, t0=T0)
     messages = [
         json.dumps(traffic[i : i + PER_MESSAGE]).encode() for i in range(0, EVENTS, PER_MESSAGE)

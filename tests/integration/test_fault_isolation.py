@@ -18,8 +18,6 @@ from typing import Any
 import msgspec
 import orjson
 import pytest
-import redis
-import redis.asyncio as aioredis
 
 from streamproc.aggregate.wire import (
     PartialsMessage,
@@ -37,6 +35,7 @@ from streamproc.kafka.producer import OutputProducer
 from streamproc.publish.judging import JudgeStage
 from streamproc.publish.keys import Keys
 from streamproc.publish.sources import ensure_partials_topic
+from streamproc.redis_client import async_client, sync_client
 from streamproc.tools.inprocess import InProcessPipeline, raw
 from streamproc.worker.metrics import WorkerMetrics
 from tests.integration.workers import consume_all
@@ -87,7 +86,7 @@ def _messages(sent: list[tuple[int, bytes]]) -> Iterator[tuple[int, int, bytes]]
 
 async def _judge(cfg: Config, messages: list[tuple[int, int, bytes]]) -> JudgeStage:
     """A judging stage (a worker process) through ``messages``, 50 at a time."""
-    client = aioredis.Redis.from_url(cfg.redis.url)
+    client = async_client(cfg.redis)
     stage = JudgeStage(cfg, client, OutputProducer(cfg), WorkerMetrics(), PARTITIONS, 1, 6)
     try:
         for i in range(0, len(messages), 50):
@@ -115,8 +114,8 @@ def test_a_model_that_fails_is_quarantined_alone_and_replayed_once_fixed(
     config = msgspec.structs.replace(config, monitoring=MONITORING)
     topics.apply(config, topics.load_topics(config))
     assert ensure_partials_topic(config) == 6
-    with redis.Redis.from_url(config.redis.url) as client:
-        store = BaselineStore(client, config.redis.key_prefix)
+    with sync_client(config.redis) as client:
+        store = BaselineStore(client, config.redis.prefix)
         for model in (GOOD, BAD):  # so that every window is judged, and published
             spec = dataclasses.replace(WorkloadSpec(rate=50.0), model_id=model)
             store.put(reference_profile(spec, 5_000))
@@ -152,9 +151,9 @@ def test_a_model_that_fails_is_quarantined_alone_and_replayed_once_fixed(
     assert _windows(config, BAD) == 0
 
     async def parked() -> int:
-        client = aioredis.Redis.from_url(config.redis.url)
+        client = async_client(config.redis)
         try:
-            return int(await client.llen(Keys(config.redis.key_prefix).parked(BAD)))
+            return int(await client.llen(Keys(config.redis.prefix).parked(BAD)))
         finally:
             await client.aclose()
 

@@ -18,7 +18,6 @@ from pathlib import Path
 import msgspec
 import pytest
 import redis
-import redis.asyncio as aioredis
 import redis.exceptions
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from prometheus_client import CollectorRegistry
@@ -33,6 +32,7 @@ from streamproc.kafka import topics
 from streamproc.kafka.producer import OutputProducer
 from streamproc.publish.keys import Keys
 from streamproc.publish.sources import SourceStage, ensure_partials_topic, partials_topic
+from streamproc.redis_client import async_client, sync_client
 from streamproc.worker.metrics import WorkerMetrics
 from tests.integration.workers import (
     WorkerProcess,
@@ -141,9 +141,9 @@ def _folded_outcomes(cfg: Config) -> tuple[Counter[tuple[str, float]], int]:
             for _version, key, (labelled, *_) in entry.outcomes:
                 if key == ALL:
                     folded[(msg.source, entry.start)] += labelled
-    client = redis.Redis.from_url(cfg.redis.url)
+    client = sync_client(cfg.redis)
     try:
-        for key in client.scan_iter(Keys(cfg.redis.key_prefix).source("*"), count=1000):
+        for key in client.scan_iter(Keys(cfg.redis.prefix).source("*"), count=1000):
             source = key.decode().rsplit(":", 1)[1]
             if not re.fullmatch(r"[pl]\d+", source):  # not a source's checkpoint
                 continue
@@ -199,7 +199,7 @@ async def _ingest(cfg: Config, join_type: type[RedisJoin], run: str) -> WorkerMe
     stage: sources checkpointed in Redis, partials produced to Kafka) over everything on the
     predictions topic, then the labels topic, in one batch each."""
     metrics = WorkerMetrics(CollectorRegistry())
-    client = aioredis.Redis.from_url(cfg.redis.url, password=cfg.redis.password)
+    client = async_client(cfg.redis)
     output = OutputProducer(cfg)
     join = join_type(client, cfg.redis.key_prefix, cfg.join.prediction_ttl_s,
                      cfg.join.label_ttl_s, cfg.join.dedupe_ttl_s)  # fmt: skip
@@ -278,7 +278,7 @@ def test_a_crash_between_the_join_and_the_produce_loses_no_outcome(applied: Conf
     assert _join_count(metrics, "redelivered") == 151
     assert _join_count(metrics, "joined") == 150
     # the first join under a fresh prefix marked its key layout
-    assert redis.Redis.from_url(cfg.redis.url).get(f"{cfg.redis.key_prefix}:layout") == b"2"
+    assert sync_client(cfg.redis).get(f"{cfg.redis.key_prefix}:layout") == b"3"
 
 
 def test_a_batch_read_again_after_its_checkpoint_folds_no_outcome_twice(applied: Config) -> None:
@@ -303,12 +303,17 @@ def test_a_batch_read_again_after_its_checkpoint_folds_no_outcome_twice(applied:
         (
             "p:p42",
             "0:7:|SPJ1",
-            "previous key layout under prefix '{prefix}' (e.g. '{prefix}:p:p42'",
+            "earlier key layout under prefix '{prefix}' (e.g. '{prefix}:p:p42'",
+        ),
+        (
+            "i:p42",
+            "p0:7:|SPJ1",
+            "earlier key layout under prefix '{prefix}' (e.g. '{prefix}:i:p42'",
         ),
         (
             "j:p42",
             "0:7:/0:9:",
-            "previous key layout under prefix '{prefix}' (e.g. '{prefix}:j:p42'",
+            "earlier key layout under prefix '{prefix}' (e.g. '{prefix}:j:p42'",
         ),
         ("layout", "1", "{prefix}:layout says Redis holds join state of key layout '1'"),
     ],
@@ -317,7 +322,7 @@ def test_a_worker_refuses_to_start_on_join_state_of_another_key_layout(
     config: Config, key: str, value: str, said: str
 ) -> None:
     prefix = config.redis.key_prefix
-    client = redis.Redis.from_url(config.redis.url)
+    client = sync_client(config.redis)
     client.set(f"{prefix}:{key}", value, ex=600)
     try:
         done = subprocess.run(
@@ -333,7 +338,9 @@ def test_a_worker_refuses_to_start_on_join_state_of_another_key_layout(
     assert said.format(prefix=prefix) in done.stderr
     # what to do: drain with the version that wrote it, or the exact command deleting it
     assert "drain it with the streamproc version that wrote it" in done.stderr
-    assert f"for p in '{prefix}:[plji]:*' '{prefix}:due:*' {prefix}:layout" in done.stderr
+    assert f"for p in '{{{prefix}:j*' '{prefix}:[plji]:*' '{prefix}:due:*' {prefix}:layout" in (
+        done.stderr
+    )
     assert "--scan --pattern" in done.stderr and "unlink" in done.stderr
 
 
@@ -544,11 +551,11 @@ def test_sigkill_mid_stream_then_restart_joins_once_and_emits_every_outcome(
     finally:
         second.stop()
 
-    client = redis.Redis.from_url(applied.redis.url)
+    client = sync_client(applied.redis)
     prefix = applied.redis.key_prefix
-    # One state key per id (see streamproc/join.py): "j" tombstone, "p"/"l" pending.
-    ids = list(client.scan_iter(f"{prefix}:i:*", count=5000))
-    states = client.mget(ids)
+    # One state key per id (see streamproc/ingest/join.py): "j" tombstone, "p"/"l" pending.
+    ids = list(client.scan_iter(f"{{{prefix}:j*:i:*", count=5000))
+    states = [client.get(k) for k in ids]  # on a Redis Cluster the keys span slots
     assert len(states) == n
     tombstones = [v[1:].split(b"|", 1) for v in states if v.startswith(b"j")]
     assert len(tombstones) == len(labels)

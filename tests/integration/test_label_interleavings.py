@@ -18,7 +18,6 @@ from typing import Any
 import msgspec
 import orjson
 import pytest
-import redis
 from confluent_kafka import Producer
 
 from streamproc.baseline import BaselineStore
@@ -31,6 +30,7 @@ from streamproc.dev.synthetic import (
     reference_profile,
 )
 from streamproc.kafka import topics
+from streamproc.redis_client import sync_client
 from tests.conftest import Endpoints, config_for
 from tests.integration.test_monitoring import MONITOR_ENV
 from tests.integration.workers import WorkerProcess, consume_all
@@ -70,8 +70,8 @@ def _send(cfg: Config, topic: str, docs: list[dict[str, Any]], per: int, keyed: 
 def _alerts(cfg: Config, tmp_path: Path, labels_first: bool) -> list[dict[str, Any]]:
     topics.apply(cfg, topics.load_topics(cfg))
     tmp_path.mkdir(parents=True, exist_ok=True)
-    with redis.Redis.from_url(cfg.redis.url) as client:
-        BaselineStore(client, cfg.redis.key_prefix).put(reference_profile(SPEC, 10_000))
+    with sync_client(cfg.redis) as client:
+        BaselineStore(client, cfg.redis.prefix).put(reference_profile(SPEC, 10_000))
     predictions, labels = _traffic()
     if labels_first:
         _send(cfg, cfg.topics.labels, labels, 100, keyed=True)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-import redis
 from confluent_kafka import Producer
 
 from streamproc.baseline import BaselineStore
@@ -23,6 +22,7 @@ from streamproc.dev.synthetic import (
     reference_profile,
 )
 from streamproc.kafka import topics
+from streamproc.redis_client import sync_client
 from tests.integration.workers import WorkerProcess, consume_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -39,10 +39,8 @@ SPEC = WorkloadSpec(rate=50.0, changes=(SHIFT,))
 
 
 def _store_baseline(cfg: Config) -> None:
-    client = redis.Redis.from_url(cfg.redis.url)
-    BaselineStore(client, cfg.redis.key_prefix).put(
-        reference_profile(SPEC, source="test reference")
-    )
+    client = sync_client(cfg.redis)
+    BaselineStore(client, cfg.redis.prefix).put(reference_profile(SPEC, source="test reference"))
 
 
 def _produce_workload(cfg: Config) -> int:
@@ -316,7 +314,7 @@ def test_regression_error_doubling_alerts_performance_with_mae_and_rmse_in_metri
     topics.apply(config, topics.load_topics(config))
     profile = reference_profile(spec, source="test regression reference")
     assert profile.task == "regression"
-    BaselineStore(redis.Redis.from_url(config.redis.url), config.redis.key_prefix).put(profile)
+    BaselineStore(sync_client(config.redis), config.redis.prefix).put(profile)
     work = Workload(spec, 30_000, seed=7)
     producer = Producer({**config.kafka.librdkafka(), "linger.ms": 20})
 

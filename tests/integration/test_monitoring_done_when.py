@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-import redis
 from confluent_kafka import Producer
 
 from streamproc.baseline import BaselineStore
@@ -48,6 +47,7 @@ from streamproc.dev.synthetic import (
     reference_profile,
 )
 from streamproc.kafka import topics
+from streamproc.redis_client import sync_client
 from tests.integration.workers import TopicTail, WorkerProcess, sample_sum
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -192,7 +192,7 @@ def run_workload(cfg: Config, tmp_path: Path, spec: WorkloadSpec, n_events: int)
     watermarks can close (all but the last) is closed, for predictions and for outcomes."""
     began = time.monotonic()
     topics.apply(cfg, topics.load_topics(cfg))
-    BaselineStore(redis.Redis.from_url(cfg.redis.url), cfg.redis.key_prefix).put(
+    BaselineStore(sync_client(cfg.redis), cfg.redis.prefix).put(
         reference_profile(spec, source="test reference")
     )
     work = Workload(spec, n_events, seed=SEED)

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import orjson
 import pytest
-import redis
 from confluent_kafka import Producer
 
 from streamproc.baseline import BaselineStore
 from streamproc.config import Config
 from streamproc.dev.synthetic import Workload
 from streamproc.kafka import topics
+from streamproc.redis_client import sync_client
 from tests.integration.workers import WorkerProcess, consume_all
 from tests.unit.test_multivariate import RHO, SPEC, _correlated, _profile
 
@@ -32,7 +32,7 @@ def test_correlation_flip_through_the_worker_fires_multivariate_drift_and_no_fea
     config: Config, tmp_path: Path
 ) -> None:
     topics.apply(config, topics.load_topics(config))
-    BaselineStore(redis.Redis.from_url(config.redis.url), config.redis.key_prefix).put(_profile())
+    BaselineStore(sync_client(config.redis), config.redis.prefix).put(_profile())
     producer = Producer({**config.kafka.librdkafka(), "linger.ms": 20})
     batch: list[dict] = []
     sent = 0

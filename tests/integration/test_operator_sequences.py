@@ -32,7 +32,6 @@ from typing import Any
 
 import msgspec
 import pytest
-import redis
 
 from streamproc.baseline import BaselineStore
 from streamproc.config import Config
@@ -45,6 +44,7 @@ from streamproc.dev.synthetic import (
     reference_profile,
 )
 from streamproc.kafka import topics
+from streamproc.redis_client import sync_client
 from tests.conftest import Endpoints, config_for
 from tests.integration.workers import (
     Produced,
@@ -104,7 +104,7 @@ def store_baseline(cfg: Config, spec: WorkloadSpec, rate: bool = False) -> None:
                 for key, seg in profile.segments.items()
             },
         )
-    BaselineStore(redis.Redis.from_url(cfg.redis.url), cfg.redis.key_prefix).put(profile)
+    BaselineStore(sync_client(cfg.redis), cfg.redis.prefix).put(profile)
 
 
 def answers(worker: WorkerProcess) -> bool:

@@ -19,8 +19,6 @@ from typing import Any
 import msgspec
 import orjson
 import pytest
-import redis
-import redis.asyncio as aioredis
 
 from streamproc.baseline import BaselineStore
 from streamproc.config import Config
@@ -33,6 +31,7 @@ from streamproc.kafka.producer import OutputProducer
 from streamproc.publish.judging import JudgeStage
 from streamproc.publish.keys import Keys
 from streamproc.publish.sources import SourceStage, ensure_partials_topic
+from streamproc.redis_client import async_client, sync_client
 from streamproc.worker.metrics import WorkerMetrics
 from tests.integration.test_fault_isolation import (
     BAD,
@@ -51,8 +50,8 @@ def _setup(config: Config) -> Config:
     config = msgspec.structs.replace(config, monitoring=MONITORING)
     topics.apply(config, topics.load_topics(config))
     assert ensure_partials_topic(config) == 6
-    with redis.Redis.from_url(config.redis.url) as client:
-        store = BaselineStore(client, config.redis.key_prefix)
+    with sync_client(config.redis) as client:
+        store = BaselineStore(client, config.redis.prefix)
         for model in (GOOD, BAD):
             spec = dataclasses.replace(WorkloadSpec(rate=50.0), model_id=model)
             store.put(reference_profile(spec, 5_000))
@@ -61,10 +60,11 @@ def _setup(config: Config) -> Config:
 
 def _state(config: Config) -> dict[bytes, bytes]:
     """Every judge and partition checkpoint in Redis now."""
-    prefix = config.redis.key_prefix
-    with redis.Redis.from_url(config.redis.url) as client:
-        keys = sorted(client.keys(f"{prefix}:judge:*") + client.keys(f"{prefix}:judgepart:*"))
-        return dict(zip(keys, client.mget(keys), strict=True))
+    prefix = config.redis.prefix
+    with sync_client(config.redis) as client:
+        patterns = (f"{prefix}:judge:*", f"{prefix}:judgepart:*")
+        keys = sorted(k for p in patterns for k in client.scan_iter(match=p, count=1000))
+        return {k: client.get(k) for k in keys}
 
 
 def _windows(config: Config) -> Counter[tuple[Any, ...]]:
@@ -82,7 +82,7 @@ def test_a_judge_that_lost_its_partitions_cannot_overwrite_the_new_owner(config:
     third = len(messages) // 3
 
     async def scenario() -> tuple[JudgeStage, JudgeStage, dict[bytes, bytes], int]:
-        clients = [aioredis.Redis.from_url(config.redis.url) for _ in range(2)]
+        clients = [async_client(config.redis) for _ in range(2)]
         a, b = (
             JudgeStage(config, c, OutputProducer(config), WorkerMetrics(), PARTITIONS, 1, 6)
             for c in clients
@@ -132,11 +132,11 @@ def test_a_source_that_was_restored_elsewhere_keeps_the_new_owners_checkpoint(
     config = _setup(config)
     spec = dataclasses.replace(WorkloadSpec(rate=50.0), model_id=GOOD)
     events = list(Workload(spec, 3_000, seed=5).predictions())
-    prefix = config.redis.key_prefix
+    prefix = config.redis.prefix
     source_key = Keys(prefix).source("p0")
 
     async def scenario() -> tuple[SourceStage, dict[bytes, bytes], dict[bytes, bytes]]:
-        clients = [aioredis.Redis.from_url(config.redis.url) for _ in range(2)]
+        clients = [async_client(config.redis) for _ in range(2)]
         a, b = (SourceStage(config, c, OutputProducer(config), WorkerMetrics(), 6) for c in clients)
         try:
             chunks = [events[i : i + 500] for i in range(0, len(events), 500)]
@@ -146,13 +146,13 @@ def test_a_source_that_was_restored_elsewhere_keeps_the_new_owners_checkpoint(
             for offset in (1, 2):
                 await b.on_batch("predictions", _observed(chunks[offset], offset), [], {0: 2})
                 await b.commit()
-            with redis.Redis.from_url(config.redis.url) as sync:
+            with sync_client(config.redis) as sync:
                 after_b = sync.hgetall(source_key)
             # A, unaware, folds the message after its own last one and commits: without the
             # fence, its checkpoint (through offset 1) would replace B's (through offset 2).
             await a.on_batch("predictions", _observed(chunks[1], 1), [], {0: 2})
             await a.commit()
-            with redis.Redis.from_url(config.redis.url) as sync:
+            with sync_client(config.redis) as sync:
                 now = sync.hgetall(source_key)
             return a, after_b, now
         finally:

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import orjson
 import pytest
-import redis
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streamproc.config import Config
+from streamproc.redis_client import sync_client
 from tests.conftest import Endpoints, config_for
 from tests.integration.test_monitoring import MONITOR_ENV, _run
 from tests.integration.workers import config_env, consume_all
@@ -105,8 +105,8 @@ def comparable(record: dict) -> str:
 @pytest.fixture(scope="module")
 def full(live: Live, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     out = tmp_path_factory.mktemp("replay") / "full"
-    prefix = live.cfg.redis.key_prefix
-    client = redis.Redis.from_url(live.cfg.redis.url)
+    prefix = live.cfg.redis.prefix
+    client = sync_client(live.cfg.redis)
     before = {k: client.dump(k) for k in client.scan_iter(f"{prefix}:*")}
     alerts_before = _watermarks(live.cfg, live.cfg.topics.alerts)
     done = replay(live, *live.range_args(), "--out", str(out), "--measure-raw")

@@ -9,13 +9,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-import redis
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
 from streamproc.config import Config
 from streamproc.dev.stack import Stack, _pid_alive, port_open
 from streamproc.kafka import topics
+from streamproc.redis_client import sync_client
 
 pytestmark = pytest.mark.integration
 
@@ -71,8 +71,8 @@ def test_created_topics_carry_their_retention(config: Config) -> None:
 
 
 def test_redis_round_trip(config: Config) -> None:
-    client = redis.Redis.from_url(config.redis.url)
-    key = f"{config.redis.key_prefix}:roundtrip"
+    client = sync_client(config.redis)
+    key = f"{config.redis.prefix}:roundtrip"
     client.set(key, b"\x00\x01bytes", ex=30)
     assert client.get(key) == b"\x00\x01bytes"
     client.delete(key)

@@ -16,11 +16,12 @@ import uuid
 from dataclasses import dataclass, field
 
 import pytest
-import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamproc.ingest.join import SHARDS, JoinRecord, LabelRecord, RedisJoin
+from streamproc.config import RedisConfig
+from streamproc.ingest.join import LAYOUT, JoinRecord, LabelRecord, RedisJoin, key_patterns
+from streamproc.redis_client import async_client
 from tests.conftest import Endpoints
 
 pytestmark = pytest.mark.integration
@@ -112,12 +113,12 @@ def _record(kind: str, serial: int, pid: str) -> JoinRecord | LabelRecord:
 
 async def _check(redis_url: str, plan: Plan) -> None:
     prefix = f"t-join-{uuid.uuid4().hex[:10]}"
-    client = aioredis.Redis.from_url(redis_url, decode_responses=False)
+    client = async_client(RedisConfig(url=redis_url))
     join = RedisJoin(client, prefix, prediction_ttl_s=PREDICTION_TTL, label_ttl_s=LABEL_TTL)
     model = Model()
     now, serial = 1_000_000.0, 0
     # Marked up front: setup() would otherwise SCAN the shared Redis for old keys per example.
-    await client.set(f"{prefix}:layout", "2")
+    await client.set(f"{prefix}:layout", LAYOUT)
     try:
         for (kind, arrivals, retried), advance in plan:
             now += advance
@@ -147,10 +148,9 @@ async def _check(redis_url: str, plan: Plan) -> None:
                         assert "joined" not in results and "pending" not in results
             assert await join.pending() == (len(model.pending["p"]), len(model.pending["l"]))
     finally:
-        keys = [f"{prefix}:i:{pid}" for pid in IDS]
-        keys += [f"{prefix}:due:{side}:{shard}" for side in "pl" for shard in range(SHARDS)]
-        keys += [f"{prefix}:layout"]
-        await client.unlink(*keys)
+        keys = [k for p in key_patterns(prefix) async for k in client.scan_iter(p, count=1000)]
+        if keys:
+            await client.unlink(*keys)
         await client.aclose()
 
 

@@ -31,8 +31,6 @@ from typing import Any
 import msgspec
 import orjson
 import pytest
-import redis
-import redis.asyncio as aioredis
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
@@ -48,6 +46,7 @@ from streamproc.publish import judging, sources
 from streamproc.publish.judging import JudgeStage
 from streamproc.publish.keys import Keys
 from streamproc.publish.sources import SourceStage
+from streamproc.redis_client import async_client, sync_client
 from streamproc.tools.inprocess import InProcessPipeline
 from streamproc.worker.metrics import WorkerMetrics
 from tests.conftest import Endpoints
@@ -134,7 +133,7 @@ class Live:
         self.cfg = cfg
         self.rng = random.Random(seed)
         self.loop = asyncio.new_event_loop()
-        self.client = aioredis.Redis.from_url(cfg.redis.url)
+        self.client = async_client(cfg.redis)
         self.logs = {
             "predictions": Log(cfg.topics.predictions, P),
             "labels": Log(cfg.topics.labels, L),
@@ -306,7 +305,7 @@ class LiveEqualsReplay(RuleBasedStateMachine):
         self.cfg = config(self.endpoints, prefix)
         self.live = Live(self.cfg, seed)
         self.traffic = Traffic(seed)
-        self.store = BaselineStore(redis.Redis.from_url(self.cfg.redis.url), prefix)
+        self.store = BaselineStore(sync_client(self.cfg.redis), prefix)
         self.profiles = 0
         # Enough traffic for a few windows of each model, whatever the steps add.
         for i in range(60):
@@ -428,13 +427,13 @@ class LiveEqualsReplay(RuleBasedStateMachine):
         live judges' timelines and the same silences."""
         live, cfg = self.live, self.cfg
         pipe = InProcessPipeline(cfg, range(P), range(L), emitted_at=lambda: "replay")
-        keys = Keys(cfg.redis.key_prefix)
+        keys = Keys(cfg.redis.prefix)
         for model in MODELS:
             blob = live.run(live.client.get(keys.timeline(model)))
             if blob:
                 state = msgspec.msgpack.decode(blob, type=TimelineState)
                 timeline = ReferenceTimeline.restore(state)
-                live.run(pipe.refs.load(live.client, cfg.redis.key_prefix, timeline.fps()))
+                live.run(pipe.refs.load(live.client, cfg.redis.prefix, timeline.fps()))
                 pipe.use_timeline(model, timeline)
         records = []
         for topic in ("predictions", "labels"):
