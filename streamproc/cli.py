@@ -22,11 +22,12 @@ def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def cmd_stack(args: argparse.Namespace) -> int:
     from streamproc.dev.stack import Stack
 
+    shape = {"brokers": args.brokers, "redis_cluster": args.redis_cluster}
     stack = Stack(
         kafka_port=args.kafka_port or 0,
         redis_port=args.redis_port or 0,
-        **({"brokers": args.brokers} if args.brokers is not None else {}),
-        **({"redis_cluster": args.redis_cluster} if args.redis_cluster is not None else {}),
+        # A flag not given leaves the choice to $STREAMPROC_STACK_BROKERS / _REDIS_CLUSTER.
+        **{name: value for name, value in shape.items() if value is not None},
     )
     if args.action == "up":
         for name, what in stack.up().items():

@@ -651,6 +651,16 @@ class RedisCluster:
         reply = self.nodes[port].command("ROLE")
         return str(reply[0]) if isinstance(reply, list) and reply else None
 
+    def replicas_synced(self) -> bool:
+        """Every live replica's link to its master is up."""
+        for port in self.live():
+            reply = self.nodes[port].command("INFO", "replication")
+            if not isinstance(reply, dict):
+                return False
+            if reply.get("role") == "slave" and reply.get("master_link_status") != "up":
+                return False
+        return True
+
     def masters(self) -> list[int]:
         """The ports of the live nodes that are masters now."""
         return [port for port in self.live() if self._role(port) == "master"]
@@ -709,7 +719,8 @@ class RedisCluster:
         missing = [port for port, pid in pids.items() if not pid]
         for port in missing:
             self.nodes[port].launch()
-        if not running:
+        # Not "if nothing was running": an `up` that failed half-way leaves nodes without slots.
+        if all(self._info(port).get("cluster_slots_assigned") == "0" for port in self.ports):
             cli = shutil.which("redis-cli") or _apt_install("redis-cli", "redis-tools")
             create = subprocess.run(
                 [
@@ -729,6 +740,13 @@ class RedisCluster:
             if create.returncode != 0:
                 raise StackError(f"redis-cli --cluster create failed:\n{create.stdout[-2000:]}")
         self.wait_ok(60)
+        # A replica that has never synced with its master refuses to take over from it (its
+        # data counts as too old), so a cluster is ready once every replica's link is up.
+        _wait(
+            self.replicas_synced,
+            60,
+            f"the Redis Cluster's replicas did not sync with their masters; see {self.home}",
+        )
         if not missing:
             return "already running"
         if running:
