@@ -22,7 +22,13 @@ def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def cmd_stack(args: argparse.Namespace) -> int:
     from streamproc.dev.stack import Stack
 
-    stack = Stack(kafka_port=args.kafka_port, redis_port=args.redis_port)
+    shape = {"brokers": args.brokers, "redis_cluster": args.redis_cluster}
+    stack = Stack(
+        kafka_port=args.kafka_port or 0,
+        redis_port=args.redis_port or 0,
+        # A flag not given leaves the choice to $STREAMPROC_STACK_BROKERS / _REDIS_CLUSTER.
+        **{name: value for name, value in shape.items() if value is not None},
+    )
     if args.action == "up":
         for name, what in stack.up().items():
             print(f"{name:<6} {what}")
@@ -84,7 +90,12 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from streamproc.dev.stack import DEFAULT_KAFKA_PORT, DEFAULT_REDIS_PORT
+    from streamproc.dev.stack import (
+        DEFAULT_CLUSTER_KAFKA_PORT,
+        DEFAULT_CLUSTER_REDIS_PORT,
+        DEFAULT_KAFKA_PORT,
+        DEFAULT_REDIS_PORT,
+    )
 
     parser = argparse.ArgumentParser(
         prog="streamproc", description="Kafka-native streaming drift detection for ML models."
@@ -94,8 +105,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stack", help="the local Kafka + Redis stack on 127.0.0.1 (no Docker)")
     p.add_argument("action", choices=["up", "down", "status"])
-    p.add_argument("--kafka-port", type=int, default=None, help=f"default {DEFAULT_KAFKA_PORT}")
-    p.add_argument("--redis-port", type=int, default=None, help=f"default {DEFAULT_REDIS_PORT}")
+    p.add_argument(
+        "--kafka-port",
+        type=int,
+        default=None,
+        help=f"default {DEFAULT_KAFKA_PORT}, {DEFAULT_CLUSTER_KAFKA_PORT} for a cluster",
+    )
+    p.add_argument(
+        "--redis-port",
+        type=int,
+        default=None,
+        help=f"default {DEFAULT_REDIS_PORT}, {DEFAULT_CLUSTER_REDIS_PORT} for a Redis Cluster",
+    )
+    p.add_argument(
+        "--brokers",
+        type=int,
+        default=None,
+        help="1 (default, $STREAMPROC_STACK_BROKERS) or 3+ for a KRaft cluster",
+    )
+    p.add_argument(
+        "--redis-cluster",
+        type=int,
+        default=None,
+        metavar="MASTERS",
+        help="a Redis Cluster of MASTERS masters with a replica each "
+        "($STREAMPROC_STACK_REDIS_CLUSTER)",
+    )
     p.set_defaults(func=cmd_stack)
 
     p = sub.add_parser("topics", help="create missing topics and report mismatches")
@@ -138,12 +173,6 @@ COMMAND_MODULES: list[str] = [
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "stack":
-        from streamproc.dev.stack import Stack
-
-        defaults = Stack()
-        args.kafka_port = args.kafka_port or defaults.kafka_port
-        args.redis_port = args.redis_port or defaults.redis_port
     try:
         handler: Handler = args.func
         return handler(args)

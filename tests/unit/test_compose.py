@@ -7,7 +7,13 @@ from pathlib import Path
 import yaml
 
 from streamproc.config import WorkerConfig
-from streamproc.dev.stack import DEFAULT_KAFKA_PORT, DEFAULT_REDIS_PORT, KAFKA_VERSION
+from streamproc.dev.stack import (
+    DEFAULT_CLUSTER_KAFKA_PORT,
+    DEFAULT_CLUSTER_REDIS_PORT,
+    DEFAULT_KAFKA_PORT,
+    DEFAULT_REDIS_PORT,
+    KAFKA_VERSION,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -55,3 +61,32 @@ def test_every_bind_mount_exists_in_the_repo() -> None:
             source = volume.split(":")[0]
             if source.startswith("./"):
                 assert (ROOT / source).exists(), f"{name} mounts missing {source}"
+
+
+CLUSTER = {name: svc for name, svc in SERVICES.items() if "cluster" in svc.get("profiles", [])}
+
+
+def test_the_cluster_profile_is_opt_in() -> None:
+    assert {"kafka", "redis", "topics", "worker"}.isdisjoint(CLUSTER)
+    assert all("profiles" not in SERVICES[name] for name in ("kafka", "redis", "worker"))
+
+
+def test_the_cluster_profile_has_the_local_cluster_stack_shapes() -> None:
+    kafka = [CLUSTER[f"kafka-{i}"] for i in (1, 2, 3)]
+    assert {svc["image"] for svc in kafka} == {f"apache/kafka:{KAFKA_VERSION}"}
+    envs = [svc["environment"] for svc in kafka]
+    assert len({env["CLUSTER_ID"] for env in envs}) == 1
+    assert [env["KAFKA_NODE_ID"] for env in envs] == ["1", "2", "3"]
+    for i, env in enumerate(envs):
+        port = DEFAULT_CLUSTER_KAFKA_PORT + 2 * i
+        assert f"PLAINTEXT://localhost:{port}" in env["KAFKA_ADVERTISED_LISTENERS"]
+        assert env["KAFKA_DEFAULT_REPLICATION_FACTOR"] == "3"
+        assert env["KAFKA_MIN_INSYNC_REPLICAS"] == "2"
+        assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "3"
+    redis = [CLUSTER[f"redis-cluster-{i}"] for i in range(1, 7)]
+    ports = [int(svc["command"][svc["command"].index("--port") + 1]) for svc in redis]
+    assert ports == list(range(DEFAULT_CLUSTER_REDIS_PORT, DEFAULT_CLUSTER_REDIS_PORT + 6))
+    assert all("--cluster-enabled" in svc["command"] for svc in redis)
+    create = " ".join(CLUSTER["redis-cluster-create"]["command"])
+    assert "--cluster-replicas 1" in create
+    assert all(f"127.0.0.1:{port}" in create for port in ports)
