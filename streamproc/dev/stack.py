@@ -497,13 +497,7 @@ class KafkaCluster:
 
     def kill(self, node_id: int) -> None:
         """SIGKILL node ``node_id``, as a crash would stop it."""
-        node = self.node(node_id)
-        pid = node.our_pid()
-        if pid is None:
-            raise StackError(f"Kafka node {node_id} is not running")
-        os.kill(pid, signal.SIGKILL)
-        _reap(pid)
-        node.pid_file.unlink(missing_ok=True)
+        _sigkill(self.node(node_id), f"Kafka node {node_id}")
 
     def start(self, node_id: int, timeout: float = 90) -> None:
         """Restart node ``node_id`` with its existing data; wait until metadata lists it."""
@@ -712,10 +706,12 @@ class RedisCluster:
         if not running and self.answers():
             return "reusing the Redis Cluster already answering"
         if not running:
-            # A cold start makes a new cluster: nothing is persisted (no RDB, no AOF), and an
-            # old nodes.conf would make the nodes wait for peers that lost their slots.
-            for conf in self.home.glob("*/nodes-*.conf"):
-                conf.unlink()
+            # A cold start makes a new cluster: nothing is kept, and an old nodes.conf would
+            # make the nodes wait for peers that lost their slots. A replica's full sync leaves
+            # a dump.rdb even without `save`; loaded, its keys would make a node claim their
+            # slots and refuse to join a new cluster.
+            for old in (*self.home.glob("*/nodes-*.conf"), *self.home.glob("*/dump.rdb")):
+                old.unlink()
         missing = [port for port, pid in pids.items() if not pid]
         for port in missing:
             self.nodes[port].launch()
@@ -755,13 +751,7 @@ class RedisCluster:
 
     def kill(self, port: int) -> None:
         """SIGKILL the node on ``port``, as a crash would stop it."""
-        node = self.node(port)
-        pid = node.our_pid()
-        if pid is None:
-            raise StackError(f"the Redis Cluster node on {port} is not running")
-        os.kill(pid, signal.SIGKILL)
-        _reap(pid)
-        node.pid_file.unlink(missing_ok=True)
+        _sigkill(self.node(port), f"the Redis Cluster node on {port}")
 
     def start(self, port: int) -> None:
         """Restart the node on ``port`` with its nodes.conf, so it rejoins the cluster."""
@@ -774,6 +764,16 @@ class RedisCluster:
         pid_files = sorted(self.nodes[self.base].run_dir.glob(f"redis-cluster-{self.base}-*.pid"))
         ports = {int(f.stem.rsplit("-", 1)[1]) for f in pid_files if f.stem[-1].isdigit()}
         return any([RedisNode(port, self.base).stop() for port in sorted(ports)])
+
+
+def _sigkill(node: _Service, what: str) -> None:
+    """SIGKILL a node this stack started (a crash), reap it and forget its PID file."""
+    pid = node.our_pid()
+    if pid is None:
+        raise StackError(f"{what} is not running")
+    os.kill(pid, signal.SIGKILL)
+    _reap(pid)
+    node.pid_file.unlink(missing_ok=True)
 
 
 def _reap(pid: int) -> None:

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-_TRANSIENT = (
+TRANSIENT = (
     OSError,
     TimeoutError,
     KafkaDeliveryError,
@@ -24,6 +24,12 @@ _TRANSIENT = (
     redis.exceptions.TimeoutError,
     redis.exceptions.BusyLoadingError,
     redis.exceptions.TryAgainError,
+    # A Redis Cluster between a master's failure and its replica's promotion
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.SlotNotCoveredError,
+    redis.exceptions.RedisClusterUnreachableError,
 )
 
 
@@ -35,7 +41,7 @@ async def retry(
     while True:
         try:
             return await what()
-        except _TRANSIENT as exc:
+        except TRANSIENT as exc:
             metrics.infra_errors.labels(component=component).inc()
             log.warning("%s unavailable (%s); retrying in %.1fs", component, exc, delay)
         await asyncio.sleep(delay)

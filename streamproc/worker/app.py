@@ -45,6 +45,7 @@ from streamproc.errors import ConfigError
 from streamproc.ingest.ingestor import Ingestor, RawMessage, check_join_layout
 from streamproc.ingest.join import RedisJoin
 from streamproc.kafka.producer import OutputProducer
+from streamproc.kafka.retry import TRANSIENT
 from streamproc.kafka.topics import partition_count
 from streamproc.publish.judging import JudgeStage
 from streamproc.publish.keys import Keys
@@ -277,7 +278,14 @@ def build_app(cfg: Config, metrics: WorkerMetrics | None = None) -> faust.App:
 
     @app.timer(interval=10.0)
     async def heartbeat() -> None:
-        await guarded("heartbeat", lambda: write_heartbeat(runtime, assigned, metrics))
+        async def beat() -> None:
+            try:
+                await write_heartbeat(runtime, assigned, metrics)
+            except TRANSIENT as exc:  # Redis away (a failover): the next beat writes it
+                metrics.infra_errors.labels(component="redis").inc()
+                log.warning("heartbeat not written (%s); next one in 10 s", exc)
+
+        await guarded("heartbeat", beat)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(_sender: Any, revoked: Any, **_kw: Any) -> None:
