@@ -36,7 +36,6 @@ from typing import Any
 
 import faust
 import mode
-import redis.asyncio as aioredis
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from streamproc.config import Config, KafkaConfig, load_config
@@ -112,14 +111,14 @@ class WorkerRuntime:
         self.partitions = ensure_partials_topic(cfg)
         self.prediction_partitions = partition_count(cfg, cfg.topics.predictions)
         self.label_partitions = partition_count(cfg, cfg.topics.labels)
-        self._client: aioredis.Redis | None = None
+        self._client: AsyncClient | None = None
         self._output: OutputProducer | None = None
         self._sources: SourceStage | None = None
         self._ingestor: Ingestor | None = None
         self._judges: JudgeStage | None = None
 
     @property
-    def client(self) -> aioredis.Redis:
+    def client(self) -> AsyncClient:
         if self._client is None:
             self._client = redis_client(self.cfg)
         return self._client
