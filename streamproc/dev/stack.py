@@ -414,11 +414,15 @@ class KafkaCluster:
             raise StackError(f"no Kafka node {node_id}; nodes are 1..{self.size}")
         return self.nodes[node_id - 1]
 
-    def brokers(self, timeout: float = 2.0) -> set[int]:
-        """The broker ids a metadata request lists (empty when no node answers)."""
+    def brokers(self, timeout: float = 2.0, via: KafkaNode | None = None) -> set[int]:
+        """The broker ids a metadata request lists (empty when no node answers).
+
+        ``via`` asks that node (each node has its own view of the cluster's metadata, and a
+        restarted broker shows in one before another)."""
         from confluent_kafka.admin import AdminClient
 
-        live = [f"{HOST}:{n.port}" for n in self.nodes if port_open(n.port)]
+        nodes = self.nodes if via is None else [via]
+        live = [f"{HOST}:{n.port}" for n in nodes if port_open(n.port)]
         if not live:
             return set()
         admin = AdminClient({"bootstrap.servers": ",".join(live), "log_level": 0})
@@ -470,7 +474,8 @@ class KafkaCluster:
                 if not _pid_alive(pid):
                     log = self.node(node_id).log
                     raise StackError(f"Kafka node {node_id} exited at start; see {log}")
-            return wanted <= self.brokers()
+            live = [node for node in self.nodes if port_open(node.port)]
+            return bool(live) and all(wanted <= self.brokers(via=node) for node in live)
 
         _wait(
             ready,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -112,6 +113,7 @@ class Run:
     alerts: list[str]
     joined: int  # tombstones of a join in Redis
     pending_predictions: int
+    log_tail: str = ""
 
 
 Disrupt = Callable[[Config, WorkerProcess], WorkerProcess]
@@ -142,14 +144,16 @@ def _run(stack: Stack, tmp_path: Path, disrupt: Disrupt, expect: Run | None = No
         worker.wait_until_judged(120, still_s=10)
         if expect is not None:
             # A failover may hold a stage back for a while; what matters is that it catches up.
-            worker.wait_for(
-                lambda: set(expect.alerts) <= set(_alerts(cfg)), 240, "the uninterrupted alerts"
-            )
+            # (When they never come, the comparison after the run says which alerts differ.)
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline and not set(expect.alerts) <= set(_alerts(cfg)):
+                assert worker.proc.poll() is None, f"the worker exited; {worker.tail()}"
+                time.sleep(1)
     finally:
         worker.stop()
     worker.assert_healthy()
     joined, pending = _join_state(cfg, stack)
-    return Run(_alerts(cfg), joined, pending)
+    return Run(_alerts(cfg), joined, pending, worker.tail())
 
 
 def _alerts(cfg: Config) -> list[str]:
@@ -212,11 +216,13 @@ def uninterrupted(cluster: Stack, tmp_path_factory: pytest.TempPathFactory) -> R
 def _expect_same(run: Run, uninterrupted: Run) -> None:
     labels = len(_traffic()[1])
     assert 0 < labels < N_EVENTS
-    assert run.joined == uninterrupted.joined == labels
-    assert run.pending_predictions == uninterrupted.pending_predictions == N_EVENTS - labels
-    only = [a[:300] for a in run.alerts if a not in uninterrupted.alerts]
-    missing = [a[:300] for a in uninterrupted.alerts if a not in run.alerts]
-    assert run.alerts == uninterrupted.alerts, f"extra: {only}\nmissing: {missing}"
+    only = [a[:400] for a in run.alerts if a not in uninterrupted.alerts]
+    missing = [a[:400] for a in uninterrupted.alerts if a not in run.alerts]
+    counts = (run.joined, run.pending_predictions, uninterrupted.joined, labels)
+    what = f"joins, pending, reference joins, labels: {counts}\nextra: {only}\nmissing: {missing}"
+    assert run.joined == uninterrupted.joined == labels, f"{what}\n{run.log_tail}"
+    assert run.pending_predictions == uninterrupted.pending_predictions == N_EVENTS - labels, what
+    assert run.alerts == uninterrupted.alerts, f"{what}\n{run.log_tail}"
 
 
 def test_a_broker_killed_mid_stream_loses_nothing_and_changes_no_alert(

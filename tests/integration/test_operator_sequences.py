@@ -546,6 +546,68 @@ def test_when_traffic_stops_the_last_window_is_judged_and_the_silence_alerted(
     worker.assert_healthy()
 
 
+def test_a_worker_started_after_traffic_stopped_closes_the_last_window(
+    config: Config, tmp_path: Path
+) -> None:
+    """The partitions a restarted worker gets are already read to their end: it reads nothing,
+    and the silence it sees must still close the window the first worker left open."""
+    topics.apply(config, topics.load_topics(config))
+    store_baseline(config, WorkloadSpec(rate=RATE), rate=True)
+    # The first worker waits longer than the test for silence: the restart comes first.
+    first = WorkerProcess(
+        config, tmp_path, **{**IDLE_ENV, "STREAMPROC_MONITORING_IDLE_TIMEOUT_S": "600"}
+    )
+    metrics = TopicTail(config, config.topics.metrics)
+    second: WorkerProcess | None = None
+    try:
+        wait_all([first], lambda: answers(first), 60, "the worker's /metrics")
+        end = math.floor(time.time() / IDLE_WINDOW_S) * IDLE_WINDOW_S
+        n = int(3 * IDLE_WINDOW_S * RATE)
+        spec = WorkloadSpec(rate=RATE, start_time=iso(end - n / RATE))
+        events = list(Workload(spec, n, seed=SEED).predictions())
+        produce_batches(config, config.topics.predictions, events, int(RATE))
+        wait_all(
+            [first],
+            lambda: not uncommitted(config, [config.topics.predictions]),
+            60,
+            f"the first worker read and committed all {n} predictions",
+        )
+        first.stop()
+        last_start = end - IDLE_WINDOW_S
+
+        def last_window(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+            return [
+                r
+                for r in records
+                if r["segment"] == {}
+                and not r["performance"]
+                and epoch(r["window"]["start"]) == last_start
+            ]
+
+        assert not last_window(metrics.read()), (
+            "the first worker must stop before silence closes the window"
+        )
+        second = WorkerProcess(config, tmp_path, **IDLE_ENV)
+        wait_all(
+            [second],
+            lambda: bool(last_window(metrics.read())),
+            90,
+            f"the last window ({iso(last_start)}) closed by the restarted worker",
+        )
+        read = second.metric("streamproc_messages_total", topic="predictions")
+        assert read == 0, "the restarted worker must find its partitions read to their end"
+    finally:
+        for w in (first, second):
+            if w is not None:
+                w.stop()
+        metrics.close()
+    (record,) = last_window(metrics.records)
+    assert record["count"] == sum(1 for e in events if e["timestamp"] >= last_start)
+    first.assert_healthy()
+    assert second is not None
+    second.assert_healthy()
+
+
 # -- 4 and 5. one worker, two workers, a SIGKILL: the same alerts -------------------------------
 
 CHANGES = (
