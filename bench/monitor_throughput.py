@@ -113,6 +113,11 @@ class _Recorder:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.batches: list[tuple[str, Sequence[Any], Sequence[Any], tuple[Any, ...]]] = []
+        self.admitted: list[Sequence[Any]] = []  # each labels batch's arrivals, in order
+
+    async def admit_labels(self, arrivals: Sequence[Any]) -> list[bool]:
+        self.admitted.append(list(arrivals))
+        return await self.inner.admit_labels(arrivals)  # type: ignore[no-any-return]
 
     async def on_batch(self, role: str, observed: Any, joined: Any, *rest: Any) -> None:
         self.batches.append((role, list(observed), list(joined), rest))
@@ -165,7 +170,10 @@ def measure(events: int, batch: int) -> dict[str, Any]:
     folded = sum(len(o) + len(j) for _, o, j, _ in recorder.batches)
     fold_wall0, fold_cpu0 = time.perf_counter(), time.process_time()
     partials = 0
+    admitted = iter(recorder.admitted)
     for role, observed, joined, rest in recorder.batches:
+        if role == "labels":
+            stage.admit_labels(next(admitted))
         stage.on_batch(role, observed, joined, *rest)  # type: ignore[arg-type]
         partials += len(stage.take()[0])
     fold_wall = time.perf_counter() - fold_wall0

@@ -222,10 +222,42 @@ class SourceAggregator:
             )
         return folded
 
+    def admit_labels(self, offsets: Sequence[int], times: Sequence[float]) -> list[bool]:
+        """Judge this labels partition's accepted labels (offset order) against its clock, as
+        they are read and before they are joined: whether each may count, wherever its join
+        completes (here, or later on a predictions partition: a pending label carries the
+        verdict, :attr:`LabelRecord.late`). The clock follows every label read, joined or
+        not, so a verdict depends on the partition's content alone, never on which side of
+        a join came first. A label at or below ``last_offset`` (a re-read of what the
+        checkpoint holds) moves nothing."""
+        ok = [True] * len(offsets)
+        fresh = [i for i, offset in enumerate(offsets) if offset > self.last_offset]
+        if fresh:
+            verdicts = self.clock.admit(np.array([times[i] for i in fresh], dtype=np.float64))
+            for i, verdict in zip(fresh, verdicts.tolist(), strict=True):
+                ok[i] = verdict
+        return ok
+
+    def _counts_anywhere(self, outs: Sequence[Completed]) -> np.ndarray:
+        """Whether each outcome may count wherever its join completes: its label was not late
+        on its own partition (:meth:`admit_labels`), nor stamped so long before its prediction
+        (clocks apart) that a predictions partition's clock would have passed it."""
+        if not outs:
+            return np.zeros(0, bool)
+        tick_s, lateness = self.clock.tick_s, self.clock.lateness_s
+        label_t = np.array([c.joined.label.event_time for c in outs], dtype=np.float64)
+        pred_t = np.array([c.joined.prediction.event_time for c in outs], dtype=np.float64)
+        ends = np.floor(label_t / tick_s) * tick_s + tick_s
+        with np.errstate(invalid="ignore"):
+            behind = ends <= np.floor((pred_t - lateness) / tick_s) * tick_s
+        return ~behind & np.array([not c.joined.label.late for c in outs], dtype=bool)
+
     def _admit_outcomes(self, outs: Sequence[Completed]) -> np.ndarray:
         times = np.array([c.joined.label.event_time for c in outs], dtype=np.float64)
         if self.source[0] == "l":
-            return self.clock.admit(times)
+            ok = self._counts_anywhere(outs)
+            self._count_refused(outs, ok)
+            return ok
         # A prediction partition's clock follows its predictions only; an outcome completed
         # there is judged against the clock as of its own message.
         return self._outcomes_at(outs, times, self.clock.newest, _positions([]), np.zeros(0))
@@ -253,9 +285,15 @@ class SourceAggregator:
         bound = np.nan_to_num(bound, nan=-math.inf, neginf=-math.inf)
         bound = np.maximum(bound, self._flushed_before)
         ends = np.floor(times / tick_s) * tick_s + tick_s
-        ok = ends > bound
-        self.clock.late += int(ok.size - np.count_nonzero(ok))
+        ok = (ends > bound) & self._counts_anywhere(outs)
+        self._count_refused(outs, ok)
         return ok
+
+    def _count_refused(self, outs: Sequence[Completed], ok: np.ndarray) -> None:
+        """Count refused outcomes on the clock, but a late label once (where it was read)."""
+        flagged = sum(1 for c, counts in zip(outs, ok.tolist(), strict=True)
+                      if not counts and c.joined.label.late)  # fmt: skip
+        self.clock.late += int(ok.size - np.count_nonzero(ok)) - flagged
 
     def _admit(
         self, preds: Sequence[Accepted], outs: Sequence[Completed]

@@ -49,12 +49,34 @@ class AggregateStage:
         self.first_record_s = math.inf  # the first record time any source had
         self._outbox: list[PartialsMessage] = []
         self._moved: set[str] = set()
+        self._label_through: dict[str, int] = {}  # labels admitted, not yet folded
 
     def source(self, name: str) -> SourceAggregator:
         agg = self.sources.get(name)
         if agg is None:
             agg = self.sources[name] = SourceAggregator(name, self.cfg, self.refs)
         return agg
+
+    def admit_labels(self, arrivals: Sequence[tuple[int, int, int, float]]) -> list[bool]:
+        """Judge a labels batch's accepted labels, ``(partition, offset, index, event time)``
+        in batch order, before they are joined; return whether each may count (see
+        :meth:`SourceAggregator.admit_labels`). The batch's :meth:`on_batch` follows."""
+        by_source: dict[str, list[int]] = {}
+        for i, (partition, _, _, _) in enumerate(arrivals):
+            by_source.setdefault(f"l{partition}", []).append(i)
+        ok = [True] * len(arrivals)
+        for src, where in sorted(by_source.items()):
+            where.sort(key=lambda i: (arrivals[i][1], arrivals[i][2]))
+            agg = self.source(src)
+            before = agg.clock.flushed_until
+            offsets = [arrivals[i][1] for i in where]
+            verdicts = agg.admit_labels(offsets, [arrivals[i][3] for i in where])
+            for i, verdict in zip(where, verdicts, strict=True):
+                ok[i] = verdict
+            if agg.clock.flushed_until > before:
+                self._moved.add(src)
+            self._label_through[src] = max(self._label_through.get(src, -1), offsets[-1])
+        return ok
 
     def on_batch(
         self,
@@ -79,6 +101,10 @@ class AggregateStage:
             src = f"{prefix}{partition}"
             outs.setdefault(src, []).append(Completed(j, offset, index))
             through[src] = max(through.get(src, -1), offset)
+        if role == "labels":  # every label admitted, joined or not, is now behind its source
+            for src, offset in self._label_through.items():
+                through[src] = max(through.get(src, -1), offset)
+            self._label_through = {}
         for partition, ms in record_ms.items():
             agg = self.source(f"{prefix}{partition}")
             agg.last_record_s = max(agg.last_record_s, ms / 1000)

@@ -104,6 +104,11 @@ class MonitorSink(Protocol):
 
     async def commit(self) -> None: ...
 
+    async def admit_labels(self, arrivals: Sequence[tuple[int, int, int, float]]) -> list[bool]:
+        """Whether each accepted label of a batch, ``(partition, offset, index, event time)``,
+        may count (not late on its partition's clock); called before the batch is joined."""
+        ...
+
 
 class Join(Protocol):
     """:class:`~streamproc.ingest.join.RedisJoin`, or the in-memory one of a replay."""
@@ -135,6 +140,9 @@ class NullSink:
 
     async def commit(self) -> None:
         return None
+
+    async def admit_labels(self, arrivals: Sequence[tuple[int, int, int, float]]) -> list[bool]:
+        return [True] * len(arrivals)
 
 
 def _record_ms(msgs: Sequence[RawMessage]) -> dict[int, int]:
@@ -342,10 +350,15 @@ class Ingestor:
         """Process one consumed batch of the labels topic."""
         started = time.perf_counter()
         accepted = await self._decode_batch(msgs, Label, "labels")
+        # Judged late or not as read, before the join: the verdict travels with a pending label.
+        counts = await self.sink.admit_labels(
+            [(msg.partition, msg.offset, -1 if idx is None else idx, t)
+             for _, msg, idx, _, _, t in accepted]
+        )  # fmt: skip
         items = [
             (ev.prediction_id, origin,
-             LabelRecord(ev.label, t, ev.model_id))
-            for ev, _, _, _, origin, t in accepted
+             LabelRecord(ev.label, t, ev.model_id, not ok))
+            for (ev, _, _, _, origin, t), ok in zip(accepted, counts, strict=True)
         ]  # fmt: skip
         results, joined = await retry(lambda: self.join.add_labels(items), "redis", self.metrics)
         self._count_results(accepted, results, "labels", "label")

@@ -104,9 +104,14 @@ class JoinRecord(msgspec.Struct, array_like=True, frozen=True):
 
 
 class LabelRecord(msgspec.Struct, array_like=True, frozen=True):
+    """A label as the join keeps it. ``late``: its labels partition's clock had passed its
+    event time when it was read (decided there, before the join, so that the verdict is the
+    same whichever side of the join arrives first; a pending label carries it)."""
+
     label: Scalar
     event_time: float
     model_id: str | None = None
+    late: bool = False
 
 
 _PRED_ENC = msgspec.msgpack.Encoder()

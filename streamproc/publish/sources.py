@@ -160,6 +160,21 @@ class SourceStage:
             if agg is None or offset > agg.last_offset + 1:
                 await retry(lambda s=source: self.restore(s), "redis", self.metrics)
 
+    async def admit_labels(self, arrivals: Sequence[tuple[int, int, int, float]]) -> list[bool]:
+        """Judge a labels batch's labels on their sources' clocks, before the join (see
+        :meth:`AggregateStage.admit_labels`); the sources are restored first if need be."""
+        async with self._lock:
+            try:
+                first: dict[str, int] = {}
+                for partition, offset, _, _ in arrivals:
+                    src = f"l{partition}"
+                    first[src] = min(first.get(src, offset), offset)
+                await self._ensure(first)
+                self._touched |= set(first)
+                return self.stage.admit_labels(arrivals)
+            finally:
+                self._drop_revoked()
+
     async def on_batch(
         self,
         role: str,
@@ -191,7 +206,9 @@ class SourceStage:
         for o in observed:
             src = f"{prefix}{o.partition}"
             first[src] = min(first.get(src, o.offset), o.offset)
-        for j in joined:
+        # (A labels batch's sources were made ready by admit_labels, which moved their clocks:
+        # checking them again against the offsets of the joins would restore the checkpoint.)
+        for j in joined if role == "predictions" else ():
             src = f"{prefix}{j.completed_by.split(':', 1)[0]}"
             off = int(j.completed_by.split(":")[1])
             first[src] = min(first.get(src, off), off)

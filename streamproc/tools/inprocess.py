@@ -136,6 +136,9 @@ class InProcessPipeline:
         partials, progress = self.stage.take()
         self.deliver(partials, progress)
 
+    async def admit_labels(self, arrivals: Sequence[tuple[int, int, int, float]]) -> list[bool]:
+        return self.stage.admit_labels(arrivals)
+
     # -- feeding -------------------------------------------------------------------------------
 
     def judge(self, model: str) -> ModelJudge:

@@ -251,13 +251,10 @@ def build_app(cfg: Config, metrics: WorkerMetrics | None = None) -> faust.App:
                 continue
             high = app.consumer.highwater(tp)
             done = last_offset.get(tp)
-            if done is not None:
-                next_offset = done + 1
-            else:
-                # Nothing read here yet: the next offset is where the assignment's seek left
-                # the partition, its committed offset (Faust keeps it as the read offset). A
-                # partition committed to its end is caught up without reading anything.
-                next_offset = app.consumer._read_offset.get(tp) or 0
+            # Nothing read here yet: the next offset is where the assignment's seek left the
+            # partition, its committed offset (Faust keeps it as the read offset); a partition
+            # committed to its end is caught up without reading anything.
+            next_offset = done + 1 if done is not None else app.consumer._read_offset.get(tp) or 0
             out[tp] = high is None or next_offset >= high
         return out
 

@@ -115,8 +115,10 @@ def batches(
     batch: int = BATCH,
     first_offset: int = 0,
     per_message: int = PER_MESSAGE,
+    label_edit: Edit | None = None,
 ) -> Iterator[tuple[str, list[RawMessage], int]]:
-    """``(topic, records, events)`` per consumed batch; labels after the predictions."""
+    """``(topic, records, events)`` per consumed batch; labels after the predictions.
+    ``label_edit`` rewrites a label (given its prediction's index)."""
     cut = {t: Cutter(t, per_message, first_offset) for t in ("predictions", "labels")}
     pending: dict[str, list[dict[str, Any]]] = {"predictions": [], "labels": []}
 
@@ -133,7 +135,7 @@ def batches(
                 value = edit(ev.index, value) if edit else value
                 pending["predictions"].append(value)
             else:
-                pending["labels"].append(value)
+                pending["labels"].append(label_edit(ev.index, value) if label_edit else value)
             if len(pending["predictions"]) + len(pending["labels"]) >= batch:
                 yield from take()
     else:
@@ -215,6 +217,7 @@ def run(
     shuffle: random.Random | None = None,
     overtake: bool = False,
     labels_first: bool = False,
+    label_edit: Edit | None = None,
     batch: int = BATCH,
     per_message: int = PER_MESSAGE,
     finish: bool = True,
@@ -230,7 +233,8 @@ def run(
     the outputs (it was published): compare them with :func:`once`. ``shuffle``: consume the
     records in another order (:func:`shuffled`, with ``overtake``); ``labels_first``: every
     label message before any prediction message (a worker catching up on both topics whose
-    labels consumer ran ahead). ``profile``: the baseline, instead of :func:`baseline`.
+    labels consumer ran ahead). ``label_edit``: rewrite labels (:func:`batches`). ``profile``:
+    the baseline, instead of :func:`baseline`.
     """
     work = Workload(spec, n, seed=seed)
     result = Run(pipeline(spec, cfg, labels, profile), work)
@@ -240,7 +244,7 @@ def run(
         feed: Iterable[tuple[str, list[RawMessage], int]] = (
             shuffled(work, labels, shuffle, overtake, per_message)
             if shuffle is not None
-            else batches(work, labels, edit, batch, per_message=per_message)
+            else batches(work, labels, edit, batch, per_message=per_message, label_edit=label_edit)
         )
         if labels_first:
             feed = sorted(feed, key=lambda item: item[0] != "labels")
