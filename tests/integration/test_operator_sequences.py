@@ -480,6 +480,17 @@ IDLE_ENV = {
 }
 
 
+def feature_records_of_window(
+    records: Sequence[Mapping[str, Any]], start: float
+) -> list[Mapping[str, Any]]:
+    """The all-traffic feature records (not performance) of the window starting at ``start``."""
+    return [
+        r
+        for r in records
+        if r["segment"] == {} and not r["performance"] and epoch(r["window"]["start"]) == start
+    ]
+
+
 def test_when_traffic_stops_the_last_window_is_judged_and_the_silence_alerted(
     config: Config, tmp_path: Path
 ) -> None:
@@ -504,13 +515,7 @@ def test_when_traffic_stops_the_last_window_is_judged_and_the_silence_alerted(
         }
 
         def last_window(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-            return [
-                r
-                for r in records
-                if r["segment"] == {}
-                and not r["performance"]
-                and epoch(r["window"]["start"]) == last_start
-            ]
+            return feature_records_of_window(records, last_start)
 
         def silence() -> list[Mapping[str, Any]]:
             return [
@@ -576,13 +581,7 @@ def test_a_worker_started_after_traffic_stopped_closes_the_last_window(
         last_start = end - IDLE_WINDOW_S
 
         def last_window(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-            return [
-                r
-                for r in records
-                if r["segment"] == {}
-                and not r["performance"]
-                and epoch(r["window"]["start"]) == last_start
-            ]
+            return feature_records_of_window(records, last_start)
 
         assert not last_window(metrics.read()), (
             "the first worker must stop before silence closes the window"
