@@ -253,13 +253,13 @@ class SourceAggregator:
         return ~behind & np.array([not c.joined.label.late for c in outs], dtype=bool)
 
     def _admit_outcomes(self, outs: Sequence[Completed]) -> np.ndarray:
-        times = np.array([c.joined.label.event_time for c in outs], dtype=np.float64)
         if self.source[0] == "l":
             ok = self._counts_anywhere(outs)
             self._count_refused(outs, ok)
             return ok
         # A prediction partition's clock follows its predictions only; an outcome completed
         # there is judged against the clock as of its own message.
+        times = np.array([c.joined.label.event_time for c in outs], dtype=np.float64)
         return self._outcomes_at(outs, times, self.clock.newest, _positions([]), np.zeros(0))
 
     def _outcomes_at(
