@@ -474,8 +474,13 @@ class KafkaCluster:
                 if not _pid_alive(pid):
                     log = self.node(node_id).log
                     raise StackError(f"Kafka node {node_id} exited at start; see {log}")
+            # A started node must answer itself: right after a kill the others still list the
+            # dead broker until its session times out, which would look like the new one.
+            started = [self.node(node_id) for node_id in pids]
+            if not all(node.node_id in self.brokers(via=node) for node in started):
+                return False
             live = [node for node in self.nodes if port_open(node.port)]
-            return bool(live) and all(wanted <= self.brokers(via=node) for node in live)
+            return all(wanted <= self.brokers(via=node) for node in live)
 
         _wait(
             ready,
