@@ -82,10 +82,11 @@ class RedisConfig(_Section):
     """How to reach Redis. ``rediss://`` for TLS; the password may come from ``password``.
 
     A Redis Cluster is selected by ``cluster: true`` or a ``redis+cluster://`` (TLS:
-    ``rediss+cluster://``) URL naming any of its nodes; redis-py's cluster client finds the
-    rest. On a cluster the join's state spreads over the nodes by join shard, and every other
-    key (baselines, checkpoints, outbox, worker registry) carries the hash tag ``{key_prefix}``
-    so that the transactions over them stay in one slot.
+    ``rediss+cluster://``) URL naming any of its nodes, or several separated by commas
+    (``redis+cluster://a:7000,b:7000,c:7000``: it starts from whichever answers); redis-py's
+    cluster client finds the rest. On a cluster the join's state spreads over the nodes by join
+    shard, and every other key (baselines, checkpoints, outbox, worker registry) carries the
+    hash tag ``{key_prefix}`` so that the transactions over them stay in one slot.
 
     >>> RedisConfig(url="redis+cluster://10.0.0.5:7000").is_cluster
     True
@@ -114,6 +115,12 @@ class RedisConfig(_Section):
             )
         if self.is_cluster and scheme == "unix":
             raise ValueError("a Redis Cluster is reached over TCP: use redis+cluster://host:port")
+        hosts = self.url.partition("://")[2].partition("/")[0].rpartition("@")[2]
+        if "," in hosts and not self.is_cluster:
+            raise ValueError(
+                "only a Redis Cluster URL names several nodes (redis+cluster://a:7000,b:7000); "
+                "a single Redis is one host:port"
+            )
 
     @property
     def is_cluster(self) -> bool:

@@ -7,9 +7,14 @@ slot map after a failover. Transactions (``WATCH``/``MULTI``) work on a cluster 
 share a slot: every key but the join's carries the hash tag ``{key_prefix}``
 (:attr:`streamproc.config.RedisConfig.prefix`).
 
+A cluster URL may name several nodes, ``redis+cluster://a:7000,b:7000,c:7000``: the client
+starts from whichever answers, so a worker starts while one of them is down.
+
 >>> from streamproc.config import RedisConfig
 >>> plain_url(RedisConfig(url="rediss+cluster://redis-0.internal:7000"))
 'rediss://redis-0.internal:7000'
+>>> cluster_seeds(RedisConfig(url="redis+cluster://:pw@a:7000,b:7001,c/0"))
+('redis://:pw@a:7000/0', [('b', 7001), ('c', 6379)])
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from typing import Any, TypeAlias
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import ClusterNode
 
 from streamproc.config import RedisConfig
 
@@ -32,6 +39,27 @@ def plain_url(cfg: RedisConfig) -> str:
     return f"{scheme.removesuffix('+cluster')}{sep}{rest}"
 
 
+def cluster_seeds(cfg: RedisConfig) -> tuple[str, list[tuple[str, int]]]:
+    """The URL of the first node a cluster URL names, and the ``(host, port)`` of the others."""
+    scheme, sep, rest = plain_url(cfg).partition("://")
+    netloc, slash, tail = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    first, *others = hosts.split(",")
+    seeds = []
+    for node in others:
+        host, _, port = node.rpartition(":") if ":" in node else (node, "", "6379")
+        seeds.append((host, int(port)))
+    return f"{scheme}{sep}{userinfo}{at}{first}{slash}{tail}", seeds
+
+
+def _cluster_kwargs(cfg: RedisConfig, node: type[Any]) -> tuple[str, dict[str, Any]]:
+    url, seeds = cluster_seeds(cfg)
+    kwargs: dict[str, Any] = {"password": cfg.password}
+    if seeds:
+        kwargs["startup_nodes"] = [node(host, port) for host, port in seeds]
+    return url, kwargs
+
+
 def async_client(cfg: RedisConfig, *, python_packed: bool = False) -> AsyncClient:
     """An asyncio client of ``cfg``'s Redis (or Redis Cluster).
 
@@ -42,7 +70,8 @@ def async_client(cfg: RedisConfig, *, python_packed: bool = False) -> AsyncClien
     connections itself, so on a cluster the option has no effect.
     """
     if cfg.is_cluster:
-        return AsyncRedisCluster.from_url(plain_url(cfg), password=cfg.password)
+        url, kwargs = _cluster_kwargs(cfg, AsyncClusterNode)
+        return AsyncRedisCluster.from_url(url, **kwargs)
     client = aioredis.Redis.from_url(plain_url(cfg), password=cfg.password)  # aclose() closes it
     if python_packed:
         pool = client.connection_pool
@@ -53,7 +82,8 @@ def async_client(cfg: RedisConfig, *, python_packed: bool = False) -> AsyncClien
 def sync_client(cfg: RedisConfig) -> SyncClient:
     """A blocking client of ``cfg``'s Redis (or Redis Cluster), for the command-line tools."""
     if cfg.is_cluster:
-        return redis.RedisCluster.from_url(plain_url(cfg), password=cfg.password)
+        url, kwargs = _cluster_kwargs(cfg, ClusterNode)
+        return redis.RedisCluster.from_url(url, **kwargs)
     return redis.Redis.from_url(plain_url(cfg), password=cfg.password)
 
 

@@ -626,7 +626,8 @@ class RedisCluster:
 
     @property
     def url(self) -> str:
-        return f"redis+cluster://{HOST}:{self.base}/0"
+        """Every node, so that a client starts while any one of them is down."""
+        return f"redis+cluster://{','.join(f'{HOST}:{port}' for port in self.ports)}/0"
 
     def node(self, port: int) -> RedisNode:
         if port not in self.nodes:

@@ -48,7 +48,7 @@ from streamproc.ingest.join import (
     JoinRecord,
     JoinResult,
     LabelRecord,
-    ensure_layout,
+    RedisJoin,
 )
 from streamproc.kafka.producer import OutputProducer
 from streamproc.kafka.retry import retry
@@ -162,7 +162,7 @@ def check_join_layout(cfg: Config) -> None:
     async def check() -> None:
         client = async_client(cfg.redis)
         try:
-            await ensure_layout(client, cfg.redis.key_prefix)
+            await RedisJoin(client, cfg.redis.key_prefix).setup()
         finally:
             await client.aclose()
 

@@ -21,9 +21,7 @@ from pathlib import Path
 import msgspec
 import orjson
 import pytest
-import redis
 from confluent_kafka import Producer
-from redis.cluster import ClusterNode
 
 from streamproc.baseline import BaselineStore
 from streamproc.config import Config
@@ -184,10 +182,9 @@ def _closed_windows(cfg: Config) -> list[tuple[str, str]]:
 def _join_state(cfg: Config, stack: Stack) -> tuple[int, int]:
     """(joins, pending predictions) in the join's state keys, on every node of the cluster.
 
-    Read through the live nodes: a new client cannot start from the URL's node while it is
-    down (a running worker's client already knows the others)."""
-    live = stack.redis.live()  # type: ignore[union-attr]
-    client = redis.RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", p) for p in live])
+    A new client, from the configured URL, which names every node: it starts from one that
+    answers when another is down."""
+    client = sync_client(cfg.redis)
     keys = [
         k
         for pattern in key_patterns(cfg.redis.key_prefix)[:1]

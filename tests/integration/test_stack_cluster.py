@@ -95,7 +95,10 @@ def test_cluster_stack_survives_a_broker_and_a_redis_master_dying() -> None:
     kafka, cluster = stack.kafka, stack.redis
     assert isinstance(kafka, KafkaCluster) and isinstance(cluster, RedisCluster)
     assert stack.bootstrap == "127.0.0.1:29192,127.0.0.1:29194,127.0.0.1:29196"
-    assert stack.redis_url == "redis+cluster://127.0.0.1:17101/0"
+    assert (
+        stack.redis_url
+        == "redis+cluster://127.0.0.1:17101,127.0.0.1:17102,127.0.0.1:17103,127.0.0.1:17104,127.0.0.1:17105,127.0.0.1:17106/0"
+    )
     pids: list[int] = []
     try:
         assert stack.up() == {"redis": "started (6 nodes, 3 masters)", "kafka": "started (3 nodes)"}

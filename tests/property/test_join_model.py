@@ -4,7 +4,8 @@ Random sequences of prediction batches, label batches and sweeps (with the clock
 between them) over a few ids and a few message origins, so that joins in either order,
 redeliveries (same origin), duplicates (another origin), late halves (after an expiry) and
 repeats inside one batch all happen, go through :class:`streamproc.join.RedisJoin` on the real
-Redis and through :class:`Model`; every result, join, expiry and pending count must agree.
+Redis and through :class:`Model`; every result, join, expiry and pending count must agree,
+and once the clock has passed every deadline and tombstone, the sweeps leave no key behind.
 Some batches are sent twice in a row with the same origins, as ``ingest.retry`` does after a
 Redis timeout: the second run must hand back the same joins (outcomes are at-least-once).
 """
@@ -14,13 +15,24 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamproc.config import RedisConfig
-from streamproc.ingest.join import LAYOUT, JoinRecord, LabelRecord, RedisJoin, key_patterns
+from streamproc.ingest.join import (
+    JoinRecord,
+    LabelRecord,
+    RedisJoin,
+    encode_label,
+    encode_prediction,
+    key_patterns,
+    layout_marker,
+    shard_of,
+    shard_tag,
+)
 from streamproc.redis_client import async_client
 from tests.conftest import Endpoints
 
@@ -28,6 +40,8 @@ pytestmark = pytest.mark.integration
 
 PREDICTION_TTL = 50
 LABEL_TTL = 20
+RECHECK = 15  # below both TTLs: ids still pending at their check move to the due set
+DEDUPE = 25  # tombstones are forgotten (by a sweep) within a plan's time
 IDS = ["a", "b", "c", "d", "e"]
 ORIGINS = ["0:1:", "0:2:", "1:1:0", "1:1:1"]
 
@@ -42,6 +56,7 @@ class Model:
     # id -> (prediction origin, label origin, side that completed the join or "" after an
     # expiry, the other side's record)
     tombstones: dict[str, tuple[str, str, str, object]] = field(default_factory=dict)
+    forget_at: dict[str, float] = field(default_factory=dict)  # id -> when a sweep forgets it
 
     def arrive(
         self, side: str, items: list[tuple[str, str, object]], now: float
@@ -71,6 +86,7 @@ class Model:
                 their_origin, theirs, _ = self.pending[other].pop(pid)
                 pair = (origin, their_origin) if side == "p" else (their_origin, origin)
                 self.tombstones[pid] = (*pair, side, theirs)
+                self.forget_at[pid] = now + DEDUPE
                 results.append("joined")
                 if side == "p":
                     joined.append((rec, theirs, f"l{their_origin}", False))
@@ -89,7 +105,11 @@ class Model:
                     del self.pending[side][pid]
                     pair = (origin, "") if side == "p" else ("", origin)
                     self.tombstones[pid] = (*pair, "", None)
+                    self.forget_at[pid] = now + DEDUPE
                     expired[side].append(rec)
+        for pid, when in list(self.forget_at.items()):
+            if when <= now:
+                del self.tombstones[pid], self.forget_at[pid]
         return expired["p"], len(expired["l"])
 
 
@@ -111,14 +131,25 @@ def _record(kind: str, serial: int, pid: str) -> JoinRecord | LabelRecord:
     return LabelRecord(serial % 2, float(serial), "m")
 
 
+def _join(client: Any, prefix: str) -> RedisJoin:
+    return RedisJoin(
+        client,
+        prefix,
+        prediction_ttl_s=PREDICTION_TTL,
+        label_ttl_s=LABEL_TTL,
+        dedupe_ttl_s=DEDUPE,
+        recheck_s=RECHECK,
+    )
+
+
 async def _check(redis_url: str, plan: Plan) -> None:
     prefix = f"t-join-{uuid.uuid4().hex[:10]}"
     client = async_client(RedisConfig(url=redis_url))
-    join = RedisJoin(client, prefix, prediction_ttl_s=PREDICTION_TTL, label_ttl_s=LABEL_TTL)
+    join = _join(client, prefix)
     model = Model()
     now, serial = 1_000_000.0, 0
     # Marked up front: setup() would otherwise SCAN the shared Redis for old keys per example.
-    await client.set(f"{prefix}:layout", LAYOUT)
+    await client.set(f"{prefix}:layout", layout_marker(join.shards))
     try:
         for (kind, arrivals, retried), advance in plan:
             now += advance
@@ -147,6 +178,14 @@ async def _check(redis_url: str, plan: Plan) -> None:
                         assert all(g[3] for g in got)
                         assert "joined" not in results and "pending" not in results
             assert await join.pending() == (len(model.pending["p"]), len(model.pending["l"]))
+        # Whatever the plan left, two sweeps end it (expiry, then forgetting the tombstones):
+        # only the layout marker and the zeroed counters may remain, nothing grows for ever.
+        for later in (PREDICTION_TTL, PREDICTION_TTL + DEDUPE):
+            await join.expire(now + later)
+        left = {k.decode() for p in key_patterns(prefix) async for k in client.scan_iter(p)}
+        counters = {k for k in left if k.rsplit(":", 2)[-2] == "queued"}
+        assert left - counters == {f"{prefix}:layout"}
+        assert {await client.get(k) for k in counters} <= {b"0"}
     finally:
         keys = [k for p in key_patterns(prefix) async for k in client.scan_iter(p, count=1000)]
         if keys:
@@ -171,3 +210,51 @@ def test_a_retried_batch_hands_back_every_join_it_completed(endpoints: Endpoints
         (("p", [(pid, "0:1:") for pid in IDS], True), 1),  # the predictions' batch again too
     ]
     asyncio.run(_check(endpoints.redis_url, plan))
+
+
+def test_join_state_left_by_layout_3_is_read_as_it_is(endpoints: Endpoints) -> None:
+    """A deployment upgraded from layout 3 (16 shards, every pending id in a due set with a
+    TTL): its pending ids still join and expire, are counted, and nothing is left after."""
+
+    async def check() -> None:
+        prefix = f"t-join-{uuid.uuid4().hex[:10]}"
+        client = async_client(RedisConfig(url=endpoints.redis_url))
+        now = 1_000_000.0
+        prediction = JoinRecord("m", "1", 1.0, 0, segments={"s": "a"})
+        label = LabelRecord(1, 2.0, "m")
+        try:
+            # What layout 3 wrote: "{P:jS}:i:<id>" with a TTL and an entry in "{P:jS}:due:<side>"
+            await client.set(f"{prefix}:layout", b"3")
+            for pid, side, blob, ttl in [
+                ("a", "p", encode_prediction(prediction), PREDICTION_TTL),
+                ("b", "p", encode_prediction(prediction), PREDICTION_TTL),
+                ("c", "l", encode_label(label), LABEL_TTL),
+            ]:
+                tag = shard_tag(prefix, shard_of(pid, 16))
+                await client.set(f"{tag}:i:{pid}", f"{side}0:{ord(pid)}:|".encode() + blob, ex=7200)
+                await client.zadd(f"{tag}:due:{side}", {f"{tag}:i:{pid}": now + ttl})
+            join = _join(client, prefix)
+            assert await join.pending() == (2, 1)
+            assert await client.get(f"{prefix}:layout") == layout_marker(16)
+            results, joined = await join.add_labels([("a", "1:5:", label)], now=now + 1)
+            assert results == ["joined"] and joined[0].prediction == prediction
+            assert await join.pending() == (1, 1)
+            # and an id new since the upgrade, on the same 16 shards
+            results, _ = await join.add_predictions([("d", "0:9:", prediction)], now=now + 1)
+            assert results == ["pending"] and await join.pending() == (2, 1)
+            expired = await join.expire(now + LABEL_TTL)
+            assert (expired.predictions, expired.labels) == ([], 1)
+            expired = await join.expire(now + 1 + PREDICTION_TTL)
+            assert expired.predictions == [prediction, prediction]
+            assert await join.pending() == (0, 0)
+            await join.expire(now + 1 + PREDICTION_TTL + DEDUPE)
+            left = {k.decode() for p in key_patterns(prefix) async for k in client.scan_iter(p)}
+            counters = {k for k in left if k.rsplit(":", 2)[-2] == "queued"}
+            assert left - counters == {f"{prefix}:layout"}
+        finally:
+            keys = [k for p in key_patterns(prefix) async for k in client.scan_iter(p)]
+            if keys:
+                await client.unlink(*keys)
+            await client.aclose()
+
+    asyncio.run(check())

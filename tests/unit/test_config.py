@@ -56,6 +56,10 @@ def test_sasl_credentials_come_from_the_environment_into_librdkafka_settings() -
         ({"STREAMPROC_KAFKA_SECURITY_PROTOCOL": "TLS"}, "kafka.security_protocol"),
         ({"STREAMPROC_JOIN_LABEL_TTL_S": "-1"}, "join.label_ttl_s"),
         ({"STREAMPROC_KAFKA_BOOTSTRAPS": "x"}, "unknown setting kafka.bootstraps"),
+        (
+            {"STREAMPROC_REDIS_URL": "redis://a:6379,b:6379/0"},
+            "only a Redis Cluster URL names several nodes",
+        ),
     ],
 )
 def test_bad_values_fail_fast_naming_the_key(env: dict[str, str], message: str) -> None:

@@ -33,7 +33,10 @@ def test_a_cluster_lists_every_broker_and_uses_the_cluster_scheme() -> None:
     stack = Stack(brokers=3, redis_cluster=3)
     assert isinstance(stack.kafka, KafkaCluster) and isinstance(stack.redis, RedisCluster)
     assert stack.bootstrap == "127.0.0.1:9192,127.0.0.1:9194,127.0.0.1:9196"
-    assert stack.redis_url == "redis+cluster://127.0.0.1:7001/0"
+    assert (
+        stack.redis_url
+        == "redis+cluster://127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003,127.0.0.1:7004,127.0.0.1:7005,127.0.0.1:7006/0"
+    )
     assert stack.redis.ports == list(range(7001, 7007))
 
 
@@ -44,7 +47,10 @@ def test_the_environment_selects_the_cluster_and_its_ports(monkeypatch: pytest.M
     monkeypatch.setenv("STREAMPROC_STACK_REDIS_PORT", "17101")
     stack = Stack()
     assert stack.bootstrap == "127.0.0.1:29192,127.0.0.1:29194,127.0.0.1:29196"
-    assert stack.redis_url == "redis+cluster://127.0.0.1:17101/0"
+    assert (
+        stack.redis_url
+        == "redis+cluster://127.0.0.1:17101,127.0.0.1:17102,127.0.0.1:17103,127.0.0.1:17104,127.0.0.1:17105,127.0.0.1:17106/0"
+    )
 
 
 def test_cluster_nodes_agree_on_the_quorum_and_replicate_three_times() -> None:
