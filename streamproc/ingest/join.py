@@ -645,7 +645,7 @@ class RedisJoin:
             tag = self._tags[shard]
             fixed = [self._check[side][shard], f"{tag}:q:{side}:{now + ttl!r}"]
             fixed += [self._queued[side][shard], self._due[other][shard]]
-            fixed += [self._queued[other][shard], self._check["x"][shard], f"{tag}:q:x:{forget!r}"]
+            fixed += [self._queued[other][shard], *self._tombstone_keys(shard, forget)]
             state = self._state_key[shard]
             for start in range(0, len(where), CHUNK):
                 part = where[start : start + CHUNK]
@@ -754,8 +754,13 @@ class RedisJoin:
         if side == "x":
             return self._forget, [self._check["x"][shard]], [now, limit]
         keys = [self._check[side][shard], self._due[side][shard], self._queued[side][shard]]
-        keys += [self._check["x"][shard], f"{self._tags[shard]}:q:x:{forget!r}"]
+        keys += self._tombstone_keys(shard, forget)
         return self._sweep, keys, [side, now, limit, forget]
+
+    def _tombstone_keys(self, shard: int, forget: float) -> list[str]:
+        """The shard's check set of tombstone queues, and the queue of those forgotten at
+        ``forget``."""
+        return [self._check["x"][shard], f"{self._tags[shard]}:q:x:{forget!r}"]
 
     async def pending(self) -> tuple[int, int]:
         """How many predictions and labels are waiting (for metrics)."""
@@ -766,8 +771,5 @@ class RedisJoin:
                     pipe.zcard(self._due[side][shard])
                     pipe.get(self._queued[side][shard])
             counts = await pipe.execute()
-        totals = [
-            sum(int(c or 0) for c in counts[i * 2 * self.shards : (i + 1) * 2 * self.shards])
-            for i in (0, 1)
-        ]
-        return totals[0], totals[1]
+        half = len(counts) // 2  # predictions' due sets and counters, then the labels'
+        return sum(int(c or 0) for c in counts[:half]), sum(int(c or 0) for c in counts[half:])
