@@ -16,6 +16,7 @@ import asyncio
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from hypothesis import given, settings
@@ -131,6 +132,20 @@ def _record(kind: str, serial: int, pid: str) -> JoinRecord | LabelRecord:
     return LabelRecord(serial % 2, float(serial), "m")
 
 
+def _client(redis_url: str) -> Any:
+    """A client of database 9 of a single Redis: the SCANs below then see this module's keys,
+    not the millions the rest of a session leaves in database 0 (a cluster has one database)."""
+    parts = urlsplit(redis_url)
+    if parts.scheme in ("redis", "rediss"):
+        redis_url = urlunsplit(parts._replace(path="/9"))
+    return async_client(RedisConfig(url=redis_url))
+
+
+async def _join_keys(client: Any, prefix: str) -> list[bytes]:
+    """Every join key under ``prefix``."""
+    return [k for p in key_patterns(prefix) async for k in client.scan_iter(p, count=10_000)]
+
+
 def _join(client: Any, prefix: str) -> RedisJoin:
     return RedisJoin(
         client,
@@ -144,7 +159,7 @@ def _join(client: Any, prefix: str) -> RedisJoin:
 
 async def _check(redis_url: str, plan: Plan) -> None:
     prefix = f"t-join-{uuid.uuid4().hex[:10]}"
-    client = async_client(RedisConfig(url=redis_url))
+    client = _client(redis_url)
     join = _join(client, prefix)
     model = Model()
     now, serial = 1_000_000.0, 0
@@ -182,12 +197,12 @@ async def _check(redis_url: str, plan: Plan) -> None:
         # only the layout marker and the zeroed counters may remain, nothing grows for ever.
         for later in (PREDICTION_TTL, PREDICTION_TTL + DEDUPE):
             await join.expire(now + later)
-        left = {k.decode() for p in key_patterns(prefix) async for k in client.scan_iter(p)}
+        left = {k.decode() for k in await _join_keys(client, prefix)}
         counters = {k for k in left if k.rsplit(":", 2)[-2] == "queued"}
         assert left - counters == {f"{prefix}:layout"}
         assert {await client.get(k) for k in counters} <= {b"0"}
     finally:
-        keys = [k for p in key_patterns(prefix) async for k in client.scan_iter(p, count=1000)]
+        keys = await _join_keys(client, prefix)
         if keys:
             await client.unlink(*keys)
         await client.aclose()
@@ -218,7 +233,7 @@ def test_join_state_left_by_layout_3_is_read_as_it_is(endpoints: Endpoints) -> N
 
     async def check() -> None:
         prefix = f"t-join-{uuid.uuid4().hex[:10]}"
-        client = async_client(RedisConfig(url=endpoints.redis_url))
+        client = _client(endpoints.redis_url)
         now = 1_000_000.0
         prediction = JoinRecord("m", "1", 1.0, 0, segments={"s": "a"})
         label = LabelRecord(1, 2.0, "m")
@@ -248,11 +263,11 @@ def test_join_state_left_by_layout_3_is_read_as_it_is(endpoints: Endpoints) -> N
             assert expired.predictions == [prediction, prediction]
             assert await join.pending() == (0, 0)
             await join.expire(now + 1 + PREDICTION_TTL + DEDUPE)
-            left = {k.decode() for p in key_patterns(prefix) async for k in client.scan_iter(p)}
+            left = {k.decode() for k in await _join_keys(client, prefix)}
             counters = {k for k in left if k.rsplit(":", 2)[-2] == "queued"}
             assert left - counters == {f"{prefix}:layout"}
         finally:
-            keys = [k for p in key_patterns(prefix) async for k in client.scan_iter(p)]
+            keys = await _join_keys(client, prefix)
             if keys:
                 await client.unlink(*keys)
             await client.aclose()
