@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from streamproc.config import WorkerConfig
@@ -90,3 +94,51 @@ def test_the_cluster_profile_has_the_local_cluster_stack_shapes() -> None:
     create = " ".join(CLUSTER["redis-cluster-create"]["command"])
     assert "--cluster-replicas 1" in create
     assert all(f"127.0.0.1:{port}" in create for port in ports)
+
+
+@pytest.fixture(scope="module")
+def compose_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """scripts/compose_config built: docker compose's own loader (compose-go) and schema."""
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("no Go toolchain on PATH to build scripts/compose_config")
+    binary = tmp_path_factory.mktemp("compose") / "compose_config"
+    subprocess.run(
+        [go, "build", "-o", str(binary), "."],
+        cwd=ROOT / "scripts" / "compose_config",
+        env={**os.environ, "GOTOOLCHAIN": "local"},
+        check=True,
+        timeout=900,
+    )
+    return binary
+
+
+def _load(binary: Path, compose: Path, *profiles: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(binary), str(compose), *profiles], capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.parametrize("profiles", [(), ("cluster",)])
+def test_docker_compose_loads_the_file_with_each_profile(
+    compose_config: Path, profiles: tuple[str, ...]
+) -> None:
+    loaded = _load(compose_config, ROOT / "docker-compose.yml", *profiles)
+    assert loaded.returncode == 0, loaded.stderr
+    enabled = {line.split()[0] for line in loaded.stdout.splitlines()}
+    expected = {
+        name
+        for name, svc in SERVICES.items()
+        if not svc.get("profiles") or set(svc["profiles"]) & set(profiles)
+    }
+    assert enabled == expected
+
+
+def test_docker_compose_loader_refuses_what_the_schema_forbids(
+    compose_config: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "compose.yml"
+    broken.write_text("services:\n  kafka:\n    image: apache/kafka\n    replicas_typo: 3\n")
+    loaded = _load(compose_config, broken)
+    assert loaded.returncode == 1
+    assert "replicas_typo" in loaded.stderr
