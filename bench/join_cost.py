@@ -4,8 +4,8 @@ Run: ``.venv/bin/python bench/join_cost.py [--events 100000] [--repeats 3] [--ba
 
 "Before" is the join as of ``--baseline-ref`` (``git show`` into a temporary module; the
 default, 42f567c, is the last commit of key layout 2: keys built from ARGV, one Redis only), and
-"after" is the working tree's (layout 3: hash-tagged keys given in KEYS, a batch split by join
-shard, the stored value built by the client). All run the same workload
+"after" is the working tree's (layout 4: hash-tagged keys given in KEYS, no TTLs, a batch's new
+pending ids in one queue that the sweep works through). All run the same workload
 against the same Redis, pass after pass interleaved, each pass under a fresh key prefix:
 
 * ``--events`` predictions with shuffled ids, sent in batches of ``--batch`` like one consumed
