@@ -4,15 +4,13 @@ arithmetic right. No figure is compared with a timing threshold."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.unit.bench_scripts import load_bench
+
 SCENARIOS = (
     "mean +0.25 sd",
     "mean +0.5 sd",
@@ -25,16 +23,7 @@ SCENARIOS = (
 METHODS = ("streamproc", "river_adwin", "river_ph", "alibi_cvm")
 
 
-def _load() -> Any:
-    spec = importlib.util.spec_from_file_location("drift_quality", ROOT / "bench/drift_quality.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["drift_quality"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-dq = _load()
+dq = load_bench("drift_quality")
 
 
 def _explained(cell: Any) -> bool:

@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.unit.bench_scripts import load_bench
 
-
-def _load() -> Any:
-    spec = importlib.util.spec_from_file_location("soak", ROOT / "bench/soak.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["soak"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-soak = _load()
+soak = load_bench("soak")
 
 # The lag every 10 s around a restart at minute 10: ~100 in flight before, a peak, then back.
 LAGS = [[9.0, 90], [9.5, 120], [9.83, 100], [10.17, 550], [10.33, 300], [10.5, 110], [10.67, 95]]
