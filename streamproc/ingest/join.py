@@ -196,21 +196,25 @@ class Expired:
 # ("{P:jS}:q:<side>:<deadline>"), the arriving side's count of pending ids, the other side's
 # (layout 3) due set and its count, the check set of tombstones to forget and this call's queue
 # of them ("{P:jS}:q:x:<when>"), then one state key per event. ARGV: check time of the new
-# pending ids, when to forget the tombstones, own side, other side, then per event the value a
-# pending arrival stores, "<side><origin>|<blob>" (built by the client, so the script
-# concatenates nothing for a plain arrival). Returns, per event: 0 = pending, 1 = duplicate
-# (another message carried the same id), 2 = redelivery (this very message again, e.g. after a
-# restart), 3 = late (the other half already expired), the other side's "<origin>|<blob>" when
-# this arrival completed the join, or {other side's origin, its blob} when this is a
+# pending ids, when to forget the tombstones, own side, other side, "1" if an id comes twice in
+# this call (else "0"), then per event the value a pending arrival stores,
+# "<side><origin>|<blob>" (built by the client, so the script concatenates nothing for a plain
+# arrival). Returns, per event: 0 = pending, 1 = duplicate (another message carried the same
+# id), 2 = redelivery (this very message again, e.g. after a restart), 3 = late (the other half
+# already expired), the other side's stored value "<side><origin>|<blob>" as it was when this
+# arrival completed the join, or {other side's origin, its blob} when this is a
 # redelivery of the arrival that completed it (the outcome is rebuilt from the tombstone: see
 # "at-least-once" in the module docstring).
 #
 # Redis spends such a script's time mostly on the calls it makes per event (a redis.call, its
 # arguments and reply converted each way) and on what a key costs to create: a TTL, a
 # sorted-set entry. So the script makes no call per event: it reads every key with one MGET,
-# keeps what it changes in a table (an id may come twice in one call), writes with one MSET,
-# and appends the new pending ids and the new tombstones to this call's two queues with one
-# RPUSH each. No key has a TTL: the sweep, which works through the queues, ends every one.
+# keeps what it changes in a table (only when an id comes twice in one call), writes with one
+# MSET, and appends the new pending ids and the new tombstones to this call's two queues with
+# one RPUSH each. No key has a TTL: the sweep, which works through the queues, ends every one.
+# Each string the script makes costs Redis a copy and a hash: a joining arrival makes its
+# tombstone in one concatenation and hands back the value it read as it is (a sixth off the
+# Redis CPU of a joining label, 3.75 -> 3.09 µs, measured interleaved with the version before).
 _ARRIVE = """
 local check, forget = ARGV[1], ARGV[2]
 local mine, other = ARGV[3], ARGV[4]
@@ -226,26 +230,35 @@ local function batched(command, key, items, width)
   end
   return total
 end
-local vals = {}
-for i = FIRST, #KEYS, STEP do
-  local got = call('MGET', unpack(KEYS, i, math.min(i + STEP - 1, #KEYS)))
-  for j = 1, #got do vals[i + j - FIRST] = got[j] end
+local vals
+if n <= STEP then
+  vals = call('MGET', unpack(KEYS, FIRST, #KEYS))
+else
+  vals = {}
+  for i = FIRST, #KEYS, STEP do
+    local got = call('MGET', unpack(KEYS, i, math.min(i + STEP - 1, #KEYS)))
+    for j = 1, #got do vals[i + j - FIRST] = got[j] end
+  end
 end
 -- state[key]: "p<origin>|<blob>", "l<origin>|<blob>", "j<p origin>/<l origin>[|<side><blob>]"
 -- or false
 local state = {}
+local repeats = ARGV[5] == '1'
+-- (counted here: `#t` searches the table each time)
 local writes, adds, joins = {}, {}, {}
+local nw, na, nj = 0, 0, 0
 local out = {}
 for k = 1, n do
-  local key, value = KEYS[k + FIRST - 1], ARGV[k + 4]
-  local s = state[key]
-  if s == nil then s = vals[k] end
+  local key, value = KEYS[k + FIRST - 1], ARGV[k + 5]
+  local s = vals[k]
+  if repeats and state[key] ~= nil then s = state[key] end
   if not s then
-    writes[#writes + 1] = key
-    writes[#writes + 1] = value
-    adds[#adds + 1] = key
+    writes[nw + 1], writes[nw + 2] = key, value
+    nw = nw + 2
+    na = na + 1
+    adds[na] = key
     out[k] = 0
-    state[key] = value
+    if repeats then state[key] = value end
   else
     local tag = sub(s, 1, 1)
     local origin = sub(value, 2, find(value, '|', 2, true) - 1)
@@ -286,35 +299,38 @@ for k = 1, n do
       end
     else
       -- tag == other: this arrival completes the join
-      local found = sub(s, 2)
-      local bar = find(found, '|', 1, true)
-      local theirs = sub(found, 1, bar - 1)
-      local pair = theirs .. '/' .. origin
-      if mine == 'p' then pair = origin .. '/' .. theirs end
-      s = 'j' .. pair .. '|' .. mine .. sub(found, bar + 1)
-      writes[#writes + 1] = key
-      writes[#writes + 1] = s
-      joins[#joins + 1] = key
-      out[k] = found
-      state[key] = s
+      local bar = find(s, '|', 2, true)
+      local theirs = sub(s, 2, bar - 1)
+      local t
+      if mine == 'p' then
+        t = 'j' .. origin .. '/' .. theirs .. '|p' .. sub(s, bar + 1)
+      else
+        t = 'j' .. theirs .. '/' .. origin .. '|l' .. sub(s, bar + 1)
+      end
+      writes[nw + 1], writes[nw + 2] = key, t
+      nw = nw + 2
+      nj = nj + 1
+      joins[nj] = key
+      out[k] = s
+      if repeats then state[key] = t end
     end
   end
 end
-for i = 1, #writes, 2 * STEP do
-  call('MSET', unpack(writes, i, math.min(i + 2 * STEP - 1, #writes)))
+for i = 1, nw, 2 * STEP do
+  call('MSET', unpack(writes, i, math.min(i + 2 * STEP - 1, nw)))
 end
-if #adds > 0 then
+if na > 0 then
   batched('RPUSH', KEYS[2], adds, STEP)
   call('ZADD', KEYS[1], check, KEYS[2])
-  call('INCRBY', KEYS[3], #adds)
+  call('INCRBY', KEYS[3], na)
 end
-if #joins > 0 then
+if nj > 0 then
   batched('RPUSH', KEYS[7], joins, STEP)
   call('ZADD', KEYS[6], forget, KEYS[7])
   -- the other halves were in a queue (counted) or, still pending at their check, in the due set
   local indexed = 0
   if call('EXISTS', KEYS[4]) == 1 then indexed = batched('ZREM', KEYS[4], joins, STEP) end
-  if indexed < #joins then call('DECRBY', KEYS[5], #joins - indexed) end
+  if indexed < nj then call('DECRBY', KEYS[5], nj - indexed) end
 end
 return out
 """
@@ -649,8 +665,12 @@ class RedisJoin:
             state = self._state_key[shard]
             for start in range(0, len(where), CHUNK):
                 part = where[start : start + CHUNK]
-                keys = fixed + [state + items[i][0] for i in part]
-                args = head + [b"%s%s|%s" % (mark, items[i][1].encode(), items[i][2]) for i in part]
+                ids = [items[i][0] for i in part]
+                keys = fixed + [state + pid for pid in ids]
+                # the script keeps a table of what it changed only when an id comes twice
+                repeats = b"1" if len(set(ids)) < len(ids) else b"0"
+                args = [*head, repeats]
+                args += [b"%s%s|%s" % (mark, items[i][1].encode(), items[i][2]) for i in part]
                 calls.append((self._arrive, keys, args))
                 order += part
         results: list[int | bytes | list[bytes]] = [0] * len(items)
@@ -663,9 +683,9 @@ class RedisJoin:
                 got.extend(chunk)  # type: ignore[arg-type]
         for i, reply in zip(order, got, strict=True):
             results[i] = reply
-        # A joined reply is the other side's stored "<origin>|<blob>": keep both parts. A
-        # redelivery of the completing half gets [<origin>, <blob>] (a list) instead.
-        return [tuple(r.split(b"|", 1)) if isinstance(r, bytes) else r for r in results]
+        # A joined reply is the other side's stored "<side><origin>|<blob>": keep the origin
+        # and the blob. A redelivery of the completing half gets [<origin>, <blob>] (a list).
+        return [tuple(r[1:].split(b"|", 1)) if isinstance(r, bytes) else r for r in results]
 
     async def add_predictions(
         self, items: Sequence[tuple[str, str, JoinRecord]], now: float | None = None
