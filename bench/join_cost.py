@@ -49,7 +49,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -80,6 +80,7 @@ class Pass:
     tombstone_bytes: float  # mean length of a join's tombstone value
     tombstone_memory: float  # mean MEMORY USAGE of its key (key, value and overheads)
     keys_left: int  # join keys left once every deadline and tombstone day has passed
+    arrivals_cpu_s: float = 0.0  # Redis CPU of the arrivals alone (the rest: sweeps, deletion)
 
 
 def load_before(ref: str, name: str) -> ModuleType:
@@ -228,7 +229,7 @@ async def run_pass(module: ModuleType, name: str, url: str, batches: list[Batch]
     sync.close()
     cpu = cpu1 - cpu0 + cpu3 - cpu2 + cpu5 - cpu4
     us = us1 - us0 + us3 - us2 + us5 - us4
-    return Pass(name, events, wall, cpu, us, dict(counts), size, memory, len(keys))
+    return Pass(name, events, wall, cpu, us, dict(counts), size, memory, len(keys), cpu1 - cpu0)
 
 
 def state_key(module: ModuleType, prefix: str, pid: str) -> str:
@@ -284,6 +285,10 @@ def measure(args: argparse.Namespace, url: str) -> None:
     rows: dict[str, Callable[[Pass], float]] = {
         "events/s": lambda p: p.events / p.wall_s,
         "Redis CPU µs/event (INFO cpu)": lambda p: p.redis_cpu_s / p.events * 1e6,
+        "of which arrivals": lambda p: p.arrivals_cpu_s / p.events * 1e6,
+        "of which sweeps and deletion": lambda p: (
+            (p.redis_cpu_s - p.arrivals_cpu_s) / p.events * 1e6
+        ),
         "Redis µs/event in EVALSHA (commandstats)": lambda p: p.evalsha_us / p.events,
         "tombstone value bytes": lambda p: p.tombstone_bytes,
         "tombstone MEMORY USAGE bytes": lambda p: p.tombstone_memory,
@@ -298,6 +303,30 @@ def measure(args: argparse.Namespace, url: str) -> None:
         cells = [f"{value[n]:,.2f}" for n in names]
         cells += [f"{value[a] / value[b]:.2f}" if value[b] else "-" for a, b in pairs]
         print(f"| {label} | " + " | ".join(cells) + " |")
+    for a, b in pairs:
+        paired = paired_ratios(passes, a, b)
+        print(
+            f"\nRedis CPU {a} / {b}, pass by pass (each {a} pass against the {b} pass just "
+            f"before it, which shared the machine's state): median {statistics.median(paired):.3f},"
+            f" {min(paired):.3f} - {max(paired):.3f} over {len(paired)}"
+        )
+
+
+def paired_ratios(passes: Sequence[Pass], a: str, b: str) -> list[float]:
+    """Redis CPU of each ``a`` pass over that of the ``b`` pass run just before it.
+
+    >>> p = lambda impl, cpu: Pass(impl, 10, 1.0, cpu, 0, {}, 0.0, 0.0, 0)
+    >>> paired_ratios([p("b", 2.0), p("a", 1.0), p("b", 4.0), p("a", 1.0)], "a", "b")
+    [0.5, 0.25]
+    """
+    out = []
+    last: Pass | None = None
+    for p in passes:
+        if p.impl == a and last is not None:
+            out.append(p.redis_cpu_s / last.redis_cpu_s)
+        if p.impl == b:
+            last = p
+    return out
 
 
 def implementations(before: ModuleType) -> list[tuple[str, ModuleType]]:
