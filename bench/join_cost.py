@@ -277,18 +277,17 @@ def measure(args: argparse.Namespace, url: str) -> None:
     before = load_before(args.baseline_ref, "join_before")
     batches = workload(args.events, args.batch, args.label_fraction, args.early_fraction, args.seed)
     passes: list[Pass] = []
-    for _ in range(args.repeats):
-        for name, module in implementations(before):
-            p = asyncio.run(run_pass(module, name, url, batches))
-            passes.append(p)
-            print(
-                f"{name:22} {p.events:,} events  {p.events / p.wall_s:>9,.0f} ev/s  "
-                f"Redis {p.redis_cpu_s / p.events * 1e6:5.2f} µs/event (cpu)  "
-                f"{p.evalsha_us / p.events:5.2f} µs/event (evalsha)  tombstone "
-                f"{p.tombstone_bytes:.0f} B ({p.tombstone_memory:.0f} B used)  "
-                f"{p.keys_left:,} keys left  {p.counts}",
-                flush=True,
-            )
+    for name, module in schedule(implementations(before), args.repeats):
+        p = asyncio.run(run_pass(module, name, url, batches))
+        passes.append(p)
+        print(
+            f"{name:22} {p.events:,} events  {p.events / p.wall_s:>9,.0f} ev/s  "
+            f"Redis {p.redis_cpu_s / p.events * 1e6:5.2f} µs/event (cpu)  "
+            f"{p.evalsha_us / p.events:5.2f} µs/event (evalsha)  tombstone "
+            f"{p.tombstone_bytes:.0f} B ({p.tombstone_memory:.0f} B used)  "
+            f"{p.keys_left:,} keys left  {p.counts}",
+            flush=True,
+        )
     names = [name for name, _ in implementations(before)]
     counts = {p.impl: p.counts for p in passes}
     if any(counts[name] != counts["before"] for name in names):
@@ -322,26 +321,33 @@ def measure(args: argparse.Namespace, url: str) -> None:
     for a, b in pairs:
         paired = paired_ratios(passes, a, b)
         print(
-            f"\nRedis CPU {a} / {b}, pass by pass (each {a} pass against the {b} pass just "
-            f"before it, which shared the machine's state): median {statistics.median(paired):.3f},"
-            f" {min(paired):.3f} - {max(paired):.3f} over {len(paired)}"
+            f"\nRedis CPU {a} / {b}, pass by pass (each {a} pass against the {b} pass run next to "
+            f"it, which shared the machine's state; the two take turns going first): median "
+            f"{statistics.median(paired):.3f}, {min(paired):.3f} - {max(paired):.3f} over "
+            f"{len(paired)}"
         )
 
 
-def paired_ratios(passes: Sequence[Pass], a: str, b: str) -> list[float]:
-    """Redis CPU of each ``a`` pass over that of the ``b`` pass run just before it.
+def schedule(impls: Sequence[tuple[str, ModuleType]], repeats: int) -> list[tuple[str, ModuleType]]:
+    """The passes in the order they run: one of each implementation per repeat, the order
+    reversed every other repeat, so that neither side always runs on the Redis the other just
+    warmed. (With the same code on both sides, one run in a fixed order gave the second pass a
+    pass-by-pass median of 0.96, and one in turns 0.98, 0.86 - 1.08: a difference of a few
+    percent is within this bench's noise.)"""
+    out: list[tuple[str, ModuleType]] = []
+    for r in range(repeats):
+        out += impls[::-1] if r % 2 else impls
+    return out
 
-    >>> p = lambda impl, cpu: Pass(impl, 10, 1.0, cpu, 0, {}, 0.0, 0.0, 0)
-    >>> paired_ratios([p("b", 2.0), p("a", 1.0), p("b", 4.0), p("a", 1.0)], "a", "b")
-    [0.5, 0.25]
-    """
+
+def paired_ratios(passes: Sequence[Pass], a: str, b: str) -> list[float]:
+    """Redis CPU of each ``a`` pass over that of the ``b`` pass of the same repeat (the pass run
+    next to it, whichever came first)."""
     out = []
-    last: Pass | None = None
-    for p in passes:
-        if p.impl == a and last is not None:
-            out.append(p.redis_cpu_s / last.redis_cpu_s)
-        if p.impl == b:
-            last = p
+    for i in range(0, len(passes) - 1, 2):
+        pair = {p.impl: p for p in passes[i : i + 2]}
+        if a in pair and b in pair:
+            out.append(pair[a].redis_cpu_s / pair[b].redis_cpu_s)
     return out
 
 
