@@ -174,6 +174,10 @@ class SourceAggregator:
         self._gone: set[tuple[str, float]] = set()
         self._model_cfg: dict[str, MonitoringConfig] = {}
         self.late: Counter[str] = Counter()  # events too late to fold, per model (for metrics)
+        # The clock as it was before admit_labels moved it, until the batch is folded: what the
+        # source shows (progress, checkpoint) meanwhile. Its labels are joined in between, and
+        # a progress sent then would let the judge close outcome ticks before their partials.
+        self._before_admit: ClockState | None = None
 
     def model_cfg(self, model: str) -> MonitoringConfig:
         got = self._model_cfg.get(model)
@@ -220,6 +224,7 @@ class SourceAggregator:
                 for c, ok in zip(outs, o_ok.tolist(), strict=True)
                 if not ok
             )
+        self._before_admit = None
         return folded
 
     def admit_labels(self, offsets: Sequence[int], times: Sequence[float]) -> list[bool]:
@@ -233,6 +238,8 @@ class SourceAggregator:
         ok = [True] * len(offsets)
         fresh = [i for i, offset in enumerate(offsets) if offset > self.last_offset]
         if fresh:
+            if self._before_admit is None:
+                self._before_admit = self.clock.state()
             verdicts = self.clock.admit(np.array([times[i] for i in fresh], dtype=np.float64))
             for i, verdict in zip(fresh, verdicts.tolist(), strict=True):
                 ok[i] = verdict
@@ -509,11 +516,17 @@ class SourceAggregator:
         since = self.last_record_s if self.last_record_s > -math.inf else first_record_s
         return now_s - since
 
+    def shown_clock(self) -> ClockState:
+        """The clock as far as what was folded: before the labels admitted and not yet folded
+        (:meth:`admit_labels`, then :meth:`fold`)."""
+        return self._before_admit or self.clock.state()
+
     def progress(self, idle_for_s: float | None = None) -> ProgressMessage:
+        shown = self.shown_clock()
         return ProgressMessage(
             self.source,
-            self.clock.flushed_until,
-            self.clock.newest,
+            shown.flushed_until,
+            shown.newest,
             idle_for_s,
             self.noticed_generation,
             self.noticed,
@@ -529,7 +542,7 @@ class SourceAggregator:
         """
         enc = msgspec.msgpack.Encoder()
         head = _HeadStored(
-            self.source, self.clock.tick_s, self.clock.lateness_s, self.clock.state(),
+            self.source, self.clock.tick_s, self.clock.lateness_s, self.shown_clock(),
             self.last_offset, self.last_record_s,
         )  # fmt: skip
         fields = {"head": _MAGIC + enc.encode(head)}

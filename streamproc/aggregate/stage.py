@@ -68,13 +68,12 @@ class AggregateStage:
         for src, where in sorted(by_source.items()):
             where.sort(key=lambda i: (arrivals[i][1], arrivals[i][2]))
             agg = self.source(src)
-            before = agg.clock.flushed_until
             offsets = [arrivals[i][1] for i in where]
             verdicts = agg.admit_labels(offsets, [arrivals[i][3] for i in where])
             for i, verdict in zip(where, verdicts, strict=True):
                 ok[i] = verdict
-            if agg.clock.flushed_until > before:
-                self._moved.add(src)
+            # Its progress is sent once the batch is folded (on_batch), not before: the
+            # outcomes of these labels are folded only after the join.
             self._label_through[src] = max(self._label_through.get(src, -1), offsets[-1])
         return ok
 
@@ -113,7 +112,7 @@ class AggregateStage:
             agg.notice()
         for src in sorted(through):
             agg = self.source(src)
-            before = agg.clock.flushed_until
+            before = agg.shown_clock().flushed_until  # as of before its labels were admitted
             # A redelivered join comes back in its batch order; sort outcomes into offset order.
             ocs = sorted(outs.get(src, []), key=lambda c: (c.offset, c.index))
             self.folded.update(agg.fold(preds.get(src, []), ocs, through[src]))

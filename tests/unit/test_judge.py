@@ -293,6 +293,40 @@ def test_a_late_label_is_late_whichever_side_of_its_join_came_first() -> None:
     assert sorted(encoded(first.records)) == sorted(encoded(straight.records))
 
 
+def test_progress_sent_while_a_labels_batch_waits_on_the_join_closes_no_outcome_early(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A labels batch is admitted on its partitions' clocks before the join, and folded after
+    it; in a worker, the predictions agent and the idle timer run while the join is under way
+    and send the sources' progress. That progress must not show the admitted labels: the judge
+    would close their outcome ticks and windows before their partials arrive and drop them as
+    late. (It did once in CI: outcome window 0 never closed, 194 partials late.)"""
+    spec = dataclasses.replace(MIXED, label_delay_median_s=2.0)
+    straight = run(spec, 6_000, labels=True, per_message=500)
+    admit = InProcessPipeline.admit_labels
+
+    async def admit_then_report(
+        self: InProcessPipeline, arrivals: list[tuple[int, int, int, float]]
+    ) -> list[bool]:
+        ok = await admit(self, arrivals)
+        # meanwhile (the join under way): the other agent's take, the timer's announcements
+        partials, progress = self.stage.take()
+        announced = [agg.progress() for _, agg in sorted(self.stage.sources.items())]
+        self.deliver(partials, progress + announced)
+        self.advance()
+        return ok
+
+    monkeypatch.setattr(InProcessPipeline, "admit_labels", admit_then_report)
+    meddled = run(spec, 6_000, labels=True, per_message=500)
+    assert sum(j.late_partials for j in meddled.pipe.judges.values()) == 0
+    labelled = [
+        sum(m.performance.get("labelled") or 0 for m in r.records) for r in (meddled, straight)
+    ]
+    assert labelled[0] == labelled[1] > 0
+    assert sorted(encoded(meddled.alerts)) == sorted(encoded(straight.alerts))
+    assert sorted(encoded(meddled.records)) == sorted(encoded(straight.records))
+
+
 def test_a_model_that_puts_over_90_percent_on_one_class_is_judged_and_stays_quiet() -> None:
     """A fraud-like model (97% of predictions one class in its baseline): the top-1 check has
     no room above the reference and says nothing (it raised a math domain error before, so the
