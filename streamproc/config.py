@@ -159,6 +159,10 @@ class WorkerConfig(_Section):
     # Consumer-group session: a crashed worker's partitions move to another after this long.
     # Kafka brokers accept 6 s and up by default; Faust wants it under its 90 s request timeout.
     session_timeout_s: Annotated[float, msgspec.Meta(ge=6, le=90)] = 10.0
+    # An owned partition whose input waits at the broker with nothing read for this long, while
+    # its stage waits for input, is not being fetched: the worker asks the group to rebalance,
+    # and exits if that does not cure it (see streamproc.worker.partitions).
+    stall_timeout_s: Annotated[float, msgspec.Meta(ge=5)] = 60.0
     # An event's time is checked against its Kafka record's timestamp (so a replay decides the
     # same): further ahead than this, or (if set) older than max_age_s, it is dead-lettered
     # and moves no watermark. One producer with a wrong clock must not make the rest late.

@@ -9,8 +9,10 @@ Agents (one per topic, each over the partitions the group gives this worker):
   on its partitions, judges windows and publishes alerts and metrics.
 
 The commit order of each is :mod:`streamproc.publish.commit`. Timers: the join's sweep, quiet
-sources (so windows close when traffic stops), retrying quarantined models, and each stage's
-progress into Redis for ``streamproc status``.
+sources (so windows close when traffic stops), retrying quarantined models, each stage's
+progress into Redis for ``streamproc status``, and the partition watch
+(:mod:`streamproc.worker.partitions`: an owned partition with input waiting at the broker that
+the consumer does not fetch makes the group rebalance, then ends the worker if it persists).
 
 A worker never stays up with a dead stage: an unexpected exception in an agent (not a data
 error, which is dead-lettered, nor Redis or Kafka being away, which is retried) is logged with
@@ -36,6 +38,7 @@ from typing import Any
 
 import faust
 import mode
+from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from streamproc.config import Config, KafkaConfig, load_config
@@ -51,6 +54,7 @@ from streamproc.publish.keys import Keys
 from streamproc.publish.sources import SourceStage, ensure_partials_topic, partials_topic
 from streamproc.redis_client import AsyncClient, async_client
 from streamproc.worker.metrics import WorkerMetrics
+from streamproc.worker.partitions import PartitionWatch
 
 log = logging.getLogger(__name__)
 FATAL_EXIT = 70
@@ -202,6 +206,8 @@ def build_app(cfg: Config, metrics: WorkerMetrics | None = None) -> faust.App:
     roles = {cfg.topics.predictions: "predictions", cfg.topics.labels: "labels",
              partials_topic(cfg): "judge"}  # fmt: skip
 
+    busy_since: dict[str, float] = {}  # agent stage -> monotonic start of the batch it is in
+
     def track(events: Any, stage: str) -> None:
         for e in events:
             last_offset[e.message.tp] = e.message.offset
@@ -214,34 +220,54 @@ def build_app(cfg: Config, metrics: WorkerMetrics | None = None) -> faust.App:
                     max(high - last_offset[tp] - 1, 0)
                 )
 
-    async def guarded(stage: str, work: Callable[[], Awaitable[Any]]) -> None:
+    async def guarded(stage: str, work: Callable[[], Awaitable[Any]], batch: bool = False) -> None:
+        if batch:
+            busy_since[stage] = time.monotonic()
         try:
             await work()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             fatal(stage, exc)
+        finally:
+            if batch:
+                busy_since.pop(stage, None)
 
     @app.agent(predictions, name="predictions")
     async def ingest_predictions(stream: faust.StreamT) -> None:
         async for events in stream.take_events(size, within=within):
             batch = [_raw(e) for e in events]
-            await guarded("predictions", lambda b=batch: runtime.ingestor.on_predictions(b))
+            await guarded(
+                "predictions", lambda b=batch: runtime.ingestor.on_predictions(b), batch=True
+            )
             track(events, "predictions")
 
     @app.agent(labels, name="labels")
     async def ingest_labels(stream: faust.StreamT) -> None:
         async for events in stream.take_events(size, within=within):
             batch = [_raw(e) for e in events]
-            await guarded("labels", lambda b=batch: runtime.ingestor.on_labels(b))
+            await guarded("labels", lambda b=batch: runtime.ingestor.on_labels(b), batch=True)
             track(events, "labels")
 
     @app.agent(partials, name="judge")
     async def judge(stream: faust.StreamT) -> None:
         async for events in stream.take_events(size, within=within):
             batch = [(e.message.partition, e.message.offset, e.message.value) for e in events]
-            await guarded("judge", lambda b=batch: runtime.judges.on_messages(b))
+            await guarded("judge", lambda b=batch: runtime.judges.on_messages(b), batch=True)
             track(events, "judge")
+
+    # The broker's end offset of each owned partition, as the partition watch last asked it:
+    # the consumer's own high-water mark only moves when it fetches the partition.
+    ends: dict[Any, int] = {}
+
+    def next_offset(tp: Any) -> int:
+        """The next offset this worker reads in ``tp``: after the last record it processed, or,
+        with none processed since the assignment, where the assignment's seek left it (the
+        committed offset, which Faust keeps as the read offset); never before the group's
+        committed offset (a batch that ended after its partition was revoked is forgotten)."""
+        done = last_offset.get(tp)
+        at = done + 1 if done is not None else app.consumer._read_offset.get(tp) or 0
+        return max(at, app.consumer._committed_offset.get(tp) or 0)
 
     def assigned(role: str) -> dict[Any, bool]:
         """This worker's partitions of a topic role, each with 'nothing left to read'."""
@@ -249,14 +275,70 @@ def build_app(cfg: Config, metrics: WorkerMetrics | None = None) -> faust.App:
         for tp in app.consumer.assignment():
             if roles.get(tp.topic) != role:
                 continue
-            high = app.consumer.highwater(tp)
-            done = last_offset.get(tp)
-            # Nothing read here yet: the next offset is where the assignment's seek left the
-            # partition, its committed offset (Faust keeps it as the read offset); a partition
-            # committed to its end is caught up without reading anything.
-            next_offset = done + 1 if done is not None else app.consumer._read_offset.get(tp) or 0
-            out[tp] = high is None or next_offset >= high
+            highs = [h for h in (app.consumer.highwater(tp), ends.get(tp)) if h is not None]
+            # a partition committed to its end is caught up without reading anything
+            out[tp] = not highs or next_offset(tp) >= max(highs)
         return out
+
+    watch: PartitionWatch[Any] = PartitionWatch(cfg.worker.stall_timeout_s)
+    rejoined: list[float] = []  # when this worker asked the group to rebalance over a stall
+
+    @app.timer(interval=max(1.0, cfg.worker.stall_timeout_s / 6))
+    async def watch_partitions() -> None:
+        await guarded("watch", check_partitions)
+
+    async def check_partitions() -> None:
+        tps = [tp for tp in app.consumer.assignment() if tp.topic in roles]
+        if not tps:
+            return
+        try:
+            ends.update(await app.consumer.highwaters(*tps))
+        except (KafkaError, *TRANSIENT) as exc:  # a broker away, or a rebalance under way
+            metrics.infra_errors.labels(component="kafka").inc()
+            log.warning("partition watch: end offsets not read (%s); next try soon", exc)
+            return
+        now = time.monotonic()
+        positions = {tp: (next_offset(tp), ends[tp]) for tp in tps if tp in ends}
+        unfed: list[tuple[str, str, int, float]] = []  # stage, partition, waiting, waited
+        for stall in watch.observe(now, positions):
+            stage = roles[stall.partition.topic]
+            metrics.partition_stalls.labels(stage=stage).inc()
+            where = f"{stall.partition.topic}:{stall.partition.partition}"
+            waiting = stall.end_offset - stall.next_offset
+            started = busy_since.get(stage)
+            if started is not None and started <= now - stall.waited_s:
+                # The stage sits in one batch (retrying Redis or Kafka, which it logs): the
+                # consumer is not at fault, and the stage's own stall shows in its gauges.
+                log.error(
+                    "partition %s: %d messages wait at the broker and none was read for %.0f s; "
+                    "the %s stage has been in one batch all that time", where, waiting,
+                    stall.waited_s, stage,
+                )  # fmt: skip
+            else:
+                unfed.append((stage, where, waiting, stall.waited_s))
+        for role in set(roles.values()):
+            metrics.partitions_stalled.labels(stage=role).set(0)
+        for tp in watch.stalled:
+            metrics.partitions_stalled.labels(stage=roles[tp.topic]).inc()
+        if not unfed:
+            return
+        if rejoined and now - rejoined[-1] < 4 * cfg.worker.stall_timeout_s:
+            _, where, waiting, waited = unfed[0]
+            fatal("fetch", RuntimeError(
+                f"partition {where}: {waiting} messages wait at the broker and none was read "
+                f"for {waited:.0f} s, again after the group rebalanced over a stall; the worker "
+                "exits so the group gives its partitions to a fresh consumer"
+            ))  # fmt: skip
+        for stage, where, waiting, waited in unfed:
+            log.error(
+                "partition %s: %d messages wait at the broker and none was read for %.0f s while "
+                "the %s stage waits for input: the consumer is not fetching it; asking the group "
+                "to rebalance (every partition is sought to its committed offset again)", where,
+                waiting, waited, stage,
+            )  # fmt: skip
+        rejoined.append(now)
+        await request_rejoin(app)
+        watch.forget()  # what still waits after the rebalance is timed anew
 
     @app.timer(interval=cfg.join.sweep_interval_s)
     async def sweep() -> None:
@@ -294,9 +376,13 @@ def build_app(cfg: Config, metrics: WorkerMetrics | None = None) -> faust.App:
     async def on_revoked(_sender: Any, revoked: Any, **_kw: Any) -> None:
         by_role: dict[str, list[int]] = {}
         for tp in revoked:
+            # another worker may read on from here: no stale position if it comes back
+            last_offset.pop(tp, None)
+            ends.pop(tp, None)
             role = roles.get(tp.topic)
             if role is not None:
                 by_role.setdefault(role, []).append(tp.partition)
+        watch.forget(revoked)
         if runtime._sources is not None:
             runtime.sources.revoke(
                 [f"p{p}" for p in by_role.get("predictions", [])]
@@ -313,6 +399,17 @@ def build_app(cfg: Config, metrics: WorkerMetrics | None = None) -> faust.App:
         )  # fmt: skip
 
     return app
+
+
+async def request_rejoin(app: faust.App) -> None:
+    """Ask the consumer group to rebalance, from the consumer's own thread (aiokafka's
+    coordinator is not thread-safe): every member revokes, rejoins and seeks again."""
+    thread = app.consumer._thread  # type: ignore[attr-defined]
+
+    async def rejoin() -> None:
+        thread._ensure_consumer()._coordinator.request_rejoin()
+
+    await thread.call_thread(rejoin)
 
 
 async def watch_loop_lag(metrics: WorkerMetrics, interval: float = 0.1) -> None:

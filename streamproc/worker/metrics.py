@@ -178,6 +178,18 @@ class WorkerMetrics:
             "Unix time a stage last finished a batch (predictions, labels, judge)",
             ["stage"], registry=r,
         )  # fmt: skip
+        self.partition_stalls = Counter(
+            "streamproc_partition_stalls",
+            "Owned partitions found with input waiting at the broker and none read for "
+            "worker.stall_timeout_s (by stage)",
+            ["stage"], registry=r,
+        )  # fmt: skip
+        self.partitions_stalled = Gauge(
+            "streamproc_partitions_stalled",
+            "Owned partitions stalled now: input waiting at the broker, none read for "
+            "worker.stall_timeout_s (by stage)",
+            ["stage"], registry=r,
+        )  # fmt: skip
         self.stage_pending = Gauge(
             "streamproc_stage_input_pending",
             "Messages waiting for a stage in the partitions this worker owns",

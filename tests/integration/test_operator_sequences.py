@@ -73,6 +73,8 @@ MONITOR_ENV = {
     "STREAMPROC_MONITORING_TICK_S": "5",
     "STREAMPROC_MONITORING_LATENESS_S": str(LATENESS_S),
     "STREAMPROC_MONITORING_IDLE_TIMEOUT_S": "300",
+    # A partition left unfetched by a rebalance is cured well within the waits below.
+    "STREAMPROC_WORKER_STALL_TIMEOUT_S": "20",
 }
 MODEL = WorkloadSpec().model_id
 DE = {"country": "DE"}

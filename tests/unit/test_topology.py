@@ -459,6 +459,32 @@ RULE_CASES: dict[str, dict[str, Any]] = {
         ],
         "alert_rule_test": [_expect("StreamprocNeverLabelledRising", "120m")],
     },
+    "a_partition_not_read_pages_after_two_minutes_and_clears_once_read": {
+        "input_series": [
+            {
+                "series": f'streamproc_partitions_stalled{{{W},stage="labels"}}',
+                "values": "0 1x4 0x5",
+            },
+            {
+                "series": f'streamproc_partitions_stalled{{{W},stage="predictions"}}',
+                "values": "0x10",
+            },
+        ],
+        "alert_rule_test": [
+            _expect("StreamprocPartitionStalled", "2m"),
+            _expect(
+                "StreamprocPartitionStalled",
+                "4m",
+                {
+                    "severity": "critical",
+                    "job": "streamproc",
+                    "instance": "w:6066",
+                    "stage": "labels",
+                },
+            ),
+            _expect("StreamprocPartitionStalled", "7m"),
+        ],
+    },
 }
 
 
