@@ -4,8 +4,9 @@ Integration tests get a real Kafka and Redis, found in this order:
 
 1. ``STREAMPROC_KAFKA_BOOTSTRAP`` / ``STREAMPROC_REDIS_URL`` from the environment;
 2. testcontainers (``apache/kafka``, ``redis``) when a Docker engine answers;
-3. the project's local stack (``streamproc stack up``), started once per test session and
-   stopped at the end if this session started it.
+3. the project's local stack (``streamproc stack up``), started once per test session (on empty
+   Kafka storage, so that earlier runs' topics do not pile up) and stopped at the end if this
+   session started it.
 
 Each test gets its own topic names and Redis key prefix, so tests never see each other's data.
 """
@@ -73,7 +74,7 @@ def endpoints() -> Iterator[Endpoints]:
 
     stack = Stack()
     already = stack.started_by_us() or (stack.kafka.answers() and stack.redis.answers())
-    stack.up()
+    stack.up(fresh=not already)
     try:
         yield Endpoints(stack.bootstrap, stack.redis_url, "local stack")
     finally:

@@ -323,13 +323,17 @@ class Kafka(_Service):
                     "or choose another port with --kafka-port (the controller uses port + 1)"
                 )
 
-    def up(self) -> str:
+    def up(self, fresh: bool = False) -> str:
+        """Start Kafka unless it runs; ``fresh``: on empty storage (what earlier runs left in
+        its data directory, their topics and records, is deleted first)."""
         if self.our_pid():
             _wait(self.answers, 60, f"Kafka is starting but does not answer; see {self.log}")
             return "already running"
         if self.answers():
             return "reusing the Kafka already answering"
         self._check_ports_free()
+        if fresh:
+            shutil.rmtree(self.data / "logs", ignore_errors=True)
         java = _need("java", "openjdk-17-jre-headless")
         classpath = f"{self.resolve_jars()}/*"
         props = self._properties()
@@ -489,14 +493,17 @@ class KafkaCluster:
             f"see the server.log files under {self.home}",
         )
 
-    def up(self) -> str:
-        """Start the nodes that are not running; wait until metadata lists every broker."""
+    def up(self, fresh: bool = False) -> str:
+        """Start the nodes that are not running; wait until metadata lists every broker.
+        ``fresh``, with no node running: on empty storage (earlier runs' data deleted)."""
         running = {i for i, pid in self.node_pids().items() if pid}
         if not running and self.answers():
             return "reusing the Kafka cluster already answering"
         missing = [n for n in self.nodes if n.node_id not in running]
         for node in missing:
             node._check_ports_free()
+        if fresh and not running:
+            shutil.rmtree(self.home, ignore_errors=True)
         pids = {node.node_id: self._launch(node) for node in missing}
         self._wait_brokers(set(range(1, self.size + 1)), pids, 150)
         if not missing:
@@ -917,9 +924,11 @@ class Stack:
             redis.url if isinstance(redis, RedisCluster) else f"redis://{HOST}:{self.redis_port}/0"
         )
 
-    def up(self) -> dict[str, str]:
-        """Start what is not running; return what each service did."""
-        return {"redis": self.redis.up(), "kafka": self.kafka.up()}
+    def up(self, fresh: bool = False) -> dict[str, str]:
+        """Start what is not running; return what each service did. ``fresh``: a Kafka started
+        now starts on empty storage (a test session's: its topics do not pile up run after
+        run; Redis keeps nothing on disk)."""
+        return {"redis": self.redis.up(), "kafka": self.kafka.up(fresh=fresh)}
 
     def down(self) -> dict[str, str]:
         """Stop only the processes ``up`` started.

@@ -72,7 +72,7 @@ def cluster() -> Iterator[Stack]:
     # failover test.
     stack.down()
     try:
-        stack.up()
+        stack.up(fresh=True)
         yield stack
     finally:
         stack.down()

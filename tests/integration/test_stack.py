@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamproc.config import Config
 from streamproc.dev.stack import Stack, _pid_alive, port_open
@@ -115,12 +115,27 @@ def test_stack_up_twice_then_down_leaves_no_process_behind(
         assert [stack.kafka.our_pid(), stack.redis.our_pid()] == pids
         status = _cli("stack", "status", env=env).stdout
         assert f"127.0.0.1:{kafka_port}" in status and "running (pid" in status
+        _create_topic(f"127.0.0.1:{kafka_port}", "left-behind")
     finally:
         down = _cli("stack", "down", env=env)
     assert down.returncode == 0, down.stderr
     assert not any(_pid_alive(p) for p in pids if p)
     assert not port_open(kafka_port) and not port_open(redis_port)
     assert "down" in _cli("stack", "status", env=env).stdout
+    # A test session starts the stack fresh: nothing an earlier run left piles up.
+    try:
+        assert stack.up(fresh=True)["kafka"] == "started"
+        topics = AdminClient({"bootstrap.servers": stack.bootstrap}).list_topics(timeout=30)
+        assert "left-behind" not in topics.topics
+    finally:
+        stack.down()
+
+
+def _create_topic(bootstrap: str, name: str) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(name, 1, 1)]).values():
+        future.result(timeout=30)
+    assert name in admin.list_topics(timeout=30).topics
 
 
 def test_stack_up_on_a_port_held_by_something_else_says_what_to_do(endpoints: object) -> None:
