@@ -38,7 +38,7 @@ from typing import Any
 
 import faust
 import mode
-from aiokafka.errors import KafkaError
+from aiokafka.errors import ConsumerStoppedError, KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from streamproc.config import Config, KafkaConfig, load_config
@@ -293,6 +293,8 @@ def build_app(cfg: Config, metrics: WorkerMetrics | None = None) -> faust.App:
             return
         try:
             ends.update(await app.consumer.highwaters(*tps))
+        except ConsumerStoppedError:  # the worker is stopping
+            return
         except (KafkaError, *TRANSIENT) as exc:  # a broker away, or a rebalance under way
             metrics.infra_errors.labels(component="kafka").inc()
             log.warning("partition watch: end offsets not read (%s); next try soon", exc)
