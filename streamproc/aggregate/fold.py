@@ -212,10 +212,10 @@ def fold_predictions(cols: Columns, groups: Sequence[FoldGroup], sample_k: int) 
     pairs = None
     if cols.scores is not None:
         pairs = ScorePairs(zip(cols.prediction_labels(), cols.scores, strict=True))
+    if pairs is not None:
+        pairs.fold_groups([g.partial.class_scores for g in groups], [g.idx for g in groups])
     for gi, g in enumerate(groups):
         p, ref, idx, summaries = g.partial, g.ref, g.idx, g.summaries
-        if pairs is not None:
-            pairs.fold(p.class_scores, idx)
         p.count += len(idx)
         merge_spans(p.offsets, _spans(cols, idx))
         if summaries is not None:
@@ -590,6 +590,10 @@ def fold_outcomes(
         else:
             cal.append(None)
     scored = ScorePairs(zip(texts, (o[3] for o in outcomes), strict=True))
+    scored.fold_groups(
+        [p.class_scores for p, _, _ in groups],
+        [np.asarray(idx, dtype=np.int64) for _, _, idx in groups],
+    )
     for p, tick, idx in groups:
         n = len(idx)
         if not n:
@@ -632,7 +636,6 @@ def fold_outcomes(
             if pair is not None:
                 p.confusion[pair] = p.confusion.get(pair, 0) + 1
         p.labels.update_counts(counts, nulls)
-        scored.fold(p.class_scores, np.asarray(idx, dtype=np.int64))
         numeric = [v for v in (values[i] for i in idx) if v is not None]
         if numeric:
             p.label_values.update_many(numeric)

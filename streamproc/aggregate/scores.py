@@ -113,6 +113,46 @@ class ScorePairs:
                 h = into[key] = {}
             h[b] = h.get(b, 0) + n
 
+    def fold_groups(
+        self, intos: list[dict[str, dict[int, int]]], groups: list[NDArray[np.int64]]
+    ) -> None:
+        """:meth:`fold` of each group of rows into its own histograms, in one numpy pass (a row
+        may be in several groups: a batch row is in its model's partial of every segment).
+
+        >>> pairs = ScorePairs([("yes", {"yes": 0.9, "no": 0.1}), ("no", {"yes": 0.2, "no": 0.8})])
+        >>> a, b = {}, {}
+        >>> pairs.fold_groups([a, b], [np.array([0, 1]), np.array([1])])
+        >>> c = {}
+        >>> pairs.fold(c, np.array([1]))
+        >>> b == c, sorted(k.replace(SEP, "/") for k in a)
+        (True, ['no/no', 'no/yes', 'yes/no', 'yes/yes'])
+        """
+        if not self.keys or not groups:
+            return
+        rows = np.concatenate(groups)
+        owner = np.repeat(np.arange(len(groups), dtype=np.int64), [len(g) for g in groups])
+        # each row's triples: self.rows is ascending, so a row's triples are one run
+        per_row = np.bincount(self.rows, minlength=max(self.n, int(rows.max(initial=-1)) + 1))
+        first = np.concatenate(([0], per_row.cumsum()))
+        n = per_row[rows]
+        total = int(n.sum())
+        if not total:
+            return
+        ends = n.cumsum()
+        triple = np.repeat(first[rows] - (ends - n), n) + np.arange(total)
+        width = len(self.keys) * CONFIDENCE_BINS
+        found, counts = np.unique(
+            np.repeat(owner, n) * width + self.codes[triple], return_counts=True
+        )
+        for code, c in zip(found.tolist(), counts.tolist(), strict=True):
+            g, code = divmod(code, width)
+            key, b = self.keys[code // CONFIDENCE_BINS], code % CONFIDENCE_BINS
+            into = intos[g]
+            h = into.get(key)
+            if h is None:
+                h = into[key] = {}
+            h[b] = h.get(b, 0) + c
+
 
 def fold_scores(
     into: dict[str, dict[int, int]],
