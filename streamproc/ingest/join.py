@@ -44,11 +44,14 @@ Cluster, 0 alone on a single Redis)::
                                               expired side's origin only, the other empty)
     {P:jS}:q:p:<D>      queue (list) of the state keys of the predictions that went pending
                         with deadline D (Unix seconds) in one script call (or several at once)
-    {P:jS}:check:p      sorted set: queue -> when the sweep first looks at its ids
-    {P:jS}:queued:p     how many queued ids are still pending (a counter, for ``pending()``)
-    {P:jS}:due:p        sorted set: state key -> deadline, of the ids still pending at their
-                        queue's check
-    {P:jS}:...:l        the same four for pending labels
+    {P:jS}:q:p:<D>:w    wait queue: the ids of that queue still pending at its first look,
+                        each followed by the value its key held then
+    {P:jS}:check:p      sorted set: queue -> when the sweep first looks at its ids (a wait
+                        queue: D)
+    {P:jS}:queued:p     how many ids in queues are still pending (a counter, for ``pending()``)
+    {P:jS}:due:p        sorted set: state key -> deadline, of ids still pending at their first
+                        look under layout 4 (which waited there): drained, no longer written
+    {P:jS}:...:l        the same five for pending labels
     {P:jS}:q:x:<T>      queue of the tombstones made in one call, to forget at T
     {P:jS}:check:x      sorted set: tombstone queue -> T
     P:layout            "<layout>/<shards>": ``LAYOUT`` and how many join shards
@@ -67,7 +70,8 @@ layout 2) are found, and fails with :class:`JoinLayoutError` when they are, or w
 ``P:layout`` names another version: the scripts read this layout only (streamproc is
 unreleased). The message says how to drain or delete the old keys. Layout 3 (the keys above
 without queues, 16 shards, TTLs on every key) reads as this one with every pending id past its
-check: its marker is moved on in place.
+check, and layout 4 (the keys above, with a due set instead of wait queues) as it is: their
+marker is moved on in place.
 
 **The sweep ends every key; no key has a TTL.** Deadlines are wall-clock (they bound how long
 Redis keeps state, not event time). Most ids are pending briefly, a label comes within minutes
@@ -76,7 +80,11 @@ given a sorted-set entry and a TTL, which cost Redis about as much again as the 
 and as much once more to remove on the join (``bench/join_cost.py``). The sweep looks at a queue
 once its check time has come (``recheck_s`` after the arrivals, or sooner if their deadline or
 ``dedupe_ttl_s`` is): it drops the ids joined since, expires those past their deadline, and
-moves the ones still pending to the due set until their deadline. A tombstone goes into its
+appends the ones still pending, each with the value it holds, to the queue's wait queue, which
+it looks at on the deadline: an id whose key still holds that very value expires (anything else
+there joined meanwhile, or is a later arrival of the id with a queue of its own). A sorted-set
+entry per waiting id, as layout 4 kept, cost Redis more to add, to range over and to remove
+(each join tried to), and more memory. A tombstone goes into its
 call's tombstone queue and is deleted ``dedupe_ttl_s`` later. So the state of an event lives
 until the sweep after its end: while no worker runs, nothing is deleted (nor lost). When a
 deployment is retired, delete its keys (the command is in :class:`JoinLayoutError`'s message
@@ -110,8 +118,9 @@ SWEEP_LIMIT = 5000  # ids one sweep call looks at: a few ms of Redis time
 SWEEP_ROUNDS = 50
 CHUNK = 500
 CHUNKS_PER_ROUND_TRIP = 20  # 10,000 events: tens of ms of Redis time per round trip
-LAYOUT = b"4"
-LAYOUT_3 = b"3"  # read as it is (16 shards): layout 4 only adds keys to it
+LAYOUT = b"5"
+LAYOUT_3 = b"3"  # read as it is (16 shards): layouts 4 and 5 only add keys to it
+LAYOUT_4 = b"4"  # read as it is: its due sets drain, layout 5 writes wait queues instead
 
 
 class JoinRecord(msgspec.Struct, array_like=True, frozen=True):
@@ -194,7 +203,7 @@ class Expired:
 
 # KEYS: this shard's check set of the arriving side, this call's queue of new pending ids
 # ("{P:jS}:q:<side>:<deadline>"), the arriving side's count of pending ids, the other side's
-# (layout 3) due set and its count, the check set of tombstones to forget and this call's queue
+# due set (of layouts 3 and 4) and its count, the check set of tombstones to forget and this call's queue
 # of them ("{P:jS}:q:x:<when>"), then one state key per event. ARGV: check time of the new
 # pending ids, when to forget the tombstones, own side, other side, "1" if an id comes twice in
 # this call (else "0"), then per event the value a pending arrival stores,
@@ -327,7 +336,7 @@ end
 if nj > 0 then
   batched('RPUSH', KEYS[7], joins, STEP)
   call('ZADD', KEYS[6], forget, KEYS[7])
-  -- the other halves were in a queue (counted) or, still pending at their check, in the due set
+  -- the other halves were in a queue or a wait queue (counted), or in a due set of layout 3 or 4
   local indexed = 0
   if call('EXISTS', KEYS[4]) == 1 then indexed = batched('ZREM', KEYS[4], joins, STEP) end
   if indexed < nj then call('DECRBY', KEYS[5], nj - indexed) end
@@ -335,15 +344,18 @@ end
 return out
 """
 
-# KEYS: a shard's check set, due set and count of queued pending ids, of one side, then the
-# shard's check set of tombstones to forget and this call's queue of them. ARGV: side, now,
-# limit, when to forget this call's tombstones. Works through the queues whose check time has
-# come, in that order (each named by its ids' deadline): an id still pending there expires if
-# its deadline has passed, else moves to the due set until then; an id since joined is dropped.
-# Then pops due ids from the due set. An expiry turns the pending value into a tombstone with
-# one side empty. Returns {how many entries it
-# looked at (at most limit: when it is limit, more may be due), then the expired blobs}. Every
-# key is in the sets' slot.
+# KEYS: a shard's check set, due set and count of pending ids, of one side, then the shard's
+# check set of tombstones to forget and this call's queue of them. ARGV: side, now, limit, when
+# to forget this call's tombstones. Works through the queues whose check time has come, in that
+# order (each named by its ids' deadline). An arrival queue ("...:q:<side>:<deadline>") is its
+# ids' first look: an id since joined is dropped, one still pending expires if its deadline has
+# passed, else goes on with the value it holds to the wait queue "<queue>:w", looked at on the
+# deadline, where it expires only if its key still holds that very value (not, say, a new
+# arrival of the id after its join's tombstone was forgotten). Then pops due ids from the due
+# set (layout 4's waits: an entry per id, removed by its join). An expiry turns the pending
+# value into a tombstone with one side empty. Returns {how many entries it looked at (at most
+# limit: when it is limit, more may be due), then the expired blobs}. Every key is in the sets'
+# slot.
 _SWEEP = """
 local check, due, counter, forgets, forget_queue = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local side = ARGV[1]
@@ -357,6 +369,7 @@ local function batched(command, key, items, width)
 end
 local out = {0}
 local writes, gone = {}, {}
+local counted = 0
 local function expire(key, value)
   local bar = find(value, '|', 2, true)
   local origin = sub(value, 2, bar - 1)
@@ -368,34 +381,56 @@ local function expire(key, value)
   out[#out + 1] = sub(value, bar + 1)
 end
 local budget = limit
-local moved = 0
 for _, queue in ipairs(call('ZRANGEBYSCORE', check, '-inf', now, 'LIMIT', 0, limit)) do
-  if budget <= 0 then break end
-  local deadline = tonumber(match(queue, ':([^:]+)$'))
-  local keys = call('LPOP', queue, budget)
-  if keys then
-    budget = budget - #keys
-    local wait = {}
-    for i = 1, #keys, STEP do
-      local vals = call('MGET', unpack(keys, i, math.min(i + STEP - 1, #keys)))
-      for j = 1, #vals do
-        local value = vals[j]
-        if value and sub(value, 1, 1) == side then
-          moved = moved + 1
-          if deadline <= now then
-            expire(keys[i + j - 1], value)
-          else
-            wait[#wait + 1] = deadline
-            wait[#wait + 1] = keys[i + j - 1]
+  if budget <= 1 then break end
+  if sub(queue, -2) == ':w' then
+    -- (key, value) pairs waiting for their deadline, which has come
+    local got = call('LPOP', queue, budget - budget % 2)
+    if got then
+      budget = budget - #got
+      local keys = {}
+      for i = 1, #got, 2 do keys[#keys + 1] = got[i] end
+      for i = 1, #keys, STEP do
+        local vals = call('MGET', unpack(keys, i, math.min(i + STEP - 1, #keys)))
+        for j = 1, #vals do
+          local k = i + j - 1
+          if vals[j] == got[2 * k] then
+            expire(keys[k], vals[j])
+            counted = counted + 1
           end
         end
       end
     end
-    batched('ZADD', due, wait, 2 * STEP)
+  else
+    local deadline = tonumber(match(queue, ':([^:]+)$'))
+    local keys = call('LPOP', queue, budget)
+    if keys then
+      budget = budget - #keys
+      local wait = {}
+      for i = 1, #keys, STEP do
+        local vals = call('MGET', unpack(keys, i, math.min(i + STEP - 1, #keys)))
+        for j = 1, #vals do
+          local value = vals[j]
+          if value and sub(value, 1, 1) == side then
+            if deadline <= now then
+              expire(keys[i + j - 1], value)
+              counted = counted + 1
+            else
+              wait[#wait + 1] = keys[i + j - 1]
+              wait[#wait + 1] = value
+            end
+          end
+        end
+      end
+      if #wait > 0 then
+        batched('RPUSH', queue .. ':w', wait, 2 * STEP)
+        call('ZADD', check, deadline, queue .. ':w')
+      end
+    end
   end
   if call('LLEN', queue) == 0 then call('ZREM', check, queue) end
 end
-if moved > 0 then call('DECRBY', counter, moved) end
+if counted > 0 then call('DECRBY', counter, counted) end
 if budget > 0 and call('EXISTS', due) == 1 then
   local keys = call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, budget)
   budget = budget - #keys
@@ -451,7 +486,7 @@ def layout_marker(shards: int) -> bytes:
     """What ``P:layout`` holds: the layout and how many join shards its keys are spread over.
 
     >>> layout_marker(16)
-    b'4/16'
+    b'5/16'
     """
     return b"%s/%d" % (LAYOUT, shards)
 
@@ -506,9 +541,10 @@ async def ensure_layout(
 
     Under a prefix without ``P:layout`` it looks once for keys of the layouts before (one SCAN
     pass, stopping at the first hit) and sets ``P:layout`` if there are none. Layout 3 (16
-    shards, no queues) reads as layout 4 with every pending id past its check: its marker is
-    moved on in place, so that a worker of layout 3 then fails fast instead of leaving the
-    queues it does not know unswept.
+    shards, no queues) reads as this one with every pending id past its check, and layout 4
+    (due sets instead of wait queues) as it is: their marker is moved on in place, so that a
+    worker of an earlier layout then fails fast at its start instead of leaving keys it does
+    not know unswept.
 
     Raises
     ------
@@ -537,6 +573,9 @@ async def ensure_layout(
     if found == LAYOUT_3:
         await client.set(marker, layout_marker(CLUSTER_SHARDS))
         found = layout_marker(CLUSTER_SHARDS)
+    elif found is not None and found.partition(b"/")[0] == LAYOUT_4:
+        found = LAYOUT + found[len(LAYOUT_4) :]
+        await client.set(marker, found)
     version, _, spread = (found or b"").partition(b"/")
     if version != LAYOUT or not spread.isdigit() or int(spread) < 1:
         raise JoinLayoutError(
@@ -566,7 +605,7 @@ class RedisJoin:
         How long a joined or expired id is remembered to recognise redeliveries.
     recheck_s
         When the sweep first looks at a pending id (at its deadline if that comes sooner): one
-        still pending then moves to the due set until its deadline.
+        still pending then moves to its queue's wait queue until its deadline.
     """
 
     def __init__(

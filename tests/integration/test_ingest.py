@@ -278,7 +278,7 @@ def test_a_crash_between_the_join_and_the_produce_loses_no_outcome(applied: Conf
     assert _join_count(metrics, "redelivered") == 151
     assert _join_count(metrics, "joined") == 150
     # the first join under a fresh prefix marked its key layout
-    assert sync_client(cfg.redis).get(f"{cfg.redis.key_prefix}:layout") == b"4/1"
+    assert sync_client(cfg.redis).get(f"{cfg.redis.key_prefix}:layout") == b"5/1"
 
 
 def test_a_batch_read_again_after_its_checkpoint_folds_no_outcome_twice(applied: Config) -> None:

@@ -41,7 +41,7 @@ pytestmark = pytest.mark.integration
 
 PREDICTION_TTL = 50
 LABEL_TTL = 20
-RECHECK = 15  # below both TTLs: ids still pending at their check move to the due set
+RECHECK = 15  # below both TTLs: ids still pending at their check move to a wait queue
 DEDUPE = 25  # tombstones are forgotten (by a sweep) within a plan's time
 IDS = ["a", "b", "c", "d", "e"]
 ORIGINS = ["0:1:", "0:2:", "1:1:0", "1:1:1"]
@@ -227,6 +227,24 @@ def test_a_retried_batch_hands_back_every_join_it_completed(endpoints: Endpoints
     asyncio.run(_check(endpoints.redis_url, plan))
 
 
+def test_an_id_pending_again_after_its_tombstone_is_gone_waits_for_its_own_deadline(
+    endpoints: Endpoints,
+) -> None:
+    """An id still pending at its first look waits for its deadline; it joins, its tombstone is
+    forgotten, and the same message arrives again (a re-read): that new pending arrival must
+    not expire at the first arrival's deadline."""
+    plan: Plan = [
+        (("p", [("a", "0:1:")], False), 0),  # deadline 50
+        (("sweep", [], False), RECHECK),  # first look: "a" waits
+        (("l", [("a", "1:1:")], False), 1),  # joined at 16, tombstone forgotten at 41
+        (("sweep", [], False), DEDUPE),
+        (("p", [("a", "0:1:")], False), 1),  # pending again, deadline 92
+        (("sweep", [], False), PREDICTION_TTL - RECHECK - DEDUPE - 2),  # at 50: nothing due
+        (("sweep", [], False), 42),  # at 92: it expires
+    ]
+    asyncio.run(_check(endpoints.redis_url, plan))
+
+
 def test_join_state_left_by_layout_3_is_read_as_it_is(endpoints: Endpoints) -> None:
     """A deployment upgraded from layout 3 (16 shards, every pending id in a due set with a
     TTL): its pending ids still join and expire, are counted, and nothing is left after."""
@@ -261,6 +279,62 @@ def test_join_state_left_by_layout_3_is_read_as_it_is(endpoints: Endpoints) -> N
             assert (expired.predictions, expired.labels) == ([], 1)
             expired = await join.expire(now + 1 + PREDICTION_TTL)
             assert expired.predictions == [prediction, prediction]
+            assert await join.pending() == (0, 0)
+            await join.expire(now + 1 + PREDICTION_TTL + DEDUPE)
+            left = {k.decode() for k in await _join_keys(client, prefix)}
+            counters = {k for k in left if k.rsplit(":", 2)[-2] == "queued"}
+            assert left - counters == {f"{prefix}:layout"}
+        finally:
+            keys = await _join_keys(client, prefix)
+            if keys:
+                await client.unlink(*keys)
+            await client.aclose()
+
+    asyncio.run(check())
+
+
+def test_join_state_left_by_layout_4_is_read_as_it_is(endpoints: Endpoints) -> None:
+    """A deployment upgraded from layout 4, whose ids still pending at their first look wait in
+    a due set (outside the counter): they still join, expire and are counted, the ids queued
+    under it still get their first look, and nothing is left after."""
+
+    async def check() -> None:
+        prefix = f"t-join-{uuid.uuid4().hex[:10]}"
+        client = _client(endpoints.redis_url)
+        now = 1_000_000.0
+        prediction = JoinRecord("m", "1", 1.0, 0, segments={"s": "a"})
+        label = LabelRecord(1, 2.0, "m")
+        try:
+            # What layout 4 left on one shard: "a" and "b" waiting in the due set (their
+            # first look done, so no longer counted), "c" still in its arrival queue (counted).
+            await client.set(f"{prefix}:layout", b"4/1")
+            tag = shard_tag(prefix, 0)
+            deadline = now + PREDICTION_TTL
+            for pid in "ab":
+                value = f"p0:{ord(pid)}:|".encode() + encode_prediction(prediction)
+                await client.set(f"{tag}:i:{pid}", value)
+                await client.zadd(f"{tag}:due:p", {f"{tag}:i:{pid}": deadline})
+            await client.set(f"{tag}:i:c", b"p0:99:|" + encode_prediction(prediction))
+            queue = f"{tag}:q:p:{deadline!r}"
+            await client.rpush(queue, f"{tag}:i:c")
+            await client.zadd(f"{tag}:check:p", {queue: now + RECHECK})
+            await client.set(f"{tag}:queued:p", 1)
+            join = _join(client, prefix)
+            assert await join.pending() == (3, 0)
+            assert await client.get(f"{prefix}:layout") == layout_marker(1)
+            results, joined = await join.add_labels([("a", "1:5:", label)], now=now + 1)
+            assert results == ["joined"] and joined[0].prediction == prediction
+            assert await join.pending() == (2, 0)
+            # "c" has its first look and waits; "d", new, has its own queue
+            results, _ = await join.add_predictions([("d", "0:9:", prediction)], now=now + 1)
+            assert results == ["pending"]
+            assert (await join.expire(now + RECHECK)).predictions == []
+            assert await join.pending() == (3, 0)
+            expired = await join.expire(now + PREDICTION_TTL)
+            assert expired.predictions == [prediction, prediction]  # "b" and "c"
+            assert await join.pending() == (1, 0)
+            expired = await join.expire(now + 1 + PREDICTION_TTL)
+            assert expired.predictions == [prediction]  # "d"
             assert await join.pending() == (0, 0)
             await join.expire(now + 1 + PREDICTION_TTL + DEDUPE)
             left = {k.decode() for k in await _join_keys(client, prefix)}
