@@ -146,6 +146,21 @@ async def _join_keys(client: Any, prefix: str) -> list[bytes]:
     return [k for p in key_patterns(prefix) async for k in client.scan_iter(p, count=10_000)]
 
 
+async def _assert_swept(client: Any, prefix: str) -> None:
+    """Only the layout marker and the counters, at zero, are left under ``prefix``."""
+    left = {k.decode() for k in await _join_keys(client, prefix)}
+    counters = {k for k in left if k.rsplit(":", 2)[-2] == "queued"}
+    assert left - counters == {f"{prefix}:layout"}
+    assert {await client.get(k) for k in counters} <= {b"0"}
+
+
+async def _drop(client: Any, prefix: str) -> None:
+    keys = await _join_keys(client, prefix)
+    if keys:
+        await client.unlink(*keys)
+    await client.aclose()
+
+
 def _join(client: Any, prefix: str) -> RedisJoin:
     return RedisJoin(
         client,
@@ -197,15 +212,9 @@ async def _check(redis_url: str, plan: Plan) -> None:
         # only the layout marker and the zeroed counters may remain, nothing grows for ever.
         for later in (PREDICTION_TTL, PREDICTION_TTL + DEDUPE):
             await join.expire(now + later)
-        left = {k.decode() for k in await _join_keys(client, prefix)}
-        counters = {k for k in left if k.rsplit(":", 2)[-2] == "queued"}
-        assert left - counters == {f"{prefix}:layout"}
-        assert {await client.get(k) for k in counters} <= {b"0"}
+        await _assert_swept(client, prefix)
     finally:
-        keys = await _join_keys(client, prefix)
-        if keys:
-            await client.unlink(*keys)
-        await client.aclose()
+        await _drop(client, prefix)
 
 
 @settings(max_examples=150, deadline=None)
@@ -245,16 +254,23 @@ def test_an_id_pending_again_after_its_tombstone_is_gone_waits_for_its_own_deadl
     asyncio.run(_check(endpoints.redis_url, plan))
 
 
+# what the layout tests find stored
+OLD_PREDICTION = JoinRecord("m", "1", 1.0, 0, segments={"s": "a"})
+OLD_LABEL = LabelRecord(1, 2.0, "m")
+
+
+def _fresh(redis_url: str) -> tuple[str, Any]:
+    """A prefix of its own, and a client."""
+    return f"t-join-{uuid.uuid4().hex[:10]}", _client(redis_url)
+
+
 def test_join_state_left_by_layout_3_is_read_as_it_is(endpoints: Endpoints) -> None:
     """A deployment upgraded from layout 3 (16 shards, every pending id in a due set with a
     TTL): its pending ids still join and expire, are counted, and nothing is left after."""
 
     async def check() -> None:
-        prefix = f"t-join-{uuid.uuid4().hex[:10]}"
-        client = _client(endpoints.redis_url)
-        now = 1_000_000.0
-        prediction = JoinRecord("m", "1", 1.0, 0, segments={"s": "a"})
-        label = LabelRecord(1, 2.0, "m")
+        prefix, client = _fresh(endpoints.redis_url)
+        now, prediction, label = 1_000_000.0, OLD_PREDICTION, OLD_LABEL
         try:
             # What layout 3 wrote: "{P:jS}:i:<id>" with a TTL and an entry in "{P:jS}:due:<side>"
             await client.set(f"{prefix}:layout", b"3")
@@ -281,14 +297,9 @@ def test_join_state_left_by_layout_3_is_read_as_it_is(endpoints: Endpoints) -> N
             assert expired.predictions == [prediction, prediction]
             assert await join.pending() == (0, 0)
             await join.expire(now + 1 + PREDICTION_TTL + DEDUPE)
-            left = {k.decode() for k in await _join_keys(client, prefix)}
-            counters = {k for k in left if k.rsplit(":", 2)[-2] == "queued"}
-            assert left - counters == {f"{prefix}:layout"}
+            await _assert_swept(client, prefix)
         finally:
-            keys = await _join_keys(client, prefix)
-            if keys:
-                await client.unlink(*keys)
-            await client.aclose()
+            await _drop(client, prefix)
 
     asyncio.run(check())
 
@@ -299,11 +310,8 @@ def test_join_state_left_by_layout_4_is_read_as_it_is(endpoints: Endpoints) -> N
     under it still get their first look, and nothing is left after."""
 
     async def check() -> None:
-        prefix = f"t-join-{uuid.uuid4().hex[:10]}"
-        client = _client(endpoints.redis_url)
-        now = 1_000_000.0
-        prediction = JoinRecord("m", "1", 1.0, 0, segments={"s": "a"})
-        label = LabelRecord(1, 2.0, "m")
+        prefix, client = _fresh(endpoints.redis_url)
+        now, prediction, label = 1_000_000.0, OLD_PREDICTION, OLD_LABEL
         try:
             # What layout 4 left on one shard: "a" and "b" waiting in the due set (their
             # first look done, so no longer counted), "c" still in its arrival queue (counted).
@@ -337,13 +345,8 @@ def test_join_state_left_by_layout_4_is_read_as_it_is(endpoints: Endpoints) -> N
             assert expired.predictions == [prediction]  # "d"
             assert await join.pending() == (0, 0)
             await join.expire(now + 1 + PREDICTION_TTL + DEDUPE)
-            left = {k.decode() for k in await _join_keys(client, prefix)}
-            counters = {k for k in left if k.rsplit(":", 2)[-2] == "queued"}
-            assert left - counters == {f"{prefix}:layout"}
+            await _assert_swept(client, prefix)
         finally:
-            keys = await _join_keys(client, prefix)
-            if keys:
-                await client.unlink(*keys)
-            await client.aclose()
+            await _drop(client, prefix)
 
     asyncio.run(check())
