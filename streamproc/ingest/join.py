@@ -203,10 +203,10 @@ class Expired:
 
 # KEYS: this shard's check set of the arriving side, this call's queue of new pending ids
 # ("{P:jS}:q:<side>:<deadline>"), the arriving side's count of pending ids, the other side's
-# due set (of layouts 3 and 4) and its count, the check set of tombstones to forget and this call's queue
-# of them ("{P:jS}:q:x:<when>"), then one state key per event. ARGV: check time of the new
-# pending ids, when to forget the tombstones, own side, other side, "1" if an id comes twice in
-# this call (else "0"), then per event the value a pending arrival stores,
+# due set (of layouts 3 and 4) and its count, the check set of tombstones to forget and this
+# call's queue of them ("{P:jS}:q:x:<when>"), then one state key per event. ARGV: check time of
+# the new pending ids, when to forget the tombstones, own side, other side, "1" if an id comes
+# twice in this call (else "0"), then per event the value a pending arrival stores,
 # "<side><origin>|<blob>" (built by the client, so the script concatenates nothing for a plain
 # arrival). Returns, per event: 0 = pending, 1 = duplicate (another message carried the same
 # id), 2 = redelivery (this very message again, e.g. after a restart), 3 = late (the other half
