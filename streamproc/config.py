@@ -168,6 +168,9 @@ class WorkerConfig(_Section):
     # and moves no watermark. One producer with a wrong clock must not make the rest late.
     max_future_skew_s: PositiveFloat | None = 300.0
     max_age_s: PositiveFloat | None = None
+    # After work, at most this often, the heap's free pages go back to the OS (glibc's
+    # malloc_trim): a drained backlog does not keep its peak memory. None: never.
+    memory_trim_s: PositiveFloat | None = 30.0
 
 
 class JoinConfig(_Section):

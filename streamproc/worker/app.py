@@ -49,10 +49,12 @@ from streamproc.ingest.join import RedisJoin
 from streamproc.kafka.producer import OutputProducer
 from streamproc.kafka.retry import TRANSIENT
 from streamproc.kafka.topics import partition_count
+from streamproc.offload import off_loop
 from streamproc.publish.judging import JudgeStage
 from streamproc.publish.keys import Keys
 from streamproc.publish.sources import SourceStage, ensure_partials_topic, partials_topic
 from streamproc.redis_client import AsyncClient, async_client
+from streamproc.worker.memory import HeapTrimmer
 from streamproc.worker.metrics import WorkerMetrics
 from streamproc.worker.partitions import PartitionWatch
 
@@ -208,7 +210,10 @@ def build_app(cfg: Config, metrics: WorkerMetrics | None = None) -> faust.App:
 
     busy_since: dict[str, float] = {}  # agent stage -> monotonic start of the batch it is in
 
+    heap = HeapTrimmer()
+
     def track(events: Any, stage: str) -> None:
+        heap.worked()
         for e in events:
             last_offset[e.message.tp] = e.message.offset
         metrics.stage_progress.labels(stage=stage).set(time.time())
@@ -385,6 +390,18 @@ def build_app(cfg: Config, metrics: WorkerMetrics | None = None) -> faust.App:
                 log.warning("heartbeat not written (%s); next one in 10 s", exc)
 
         await guarded("heartbeat", beat)
+
+    if cfg.worker.memory_trim_s is not None and heap.available:
+
+        @app.timer(interval=cfg.worker.memory_trim_s)
+        async def trim_heap() -> None:
+            async def trim() -> None:
+                released = await off_loop(heap.trim_if_worked)  # ~10 ms per 200 MB freed
+                if released is not None:
+                    metrics.heap_trims.inc()
+                    metrics.heap_trimmed.inc(released)
+
+            await guarded("memory", trim)
 
     taking_on: set[asyncio.Task[None]] = set()
 

@@ -6,7 +6,14 @@ partitions. Never a prediction id or a raw feature value.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 DELAY_BUCKETS = (1, 10, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 86400, 3 * 86400, 7 * 86400)
@@ -194,6 +201,18 @@ class WorkerMetrics:
             "streamproc_stage_input_pending",
             "Messages waiting for a stage in the partitions this worker owns",
             ["stage"], registry=r,
+        )  # fmt: skip
+
+        # process_resident_memory_bytes, process_cpu_seconds_total, open fds (Linux only)
+        ProcessCollector(registry=r)
+        self.heap_trims = Counter(
+            "streamproc_memory_trims",
+            "Times the worker gave the heap's free pages back to the OS after work "
+            "(worker.memory_trim_s)", registry=r,
+        )  # fmt: skip
+        self.heap_trimmed = Counter(
+            "streamproc_memory_trimmed_bytes",
+            "Resident memory the heap trims gave back to the OS", registry=r,
         )  # fmt: skip
 
     def render(self) -> bytes:

@@ -46,18 +46,21 @@ _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'')
 _GROUPING = re.compile(
     r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", re.IGNORECASE
 )
-_SELECTOR = re.compile(r"\b(streamproc_\w+|up)\s*\{([^}]*)\}")
+_SELECTOR = re.compile(r"\b(streamproc_\w+|process_\w+|up)\s*\{([^}]*)\}")
 _MATCHER = re.compile(r"(\w+)\s*(?:=~|!~|!=|=)")
 _IDENT = re.compile(r"(?<![\w$])([a-zA-Z_:][\w:]*)(?!\s*\()")
 
 
 def metric_names(expr: str) -> set[str]:
-    """The ``streamproc_*`` metrics and ``up`` that a PromQL expression reads."""
+    """The ``streamproc_*`` and ``process_*`` metrics and ``up`` that a PromQL expression
+    reads."""
     text = _STRING.sub('""', expr)
     text = re.sub(r"\{[^}]*\}", " ", text)  # label matchers
     text = re.sub(r"\[[^\]]*\]", " ", text)  # range and subquery durations
     text = _GROUPING.sub(" ", text)
-    return {n for n in _IDENT.findall(text) if n.startswith("streamproc_") or n == "up"}
+    return {
+        n for n in _IDENT.findall(text) if n.startswith(("streamproc_", "process_")) or n == "up"
+    }
 
 
 def matcher_labels(expr: str) -> dict[str, set[str]]:
@@ -135,6 +138,7 @@ def _exported() -> tuple[set[str], dict[str, set[str]]]:
 
 
 EXPORTED, EXPORTED_LABELS = _exported()
+LINUX = Path("/proc/self/stat").exists()
 
 
 def test_the_exported_names_include_the_suffixed_samples() -> None:
@@ -148,7 +152,14 @@ def test_every_expression_reads_only_metrics_the_worker_exports(where: str, expr
     names = metric_names(expr)
     assert names, f"{where}: no streamproc metric in {expr!r}"
     missing = {n for n in names if n != "up" and n not in EXPORTED}
+    if not LINUX:  # prometheus_client's process collector reads /proc
+        missing = {n for n in missing if not n.startswith("process_")}
     assert not missing, f"{where} reads {sorted(missing)}, which the worker does not export"
+
+
+@pytest.mark.skipif(not LINUX, reason="prometheus_client's process collector reads /proc")
+def test_the_worker_exports_its_resident_memory() -> None:
+    assert "process_resident_memory_bytes" in EXPORTED  # Linux: /proc (the dashboard plots it)
 
 
 @pytest.mark.parametrize(("where", "expr"), _all_exprs(), ids=[w for w, _ in _all_exprs()])
