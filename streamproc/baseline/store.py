@@ -174,11 +174,6 @@ class AsyncBaselineStore:
                 out[version] = (stamp_of(blob), profile)
         return out
 
-    async def models(self) -> dict[str, str]:
-        """Model -> latest version, for every model with a stored baseline."""
-        raw = await self.client.hgetall(self.keys.index)
-        return {_text(k) or "": _text(v) or "" for k, v in raw.items()}
-
     async def stamps(self, model_id: str) -> dict[str, str]:
         """Version -> digest of every stored profile of ``model_id``."""
         raw = await self.client.hgetall(self.keys.stamps(model_id))

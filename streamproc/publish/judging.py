@@ -219,22 +219,18 @@ class JudgeStage:
 
     # -- baselines -------------------------------------------------------------------------------
 
-    async def refresh(
-        self, force: bool = False, out: dict[int, list[Record]] | None = None
-    ) -> set[int]:
+    async def refresh(self, force: bool = False) -> None:
         """Offer every baseline change of the judged models to their judges (they decide when
-        it starts once every source has noticed it, :meth:`ModelJudge.decide`); return the
-        partitions whose models this took on (see :meth:`_adopt`)."""
+        it starts once every source has noticed it, :meth:`ModelJudge.decide`)."""
         now = self.wall()
         changes = await self.client.get(self.keys.baseline_changes)
         due = now - self._refreshed_at >= self.cfg.monitoring.baseline_refresh_s
         if not (force or due or changes != self._changes):
-            return set()
+            return
+        self._refreshed_at, self._changes = now, changes
         from streamproc.baseline import AsyncBaselineStore
 
         store = AsyncBaselineStore(self.client, self.cfg.redis.prefix)
-        adopted = await self._adopt(store, out if out is not None else defaultdict(list))
-        self._refreshed_at, self._changes = now, changes
         generation = int(changes or 0)
         new_refs = []
         for model, judge in sorted(self.judges.items()):
@@ -256,24 +252,6 @@ class JudgeStage:
         if new_refs:
             await ReferenceCache.store(self.client, self.cfg.redis.prefix, new_refs)
             self._stored_fps.update(r.fp for r in new_refs)
-        return adopted
-
-    async def _adopt(self, store: Any, out: dict[int, list[Record]]) -> set[int]:
-        """Take on every model with a stored baseline whose partials partition this worker
-        holds, before its first partial: its judge then decides the baseline (from its first
-        window) and publishes the timeline at once, so that the sources bin the model's first
-        windows with it instead of sampling them for the judge to bin later. Returns the
-        partitions that took a model on."""
-        adopted = set()
-        for model in sorted(await store.models()):
-            k = partition_of(model, self.partitions)
-            part = self.parts.get(k)
-            if part is None or model in part.models:
-                continue
-            part.models.add(model)
-            await self._judge(model, part, out)
-            adopted.add(k)
-        return adopted
 
     def _heavy(self, model: str, judge: ModelJudge, added: dict[str, list[bytes]] | None) -> bool:
         """Whether judging ``model`` now is worth a thread (~50 us): it took big partials in
@@ -357,9 +335,7 @@ class JudgeStage:
                 self.metrics.partials.labels(result="late").inc(judge.late_partials - late)
             if judge.duplicate_partials > dup:
                 self.metrics.partials.labels(result="duplicate").inc(judge.duplicate_partials - dup)
-        touched |= await retry(
-            lambda: self.refresh(force=new_models, out=outbox), "redis", self.metrics
-        )
+        await retry(lambda: self.refresh(force=new_models), "redis", self.metrics)
         await self._judge_partitions(touched, outbox, parked, added)
 
     async def _judge_partitions(
@@ -552,27 +528,6 @@ class JudgeStage:
             emitted_at=self.emitted_at(),
         )
         return (self.cfg.topics.alerts, model.encode(), encode(alert))
-
-    async def take_on(self, partitions: Sequence[int], held: Callable[[int], bool]) -> None:
-        """Load the assigned partials ``partitions`` not loaded yet, before their first message,
-        and take on their models with a stored baseline (:meth:`_adopt`), so that the timeline
-        is published before the sources read the first events. ``held(k)``: whether ``k`` is
-        still this worker's once loaded (a rebalance may have moved it meanwhile)."""
-        async with self._lock:
-            fresh = sorted(k for k in partitions if k not in self.parts)
-            if not fresh:
-                return
-            self._unparked = []
-            outbox: dict[int, list[Record]] = defaultdict(list)
-            for k in fresh:
-                await retry(lambda k=k: self._partition(k, outbox), "redis", self.metrics)
-            self.revoke([k for k in fresh if not held(k)])
-            adopted = await retry(
-                lambda: self.refresh(force=True, out=outbox), "redis", self.metrics
-            )
-            touched = adopted | {k for k, records in outbox.items() if records}
-            if touched:
-                await self._judge_partitions(touched, outbox, defaultdict(list))
 
     async def retry_quarantined(self) -> None:
         """Try the quarantined models again (their parked messages onto their checkpoint)."""

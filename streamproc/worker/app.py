@@ -358,18 +358,6 @@ def build_app(cfg: Config, metrics: WorkerMetrics | None = None) -> faust.App:
             for tp, caught_up in assigned(role).items():
                 quiet[f"{prefix}{tp.partition}"] = caught_up
         await guarded("idle", lambda: runtime.sources.report_idle(quiet))
-        await take_on_judged()
-
-    async def take_on_judged() -> None:
-        """The judge stage loads its partials partitions before their first message and takes
-        on their models with a stored baseline (see ``JudgeStage.take_on``)."""
-        mine = [tp.partition for tp in app.consumer.assignment() if roles.get(tp.topic) == "judge"]
-        if mine:
-            held = lambda k: any(  # noqa: E731
-                tp.partition == k and roles.get(tp.topic) == "judge"
-                for tp in app.consumer.assignment()
-            )
-            await guarded("judge", lambda: runtime.judges.take_on(mine, held))
 
     @app.timer(interval=max(5.0, cfg.monitoring.baseline_refresh_s))
     async def quarantine() -> None:
@@ -402,16 +390,6 @@ def build_app(cfg: Config, metrics: WorkerMetrics | None = None) -> faust.App:
                     metrics.heap_trimmed.inc(released)
 
             await guarded("memory", trim)
-
-    taking_on: set[asyncio.Task[None]] = set()
-
-    @app.on_partitions_assigned.connect
-    async def on_assigned(_sender: Any, assigned: Any, **_kw: Any) -> None:
-        if any(roles.get(tp.topic) == "judge" for tp in assigned):
-            # not in the rebalance itself: it loads from Redis
-            task = app.loop.create_task(take_on_judged())
-            taking_on.add(task)
-            task.add_done_callback(taking_on.discard)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(_sender: Any, revoked: Any, **_kw: Any) -> None:

@@ -33,9 +33,6 @@ from typing import Any
 import msgspec
 import pytest
 
-from streamproc.aggregate.partials import PartialState
-from streamproc.aggregate.references import timeline_key
-from streamproc.aggregate.wire import PartialsMessage, decode_message
 from streamproc.baseline import BaselineStore
 from streamproc.config import Config
 from streamproc.dev.synthetic import (
@@ -46,21 +43,17 @@ from streamproc.dev.synthetic import (
     WorkloadSpec,
     reference_profile,
 )
-from streamproc.judge.timeline import TimelineState
 from streamproc.kafka import topics
-from streamproc.publish.sources import partials_topic
 from streamproc.redis_client import sync_client
 from tests.conftest import Endpoints, config_for
 from tests.integration.workers import (
     Produced,
     TopicTail,
     WorkerProcess,
-    consume_all,
     group_members,
     produce_batches,
     read_topic,
     stop_all,
-    topic_size,
     uncommitted,
     wait_all,
     worker_partitions,
@@ -340,70 +333,6 @@ def test_baseline_stored_after_data_is_used_after_a_restart(config: Config, tmp_
 # -- 2. a baseline stored while the worker runs ---------------------------------------------------
 
 REFRESH_S = 3.0
-
-
-def test_a_baseline_stored_before_the_start_is_decided_before_traffic_and_bins_every_window(
-    config: Config, tmp_path: Path
-) -> None:
-    """The judge takes the stored baseline on when it gets the model's partials partition, not
-    at the model's first partial: the timeline is in Redis before any event, and the sources
-    bin the first window with the baseline instead of sampling it for the judge to bin later
-    (which costs the first windows a second pass and, past ``warmup_sample``, their detail)."""
-    topics.apply(config, topics.load_topics(config))
-    store_baseline(config, WorkloadSpec(rate=RATE))
-    profile = reference_profile(WorkloadSpec(rate=RATE), source="test reference")
-    client = sync_client(config.redis)
-    worker = WorkerProcess(config, tmp_path, **MONITOR_ENV)
-    try:
-
-        def decided() -> TimelineState | None:
-            blob = client.get(timeline_key(config.redis.prefix, MODEL))
-            return None if blob is None else msgspec.msgpack.decode(blob, type=TimelineState)
-
-        wait_all([worker], lambda: decided() is not None, 60, "the model's timeline in Redis")
-        state = decided()
-        assert state is not None
-        ((version, entries),) = state.baselines.items()
-        assert version == profile.model_version
-        (entry,) = entries
-        assert entry.start == -math.inf, "a first baseline judges the model's first window on"
-        assert set(entry.refs) == set(profile.segments)
-        assert "judges windows from its first window" in worker.log_text()
-        assert topic_size(config, config.topics.predictions) == 0, "decided before any event"
-
-        events = list(Workload(WorkloadSpec(rate=RATE), 2 * PER_WINDOW, seed=SEED).predictions())
-        produce_batches(config, config.topics.predictions, events, BATCH)
-        first_window = math.floor(events[0]["timestamp"] / WINDOW_S) * WINDOW_S
-        partials = partials_topic(config)
-
-        def first_window_entries() -> list[tuple[str, str, PartialState]]:
-            found = []
-            for msg in consume_all(config, partials, topic_size(config, partials), 30):
-                m = decode_message(msg.value())
-                if isinstance(m, PartialsMessage) and m.model_id == MODEL:
-                    found += [
-                        p for w in m.windows if w.start == first_window for p in w.predictions
-                    ]
-            return found
-
-        wait_all(
-            [worker],
-            lambda: (
-                sum(st.count for _, key, st in first_window_entries() if key == "all")
-                == sum(1 for e in events if e["timestamp"] < first_window + WINDOW_S)
-            ),
-            90,
-            "every event of the first window in its partials",
-        )
-    finally:
-        worker.stop()
-    entries = first_window_entries()
-    assert {key for _, key, _ in entries} <= set(profile.segments)
-    for _, key, st in entries:
-        assert (st.fp, len(st.sample)) == (entry.refs[key], 0), (
-            f"first window, segment {key}: binned with the stored baseline, not sampled"
-        )
-    worker.assert_healthy()
 
 
 def test_baseline_stored_while_the_worker_runs_is_picked_up_and_judges_later_changes(
