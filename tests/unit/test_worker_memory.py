@@ -24,8 +24,8 @@ def test_a_trim_after_work_gives_back_the_pages_of_objects_freed_among_live_ones
     released = trimmer.trim_if_worked()
     assert released is not None and released > 100 * MB, (held, released)
     assert resident_bytes() < held - 100 * MB  # type: ignore[operator]
-    assert len(kept) == 6250  # the survivors stayed, untouched
     assert trimmer.trims == 1
+    del kept  # alive until here: the holes stayed holes
 
 
 def test_nothing_is_trimmed_without_work_since_the_last_trim() -> None:
