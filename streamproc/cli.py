@@ -89,7 +89,12 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every sub-command, or, given ``command``, of the built-in ones and that one.
+
+    A feature module's sub-command comes with the module's imports (Faust, scipy: over a second
+    for ``worker`` and ``replay``), so ``streamproc status`` builds only what it runs.
+    """
     from streamproc.dev.stack import (
         DEFAULT_CLUSTER_KAFKA_PORT,
         DEFAULT_CLUSTER_REDIS_PORT,
@@ -153,25 +158,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["show"])
     p.set_defaults(func=cmd_config)
 
-    for module in COMMAND_MODULES:
+    if command in sub.choices:  # a built-in one
+        modules: list[str] = []
+    elif command in COMMAND_MODULES:
+        modules = [COMMAND_MODULES[command]]
+    else:  # none, or one argparse will refuse: its message lists them all
+        modules = list(dict.fromkeys(COMMAND_MODULES.values()))
+    for module in modules:
         importlib.import_module(module).register_cli(sub)
     return parser
 
 
-# Feature modules that add sub-commands through their own ``register_cli(subparsers)``, so this
+# Sub-commands that feature modules add through their own ``register_cli(subparsers)``, so this
 # file stays a thin dispatcher. Their heavy imports belong inside their handlers.
-COMMAND_MODULES: list[str] = [
-    "streamproc.dev.smoke",
-    "streamproc.worker.app",
-    "streamproc.tools.oncall",
-    "streamproc.baseline.cli",
-    "streamproc.dev.demo",
-    "streamproc.tools.replay",
-]
+COMMAND_MODULES: dict[str, str] = {
+    "smoke": "streamproc.dev.smoke",
+    "worker": "streamproc.worker.app",
+    "alerts": "streamproc.tools.oncall",
+    "status": "streamproc.tools.oncall",
+    "baseline": "streamproc.baseline.cli",
+    "demo": "streamproc.dev.demo",
+    "replay": "streamproc.tools.replay",
+}
+
+
+def command_of(argv: Sequence[str]) -> str | None:
+    """The sub-command ``argv`` names, if it names one before any help flag.
+
+    >>> command_of(["--config", "c.yaml", "status"]), command_of(["-h"]), command_of([])
+    ('status', None, None)
+    """
+    rest = iter(argv)
+    for arg in rest:
+        if arg in ("-h", "--help"):
+            return None
+        if arg == "--config":
+            next(rest, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(command_of(argv))
     args = parser.parse_args(argv)
     try:
         handler: Handler = args.func
