@@ -244,7 +244,7 @@ def fold_predictions(cols: Columns, groups: Sequence[FoldGroup], sample_k: int) 
                 p.mv = CrossMoments(len(rec.features))
             p.mv.update(cross_rows(cols, rec, idx))
         for name in ref.numeric:
-            mismatched, total, n, squares, ticks = results[name][gi]
+            mismatched, total, n, squares = results[name][gi]  # (tick sums: already in)
             if mismatched:
                 p.mismatched[name] = p.mismatched.get(name, 0) + mismatched
             if n and ref.scales[name][1] > 0:
@@ -252,12 +252,6 @@ def fold_predictions(cols: Columns, groups: Sequence[FoldGroup], sample_k: int) 
                 acc[0] += total
                 acc[1] += n
                 acc[2] += squares
-                if summaries is not None:
-                    for code, t_total, t_n, t_squares in ticks:
-                        acc = summaries[code].zsum.setdefault(name, [0, 0, 0])
-                        acc[0] += t_total
-                        acc[1] += t_n
-                        acc[2] += t_squares
         for name in ref.categorical:
             sk = p.categorical.get(name)
             if sk is None:
@@ -336,16 +330,17 @@ def cross_rows(cols: Columns, rec: Reconstruction, idx: np.ndarray) -> np.ndarra
     return standardised(values, rec.means, rec.stds)
 
 
-NumericResult = tuple[int, int, int, int, list[tuple[int, int, int, int]]]
+NumericResult = tuple[int, int, int, int]
 
 
 def _fold_numeric(
     cols: Columns, groups: Sequence[FoldGroup], names: list[str], gis: list[int]
 ) -> dict[str, dict[int, NumericResult]]:
     """Numeric features ``names`` for the groups ``gis`` (a reference's groups adjacent):
-    update their sketches; return per feature and group (mismatched values, fixed-point sum of
-    z, count, fixed-point sum of z², and per tick code ``(code, sum of z, count, sum of z²)``).
-    Work items are (feature, group) pairs, feature-major."""
+    update their sketches and add each tick's fixed-point sums of z, counts and sums of z² to
+    the groups' tick summaries; return per feature and group (mismatched values, fixed-point
+    sum of z, count, fixed-point sum of z²). Work items are (feature, group) pairs,
+    feature-major."""
     idx, sizes, _ = _gather(cols, groups, gis)
     numcols = [cols.numeric(name) for name in names]
     n_groups = len(gis)
@@ -398,7 +393,6 @@ def _fold_numeric(
                 centre[k], scale[k] = mean, sd
             k += 1
     totals = squares = [0] * n_all.size
-    ticks: list[list[tuple[int, int, int, int]]] = [[] for _ in range(n_all.size)]
     if fin.size and scale.any():
         ok = scale > 0
         sd = np.where(ok, scale, 1.0).repeat(n_fin)
@@ -420,13 +414,31 @@ def _fold_numeric(
             span = int(codes.max()) + 1 if codes.size else 1
             key = np.repeat(np.arange(n_all.size, dtype=np.int64), n_fin) * span + codes
             order, starts, run_keys = _runs(key)
-            t_totals = np.add.reduceat(zi[order], starts).tolist()
-            t_squares = np.add.reduceat(zi2[order], starts).tolist()
-            t_n = np.diff(np.r_[starts, key.size]).tolist()
-            for k, a, n_k, b in zip(run_keys.tolist(), t_totals, t_n, t_squares, strict=True):
-                item, code = divmod(k, span)
-                ticks[item].append((code, a, n_k, b))
-    per_item = list(zip(mismatched, totals, n_fin.tolist(), squares, ticks, strict=True))
+            t_totals = np.add.reduceat(zi[order], starts)
+            t_squares = np.add.reduceat(zi2[order], starts)
+            t_n = np.diff(np.r_[starts, key.size])
+            # Straight into the ticks' summaries: a run per (feature, group, tick) makes this
+            # the fold's most repeated Python step. Features without a spread keep no sums.
+            items, t_codes = np.divmod(run_keys, span)
+            kept = ok[items]
+            summaries = [groups[gi].summaries for gi in gis]
+            for item, code, a, n_k, b in zip(
+                items[kept].tolist(), t_codes[kept].tolist(), t_totals[kept].tolist(),
+                t_n[kept].tolist(), t_squares[kept].tolist(), strict=True,
+            ):  # fmt: skip
+                ticked_in = summaries[item % n_groups]
+                if ticked_in is None:
+                    continue
+                zsum = ticked_in[code].zsum
+                name = names[item // n_groups]
+                acc = zsum.get(name)
+                if acc is None:
+                    zsum[name] = [a, n_k, b]
+                else:
+                    acc[0] += a
+                    acc[1] += n_k
+                    acc[2] += b
+    per_item = list(zip(mismatched, totals, n_fin.tolist(), squares, strict=True))
     return {
         name: dict(zip(gis, per_item[f * n_groups : (f + 1) * n_groups], strict=True))
         for f, name in enumerate(names)

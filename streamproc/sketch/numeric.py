@@ -424,7 +424,7 @@ class NumericSketch:
         while i < k:
             edges = sketches[i]._edge_list
             j = i + 1
-            while j < k and sketches[j]._edge_list == edges:
+            while j < k and (sketches[j]._edge_list is edges or sketches[j]._edge_list == edges):
                 j += 1
             if e_l[j - 1] > s_l[i]:
                 bins[s_l[i] : e_l[j - 1]] = sketches[i]._edges.searchsorted(

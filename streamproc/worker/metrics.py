@@ -6,6 +6,9 @@ partitions. Never a prediction id or a raw feature value.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -17,6 +20,41 @@ from prometheus_client import (
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 DELAY_BUCKETS = (1, 10, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 86400, 3 * 86400, 7 * 86400)
+
+
+def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
+    """``histogram.observe(v)`` for every ``v`` of ``values``, with one count per bucket.
+
+    A join batch observes thousands of label delays: one by one, that is a lock and a bucket
+    search each (~0.9 µs). Where prometheus_client's histogram does not have the buckets this
+    relies on, it observes them one by one.
+
+    >>> r = CollectorRegistry()
+    >>> h = Histogram("d", "delay", buckets=(1, 10), registry=r)
+    >>> observe_many(h, [0.5, 1.0, 3.0, 20.0])
+    >>> [(s.labels.get("le"), s.value) for s in h.collect()[0].samples if s.name == "d_bucket"]
+    [('1.0', 2.0), ('10.0', 3.0), ('+Inf', 4.0)]
+    """
+    if not values:
+        return
+    buckets = getattr(histogram, "_buckets", None)
+    bounds = getattr(histogram, "_upper_bounds", None)
+    if (
+        buckets is None
+        or bounds is None
+        or len(buckets) != len(bounds)
+        or not hasattr(histogram, "_sum")
+    ):
+        for v in values:
+            histogram.observe(v)
+        return
+    x = np.asarray(values, dtype=np.float64)
+    histogram._sum.inc(float(x.sum()))  # type: ignore[attr-defined]
+    # observe() counts a value in the first bucket whose bound it does not exceed; NaN in none
+    counts = np.bincount(np.searchsorted(bounds, x, side="left"), minlength=len(bounds) + 1)
+    for bucket, n in zip(buckets, counts[: len(bounds)].tolist(), strict=True):
+        if n:
+            bucket.inc(n)
 
 
 class WorkerMetrics:
