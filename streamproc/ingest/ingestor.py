@@ -309,10 +309,7 @@ class Ingestor:
         # as joined too; its arrival was counted as "redelivered" already.
         if joined:
             self.metrics.join.labels(result="joined").inc(len(joined))
-            observe_many(
-                self.metrics.label_delay,
-                [max(j.label.event_time - j.prediction.event_time, 0.0) for j in joined],
-            )
+            observe_many(self.metrics.label_delay, [max(j.label_delay_s, 0.0) for j in joined])
 
     async def on_predictions(self, msgs: Sequence[RawMessage]) -> None:
         """Process one consumed batch of the predictions topic."""
