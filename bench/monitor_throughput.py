@@ -25,6 +25,11 @@ It reports events/s (wall clock, for scale) and CPU µs/event, median of ``--rep
 A digest of every alert, metrics record and the judges' final checkpoints is printed too: two
 trees that should behave the same must print the same digest.
 
+``--rate``, ``--reference-rows`` and ``--drift`` vary the workload: predictions per second of
+event time (50), the baseline's rows (30,000), and a shift of every numeric feature by that
+many standard deviations from the first event (0: none). Windows of many rows a little off
+their reference are where the judge's statistics cost most.
+
 ``--baseline DIR`` also runs this script against another copy of ``streamproc`` with the same
 engine API (e.g. ``git archive <commit> streamproc | tar -x -C /tmp/base``), in subprocesses
 interleaved pass by pass with the current tree, and prints the after/before ratios of the
@@ -58,15 +63,23 @@ CREATED_AT = "2024-01-01T00:00:00Z"
 Feed = list[tuple[str, list[Any]]]  # (role, consumed batch of RawMessage), in feeding order
 
 
-def consumed_batches(events: int, batch: int) -> tuple[Feed, Any, Any]:
+def consumed_batches(
+    events: int, batch: int, rate: float = 50.0, reference_rows: int = 30_000, drift: float = 0.0
+) -> tuple[Feed, Any, Any]:
     """The workload as a worker consumes it, the configuration and the baseline."""
     from streamproc.config import Config
-    from streamproc.dev.synthetic import Workload, WorkloadSpec, reference_profile
+    from streamproc.dev.synthetic import MeanShift, Workload, WorkloadSpec, reference_profile
     from streamproc.tools.inprocess import raw
 
-    spec = WorkloadSpec()
+    spec = WorkloadSpec(rate=rate)
     # A fixed creation time: the judges' checkpoints (in the digest) name the baseline by it.
-    profile = msgspec.structs.replace(reference_profile(spec, 30_000), created_at=CREATED_AT)
+    profile = msgspec.structs.replace(
+        reference_profile(spec, reference_rows), created_at=CREATED_AT
+    )
+    if drift:  # every numeric feature moved, from the first event on (the baseline is not)
+        spec = WorkloadSpec(
+            rate=rate, changes=tuple(MeanShift(f, drift) for f in spec.numeric_features)
+        )
     offsets = {"predictions": [0] * PARTITIONS, "labels": [0] * PARTITIONS}
     turn = {"predictions": 0, "labels": 0}
     feed: Feed = []
@@ -127,7 +140,9 @@ class _Recorder:
         await self.inner.commit()
 
 
-def measure(events: int, batch: int) -> dict[str, Any]:
+def measure(
+    events: int, batch: int, rate: float = 50.0, reference_rows: int = 30_000, drift: float = 0.0
+) -> dict[str, Any]:
     """One pass in this process: a fresh pipeline over the whole workload, then the fold alone
     over what its ingestor handed the aggregation stage."""
     import scipy.stats  # noqa: F401  (imported lazily by the first window's verdicts)
@@ -136,7 +151,7 @@ def measure(events: int, batch: int) -> dict[str, Any]:
     from streamproc.judge import checkpoint
     from streamproc.tools.inprocess import InProcessPipeline
 
-    feed, cfg, profile = consumed_batches(events, batch)
+    feed, cfg, profile = consumed_batches(events, batch, rate, reference_rows, drift)
     n = sum(len(orjson.loads(m.value)) for _, msgs in feed for m in msgs)
     pipe = InProcessPipeline(
         cfg, range(PARTITIONS), range(PARTITIONS), baselines=lambda _m: [profile]
@@ -201,10 +216,11 @@ def _one_core() -> None:
         os.sched_setaffinity(0, {cores[-1]})
 
 
-def _subprocess_pass(path: str, events: int, batch: int) -> dict[str, Any]:
+def _subprocess_pass(path: str, args: argparse.Namespace) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-    cmd = [sys.executable, str(Path(__file__)), "--one-pass", "--events", str(events)]
-    cmd += ["--batch", str(batch)]
+    cmd = [sys.executable, str(Path(__file__)), "--one-pass", "--events", str(args.events)]
+    cmd += ["--batch", str(args.batch), "--rate", str(args.rate)]
+    cmd += ["--reference-rows", str(args.reference_rows), "--drift", str(args.drift)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"pass against {path} failed:\n{done.stderr[-3000:]}")
@@ -246,12 +262,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--events", type=int, default=60_000, help="predictions + labels (60000)")
     ap.add_argument("--batch", type=int, default=2000, help="events per consumed batch (2000)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--rate", type=float, default=50.0, help="predictions per second of event time (50)"
+    )
+    ap.add_argument("--reference-rows", type=int, default=30_000, help="baseline rows (30000)")
+    ap.add_argument(
+        "--drift",
+        type=float,
+        default=0.0,
+        help="every numeric feature shifted by this many standard deviations (0: none)",
+    )
     ap.add_argument("--baseline", help="directory holding another streamproc package")
     ap.add_argument("--one-pass", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one_pass:
         _one_core()
-        print(json.dumps(measure(args.events, args.batch)))
+        row = measure(args.events, args.batch, args.rate, args.reference_rows, args.drift)
+        print(json.dumps(row))
         return 0
     current = str(Path(__import__("streamproc").__file__).resolve().parent.parent)
     trees = {"current": current}
@@ -259,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         trees = {"baseline": str(Path(args.baseline).resolve()), **trees}
     print(
         f"{args.events} events (predictions + labels) in consumed batches of {args.batch}, "
+        f"{args.rate:g} predictions per second of event time, a baseline of "
+        f"{args.reference_rows} rows, numeric features shifted by {args.drift:g} sd, "
         f"{args.repeats} passes per tree, one core each"
     )
     for name, path in trees.items():
@@ -266,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     passes: dict[str, list[dict[str, Any]]] = {k: [] for k in trees}
     for _ in range(args.repeats):
         for name, path in trees.items():  # interleaved: load drifts hit both trees alike
-            passes[name].append(_subprocess_pass(path, args.events, args.batch))
+            passes[name].append(_subprocess_pass(path, args))
     rows = {name: _summary(name, p) for name, p in passes.items()}
     result: dict[str, Any] = {"args": vars(args), "trees": trees, "rows": rows, "passes": passes}
     if args.baseline:

@@ -199,7 +199,8 @@ def ks_binned(
 
     The p-value is the two-sided asymptotic one scipy's ``ks_2samp(method="asymp")`` uses:
     ``kstwo.sf(D, round(n_eff))`` with ``n_eff = n * m / (n + m)`` for reference size ``n``
-    and window size ``m``. With ``ref_n`` unknown (``None``) or infinite the reference is
+    and window size ``m`` (computed by :func:`kstwo_sf`, as scipy does but faster in the
+    tail). With ``ref_n`` unknown (``None``) or infinite the reference is
     treated as the true distribution and ``n_eff = m`` (the one-sample test).
 
     Parameters
@@ -234,8 +235,54 @@ def ks_binned(
         if not ref_n > 0:
             raise ValueError(f"ref_n must be > 0, got {ref_n}")
         n_eff = ref_n * m / (ref_n + m)
-    pvalue = float(sst.kstwo.sf(d, max(1, round(n_eff))))
+    pvalue = kstwo_sf(d, max(1, round(n_eff)))
     return d, min(max(pvalue, 0.0), 1.0)
+
+
+def kstwo_sf(d: float, n: int) -> float:
+    """``scipy.stats.kstwo.sf(d, n)``: the chance that the two-sided one-sample KS statistic of
+    ``n`` values reaches ``d``.
+
+    It follows scipy's choice of method (Simard and L'Ecuyer 2011) and its result, to about
+    1e-10 relative, in less time where scipy's is long: in the tail (``n * d**2 >= 2.2``) of
+    more than 140 values, scipy sums the ``n * (1 - d)`` terms of twice the one-sided
+    Smirnov probability one by one, about 1.2 ms per 1,000 values; :func:`_smirnov_sf`
+    sums them as arrays, about 15x faster. That tail is where a window of many rows lands as
+    soon as it differs from its reference a little, which is how drift looks: with every
+    numeric feature 0.1 sd off, 150,000 rows per window and a baseline of 100,000, the judge
+    spent 2.8 s of CPU per window of the synthetic model (20 numeric features in 8 segments),
+    0.24 s with this (``bench/monitor_throughput.py --drift``).
+
+    Examples
+    --------
+    >>> from scipy import stats as sst
+    >>> exact = float(sst.kstwo.sf(0.0125, 20_000))
+    >>> abs(kstwo_sf(0.0125, 20_000) - exact) / exact < 1e-9
+    True
+    """
+    t = n * d
+    nx2 = t * d
+    if n > 140 and 2.2 <= nx2 < 370.0 and 1.0 < t < n - 1 and d < 0.5:
+        return min(max(2.0 * _smirnov_sf(n, d), 0.0), 1.0)
+    return float(sst.kstwo.sf(d, n))
+
+
+def _smirnov_sf(n: int, d: float) -> float:
+    """The one-sided Smirnov probability ``P(D+_n >= d)`` (``scipy.special.smirnov(n, d)``),
+    by its exact finite sum ``d * sum_j C(n, j) (1 - d - j/n)**(n - j) (d + j/n)**(j - 1)``
+    over ``0 <= j <= n (1 - d)``, every term at once in logs."""
+    j = np.arange(0, math.floor(n * (1.0 - d)) + 1, dtype=np.float64)
+    below = np.maximum(n * (1.0 - d) - j, 0.0) / n  # 1 - d - j/n, never under 0 by rounding
+    with np.errstate(divide="ignore"):  # log(0): a term of 0
+        logs = (
+            special.gammaln(n + 1.0)
+            - special.gammaln(j + 1.0)
+            - special.gammaln(n - j + 1.0)
+            + (n - j) * np.log(below)
+            + (j - 1.0) * np.log(d + j / n)
+        )
+    top = float(logs.max())
+    return d * math.exp(top) * float(np.exp(logs - top).sum())
 
 
 # -- categorical --------------------------------------------------------------------------------

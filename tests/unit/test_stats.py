@@ -23,6 +23,7 @@ from streamproc.judge.stats import (
     js_distance,
     js_divergence,
     ks_binned,
+    kstwo_sf,
     new_categories,
     null_rate_delta,
     out_of_range_share,
@@ -133,6 +134,35 @@ def test_coarse_binned_ks_is_a_lower_bound_on_the_exact_statistic() -> None:
         assert d <= exact.statistic + 1e-12
         assert p >= exact.pvalue - 1e-12
         assert d >= exact.statistic - 0.05  # 20 quantile bins lose little
+
+
+# Every branch of scipy's kstwo.sf (Simard and L'Ecuyer): n up to 140 and past it, the
+# Ruben-Gambino ends, d >= 0.5, the tail of n d**2 from 2.2 (summed here) and up to 370 (0).
+KSTWO_CASES = [
+    (k / math.sqrt(n), n)
+    for n in (1, 2, 7, 140, 141, 500, 3_000, 20_000, 100_000, 100_001)
+    for k in (0.3, 0.8, 1.2, 1.48, 1.49, 2.0, 3.0, 8.0, 19.2, 19.3)
+    if k / math.sqrt(n) < 1.2
+] + [
+    (d, n)
+    for n in (141, 5_000)
+    for d in (0.0, 1.0 / n, 1.2 / n, 0.49, 0.5, 0.7, (n - 1.5) / n, 1.0)
+]
+
+
+@pytest.mark.parametrize(("d", "n"), KSTWO_CASES)
+def test_kstwo_sf_is_scipys_in_every_branch(d: float, n: int) -> None:
+    exact = float(sst.kstwo.sf(d, n))
+    assert kstwo_sf(d, n) == pytest.approx(exact, rel=1e-9, abs=1e-300)
+
+
+def test_kstwo_sf_in_the_tail_of_a_large_window_sums_the_terms_as_arrays() -> None:
+    # n d**2 = 4: what a window of 60,000 rows 0.8% off its reference gives, p about 7e-4,
+    # the case scipy takes ~70 ms for (bench/monitor_throughput.py --drift measures the cost)
+    n, d = 60_000, 0.00816
+    exact = float(sst.kstwo.sf(d, n))
+    assert 1e-4 < exact < 1e-3
+    assert kstwo_sf(d, n) == pytest.approx(exact, rel=1e-9)
 
 
 def test_binned_ks_on_a_single_bin_has_nothing_to_test() -> None:
