@@ -413,7 +413,8 @@ def build_app(cfg: Config, metrics: WorkerMetrics | None = None) -> faust.App:
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
         return web.bytes(
-            metrics.render(), content_type=CONTENT_TYPE_LATEST.split(";")[0],
+            metrics.render(request.query.getall("name[]", ())),
+            content_type=CONTENT_TYPE_LATEST.split(";")[0],
             headers={"X-Prometheus-Exposition": CONTENT_TYPE_LATEST},
         )  # fmt: skip
 

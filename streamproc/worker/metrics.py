@@ -253,8 +253,13 @@ class WorkerMetrics:
             "Resident memory the heap trims gave back to the OS", registry=r,
         )  # fmt: skip
 
-    def render(self) -> bytes:
-        """The exposition text for ``/metrics``."""
+    def render(self, names: Sequence[str] = ()) -> bytes:
+        """The exposition text for ``/metrics``; with ``names`` (sample names, as
+        ``/metrics?name[]=streamproc_events_total`` gives them, the convention of
+        prometheus_client's own handlers) only those, without collecting the rest: a poller
+        that needs one counter costs the worker less than a full scrape."""
+        if names:
+            return generate_latest(self.registry.restricted_registry(names))
         return generate_latest(self.registry)
 
     def update_never_labelled(self) -> None:

@@ -23,7 +23,7 @@ from streamproc.dev.synthetic import WorkloadSpec, generate
 from streamproc.kafka import topics
 from streamproc.publish.judging import top_features
 from tests.integration.test_monitoring import MONITOR_ENV
-from tests.integration.workers import WorkerProcess, free_port, produce, read_topic
+from tests.integration.workers import WorkerProcess, free_port, produce, read_topic, sample_sum
 
 pytestmark = pytest.mark.integration
 
@@ -284,5 +284,12 @@ def test_prometheus_scrapes_the_drift_gauges_of_the_top_features_of_a_warmed_up_
         # worker happened to read first (labels read ahead used to be dropped as late).
         assert worker.metric("streamproc_late_events_total") == 0
         assert max(len(f) for f in exported.values()) == 5
+        # A poller that needs one counter asks for it alone (bench/pipeline_throughput.py
+        # does, 20 times a second): the worker renders just that family.
+        some = worker.metrics_text(["streamproc_events_total"])
+        assert {ln.split("{")[0] for ln in some.splitlines() if not ln.startswith("#")} == {
+            "streamproc_events_total"
+        }
+        assert sample_sum(some, "streamproc_events_total") == len(predictions) + len(labels)
     finally:
         worker.stop()

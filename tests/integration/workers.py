@@ -77,8 +77,11 @@ class WorkerProcess:
         # (alive, /metrics text) just before stop() or kill(): what assert_healthy() judges
         self._last_words: tuple[bool, str | None] | None = None
 
-    def metrics_text(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+    def metrics_text(self, names: Sequence[str] = ()) -> str:
+        """``/metrics``, or only the samples ``names`` (``?name[]=...``)."""
+        query = "?" + "&".join(f"name[]={n}" for n in names) if names else ""
+        url = f"http://127.0.0.1:{self.port}/metrics{query}"
+        with urllib.request.urlopen(url, timeout=5) as r:
             return r.read().decode()
 
     def metric(self, name: str, **labels: str) -> float:

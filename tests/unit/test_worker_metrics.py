@@ -1,4 +1,5 @@
-"""observe_many: a batch of label delays lands in the histogram as one by one."""
+"""observe_many: a batch of label delays lands in the histogram as one by one; a scrape of some
+names renders those alone."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import numpy as np
 from prometheus_client import CollectorRegistry, Histogram
 
-from streamproc.worker.metrics import DELAY_BUCKETS, observe_many
+from streamproc.worker.metrics import DELAY_BUCKETS, WorkerMetrics, observe_many
 
 
 def _samples(h: Histogram) -> list[tuple[str, str | None, float]]:
@@ -56,3 +57,17 @@ def test_a_histogram_without_the_expected_internals_is_observed_one_by_one() -> 
     plain = Plain()
     observe_many(plain, [3.0, 1.0])  # type: ignore[arg-type]
     assert plain.seen == [3.0, 1.0]
+
+
+def test_a_scrape_of_named_samples_renders_those_alone() -> None:
+    m = WorkerMetrics()
+    m.events.labels(topic="predictions", outcome="accepted").inc(3)
+    m.join.labels(result="joined").inc()
+    full = m.render().decode()
+    assert "streamproc_join_total" in full and "process_cpu_seconds_total" in full
+    some = m.render(["streamproc_events_total"]).decode()
+    samples = [line for line in some.splitlines() if not line.startswith("#")]
+    assert samples == ['streamproc_events_total{outcome="accepted",topic="predictions"} 3.0']
+    both = m.render(["streamproc_events_total", "streamproc_join_total"]).decode()
+    assert 'streamproc_join_total{result="joined"} 1.0' in both
+    assert "process_cpu_seconds_total" not in both
