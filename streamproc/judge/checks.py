@@ -99,10 +99,8 @@ def psi_severity(
     >>> psi_severity(0.02, Tiers(warning=0.1, critical=0.25, info=0.0), 6000, 60000, 10, 1e-5)[0]
     'info'
     """
-    from scipy.stats import chi2
-
     n_eff = n * ref_n / (n + ref_n) if ref_n else float(n)
-    p = float(chi2.sf(psi * n_eff, max(bins - 1, 1)))
+    p = stats.chi2_sf(psi * n_eff, max(bins - 1, 1))
     sev = severity(psi, tiers)
     if sev is None and tiers.info is not None and psi >= tiers.info:
         sev = "info"

@@ -373,7 +373,19 @@ def chi2_categorical(
     e = np.asarray(exp)
     stat = float(np.sum((o - e) ** 2 / e))
     dof = len(obs) - 1
-    return stat, float(sst.chi2.sf(stat, dof)), dof
+    return stat, chi2_sf(stat, dof), dof
+
+
+def chi2_sf(x: float, dof: int) -> float:
+    """``scipy.stats.chi2.sf(x, dof)``, the same number, by the function it calls
+    (``scipy.special.chdtrc``) without its argument handling: 1 µs instead of 40, for a
+    check run on every feature of every segment of every window.
+
+    >>> from scipy import stats as sst
+    >>> chi2_sf(12.3, 9) == float(sst.chi2.sf(12.3, 9)), chi2_sf(0.0, 3)
+    (True, 1.0)
+    """
+    return float(special.chdtrc(dof, x))
 
 
 def new_categories(ref: Mapping[str, float], window: Mapping[str, int]) -> list[str]:

@@ -16,6 +16,7 @@ from streamproc.judge.stats import (
     cbpe_estimated_accuracy,
     cbpe_estimated_accuracy_from_counts,
     chi2_categorical,
+    chi2_sf,
     enough_samples,
     entropy,
     expected_calibration_error,
@@ -148,6 +149,13 @@ KSTWO_CASES = [
     for n in (141, 5_000)
     for d in (0.0, 1.0 / n, 1.2 / n, 0.49, 0.5, 0.7, (n - 1.5) / n, 1.0)
 ]
+
+
+@pytest.mark.parametrize("dof", [1, 2, 9, 49, 199])
+def test_chi2_sf_is_scipys_to_the_last_bit(dof: int) -> None:
+    xs = np.concatenate([[0.0, 1e-12, 1.0, dof, 10.0 * dof, 1e4, np.inf],
+                         np.random.default_rng(dof).exponential(dof, 500)])  # fmt: skip
+    assert [chi2_sf(float(x), dof) for x in xs] == [float(sst.chi2.sf(x, dof)) for x in xs]
 
 
 @pytest.mark.parametrize(("d", "n"), KSTWO_CASES)
