@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import hashlib
 import json
 import os
@@ -72,14 +73,14 @@ def consumed_batches(
     from streamproc.tools.inprocess import raw
 
     spec = WorkloadSpec(rate=rate)
+    if drift:  # every numeric feature moved, from the first event on (the baseline never is)
+        spec = dataclasses.replace(
+            spec, changes=tuple(MeanShift(f, drift) for f in spec.numeric_features)
+        )
     # A fixed creation time: the judges' checkpoints (in the digest) name the baseline by it.
     profile = msgspec.structs.replace(
         reference_profile(spec, reference_rows), created_at=CREATED_AT
     )
-    if drift:  # every numeric feature moved, from the first event on (the baseline is not)
-        spec = WorkloadSpec(
-            rate=rate, changes=tuple(MeanShift(f, drift) for f in spec.numeric_features)
-        )
     offsets = {"predictions": [0] * PARTITIONS, "labels": [0] * PARTITIONS}
     turn = {"predictions": 0, "labels": 0}
     feed: Feed = []

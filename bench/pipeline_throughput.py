@@ -99,6 +99,7 @@ from streamproc.dev.stack import cache_dir
 from streamproc.dev.synthetic import Workload, WorkloadSpec, reference_profile
 from streamproc.kafka import topics
 from streamproc.sdk.producer import default_partition
+from streamproc.worker.metrics import scrape_path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -401,7 +402,7 @@ class Processes:
             port = free_port()
             log = log_dir / f"{cfg.worker.app_id}-{i}.log"
             self.logs.append(log)
-            self.urls.append(f"http://127.0.0.1:{port}/metrics")
+            self.urls.append(f"http://127.0.0.1:{port}")
             full = ib.worker_env(cfg, port, env)
             # streamproc from this tree, whichever one the virtualenv's editable install names
             full["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full.get("PYTHONPATH")]))
@@ -418,11 +419,10 @@ class Processes:
     def metrics(self, names: Sequence[str] = ()) -> list[str] | None:
         """Every process's ``/metrics`` text (only the samples ``names`` where given: the
         worker then renders only those), or None while one does not answer."""
-        query = "?" + "&".join(f"name[]={n}" for n in names) if names else ""
         texts = []
         for url in self.urls:
             try:
-                with urllib.request.urlopen(url + query, timeout=5) as r:
+                with urllib.request.urlopen(url + scrape_path(names), timeout=5) as r:
                     texts.append(r.read().decode())
             except OSError:
                 return None

@@ -7,6 +7,7 @@ partitions. Never a prediction id or a raw feature value.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from urllib.parse import urlencode
 
 import numpy as np
 from prometheus_client import (
@@ -55,6 +56,16 @@ def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
     for bucket, n in zip(buckets, counts[: len(bounds)].tolist(), strict=True):
         if n:
             bucket.inc(n)
+
+
+def scrape_path(names: Sequence[str] = ()) -> str:
+    """The path of a ``/metrics`` scrape of the samples ``names`` alone (of all, with none):
+    what :meth:`WorkerMetrics.render` reads from the query.
+
+    >>> scrape_path(), scrape_path(["streamproc_events_total"])
+    ('/metrics', '/metrics?name%5B%5D=streamproc_events_total')
+    """
+    return "/metrics" + ("?" + urlencode([("name[]", n) for n in names]) if names else "")
 
 
 class WorkerMetrics:

@@ -20,6 +20,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from streamproc.config import Config
+from streamproc.worker.metrics import scrape_path
 
 
 def config_env(cfg: Config, **extra: str) -> dict[str, str]:
@@ -79,8 +80,7 @@ class WorkerProcess:
 
     def metrics_text(self, names: Sequence[str] = ()) -> str:
         """``/metrics``, or only the samples ``names`` (``?name[]=...``)."""
-        query = "?" + "&".join(f"name[]={n}" for n in names) if names else ""
-        url = f"http://127.0.0.1:{self.port}/metrics{query}"
+        url = f"http://127.0.0.1:{self.port}{scrape_path(names)}"
         with urllib.request.urlopen(url, timeout=5) as r:
             return r.read().decode()
 
