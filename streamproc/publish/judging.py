@@ -141,6 +141,9 @@ class JudgeStage:
         self.emitted_at: Callable[[], str] = now_iso
         self._refreshed_at = -float("inf")
         self._changes: bytes | None = None
+        # Judges loaded (restored or new) since the last refresh: each must be offered the
+        # store's baselines, even when its change counter has not moved since that refresh.
+        self._unoffered: set[str] = set()
         self._stored_fps: set[str] = set()
         self._exported: dict[tuple[str, str], set[str]] = {}
         self._incident_series: dict[str, set[tuple[str, str, str, str]]] = {}
@@ -200,6 +203,7 @@ class JudgeStage:
             judge = ModelJudge(model, self.cfg.monitoring, topic, self.refs)
         if model not in part.quarantined:
             self.judges[model] = judge
+            self._unoffered.add(model)
             return
         parked = await self.client.lrange(self.keys.parked(model), 0, -1)
         try:
@@ -213,21 +217,24 @@ class JudgeStage:
         log.warning("model %s: quarantine lifted, %d parked messages replayed", model, len(parked))
         reason = part.quarantined.pop(model)
         self.judges[model] = judge
+        self._unoffered.add(model)
         self._unparked.append(model)
         k = partition_of(model, self.partitions)
         out.setdefault(k, []).append(self._monitor_error(model, reason, "resolved"))
 
     # -- baselines -------------------------------------------------------------------------------
 
-    async def refresh(self, force: bool = False) -> None:
+    async def refresh(self) -> None:
         """Offer every baseline change of the judged models to their judges (they decide when
-        it starts once every source has noticed it, :meth:`ModelJudge.decide`)."""
+        it starts once every source has noticed it, :meth:`ModelJudge.decide`): when the
+        store's change counter moved, a judge was loaded, or ``baseline_refresh_s`` passed."""
         now = self.wall()
         changes = await self.client.get(self.keys.baseline_changes)
         due = now - self._refreshed_at >= self.cfg.monitoring.baseline_refresh_s
-        if not (force or due or changes != self._changes):
+        if not (due or changes != self._changes or self._unoffered):
             return
         self._refreshed_at, self._changes = now, changes
+        self._unoffered.clear()
         from streamproc.baseline import AsyncBaselineStore
 
         store = AsyncBaselineStore(self.client, self.cfg.redis.prefix)
@@ -287,7 +294,6 @@ class JudgeStage:
         touched: set[int] = set()
         for k in sorted({m[0] for m in messages}):
             await retry(lambda k=k: self._partition(k, outbox), "redis", self.metrics)
-        new_models = False
         for k, offset, blob in messages:
             part = self.parts.get(k)
             if part is None:
@@ -310,9 +316,7 @@ class JudgeStage:
                 continue
             self.metrics.partials.labels(result="received").inc()
             model = msg.model_id
-            if model not in part.models:
-                part.models.add(model)
-                new_models = True
+            part.models.add(model)
             if model in part.quarantined:
                 parked[model].append(blob)
                 continue
@@ -335,7 +339,7 @@ class JudgeStage:
                 self.metrics.partials.labels(result="late").inc(judge.late_partials - late)
             if judge.duplicate_partials > dup:
                 self.metrics.partials.labels(result="duplicate").inc(judge.duplicate_partials - dup)
-        await retry(lambda: self.refresh(force=new_models), "redis", self.metrics)
+        await retry(self.refresh, "redis", self.metrics)
         await self._judge_partitions(touched, outbox, parked, added)
 
     async def _judge_partitions(
@@ -542,6 +546,7 @@ class JudgeStage:
                 self.judges.pop(model, None)
                 await self._judge(model, part, outbox)
         if self._unparked:
+            await retry(self.refresh, "redis", self.metrics)
             touched = {partition_of(m, self.partitions) for m in self._unparked}
             await self._judge_partitions(touched, outbox, {})
 
