@@ -13,7 +13,10 @@ Invariants: no exception escapes; no alert id or incident event id is published 
 the end the alerts and the incident events published equal those of an in-process replay
 (:class:`~streamproc.tools.inprocess.InProcessPipeline`) of the same records, fed in record-time
 order, with the reference timeline the live judges decided (which baseline judges which
-window), field for field but ``emitted_at``.
+window), field for field but ``emitted_at``. And after every batch the judging stage takes,
+each judge it holds knows the baseline store as it is: every stored version's baseline applied
+or pending, every deleted one gone or pending its deletion (a judge loaded after the store's
+last change included).
 
 ``STREAMPROC_PROPERTY_EXAMPLES=500`` runs many more examples than the suite's default.
 """
@@ -36,7 +39,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
 from streamproc.aggregate.wire import decode_message
-from streamproc.baseline import BaselineStore, ProfileBuilder
+from streamproc.baseline import AsyncBaselineStore, BaselineStore, ProfileBuilder
 from streamproc.baseline.reference import ReferenceCache
 from streamproc.config import Config, load_config
 from streamproc.ingest.ingestor import Ingestor, RawMessage
@@ -202,12 +205,27 @@ class Live:
             else:
                 msgs = [(m.partition, m.offset, m.value) for m in batch]
                 self.run(proc["judge"].on_messages(msgs))
+                self.assert_store_offered(proc["judge"])
         except Kill:
             self.process = None  # died mid-batch: the next process re-reads what was committed
             return
         finally:
             self.crash_at = None
         self.read[(topic, p)] = first + len(batch)
+
+    def assert_store_offered(self, stage: JudgeStage) -> None:
+        """Every judge of ``stage`` has been offered the baseline store as it is now."""
+        store = AsyncBaselineStore(self.client, self.cfg.redis.prefix)
+        for model, judge in stage.judges.items():
+            stored = self.run(store.stamps(model))
+            held = set(judge.timeline.baselines) | set(judge.pending_baselines)
+            for version in sorted(held | set(stored)):
+                pending = judge.pending_baselines.get(version)
+                knows = pending.stamp if pending else judge.timeline.stamp(version)
+                assert knows == stored.get(version), (
+                    f"judge of {model} holds {knows!r} for version {version}, "
+                    f"the store {stored.get(version)!r}"
+                )
 
     def commit(self) -> None:
         """Faust's periodic commit: what the process has read so far is committed."""
