@@ -181,6 +181,8 @@ def test_rules_cover_drift_worker_lag_deadletter_and_labels() -> None:
     assert "rate(streamproc_deadletter_total[5m])" in exprs
     assert "rate(streamproc_events_total[5m])" in exprs
     assert "streamproc_never_labelled_ratio" in exprs
+    assert 'streamproc_partials_total{result="late"}' in exprs
+    assert "streamproc_late_events_total" in exprs
 
 
 @pytest.mark.parametrize("rule", RULES, ids=[r["alert"] for r in RULES])
@@ -414,6 +416,70 @@ RULE_CASES: dict[str, dict[str, Any]] = {
                 "20m",
                 {"severity": "warning", "job": "streamproc", "instance": "w:6066"},
             )
+        ],
+    },
+    "late_events_over_one_percent_alert_and_a_few_do_not": {
+        "input_series": [
+            {
+                "series": f'streamproc_aggregated_events_total{{{W},model="churn"}}',
+                "values": "0+1000x40",
+            },
+            {
+                "series": f'streamproc_late_events_total{{{W},model="churn"}}',
+                "values": "0+30x40",  # 3%
+            },
+            {
+                "series": 'streamproc_aggregated_events_total{job="streamproc",'
+                'instance="w:6067",model="churn"}',
+                "values": "0+10000x40",
+            },
+            {
+                "series": 'streamproc_late_events_total{job="streamproc",'
+                'instance="w:6067",model="churn"}',
+                "values": "0+50x40",  # 0.5%, though 750 in 15 minutes
+            },
+            {
+                "series": 'streamproc_aggregated_events_total{job="streamproc",'
+                'instance="w:6068",model="churn"}',
+                "values": "0+100x40",
+            },
+            {
+                "series": 'streamproc_late_events_total{job="streamproc",'
+                'instance="w:6068",model="churn"}',
+                "values": "0+5x40",  # 5%, though 75 in 15 minutes
+            },
+            {
+                "series": f'streamproc_partials_total{{{W},result="late"}}',
+                "values": "0x40",
+            },
+        ],
+        "alert_rule_test": [
+            _expect("StreamprocLateData", "5m"),
+            _expect(
+                "StreamprocLateData",
+                "30m",
+                {"severity": "warning", "job": "streamproc", "instance": "w:6066"},
+            ),
+        ],
+    },
+    "one_late_window_partial_alerts": {
+        "input_series": [
+            {
+                "series": f'streamproc_partials_total{{{W},result="late"}}',
+                "values": "0x5 1x30",
+            },
+            {
+                "series": f'streamproc_partials_total{{{W},result="received"}}',
+                "values": "0+50x35",
+            },
+        ],
+        "alert_rule_test": [
+            _expect("StreamprocLateData", "8m"),
+            _expect(
+                "StreamprocLateData",
+                "18m",
+                {"severity": "warning", "job": "streamproc", "instance": "w:6066"},
+            ),
         ],
     },
     "dead_letters_below_the_ratio_or_the_rate_floor_do_not_alert": {
