@@ -521,8 +521,14 @@ class SourceAggregator:
         (:meth:`admit_labels`, then :meth:`fold`)."""
         return self._before_admit or self.clock.state()
 
-    def progress(self, idle_for_s: float | None = None) -> ProgressMessage:
+    def progress(
+        self, idle_for_s: float | None = None, now_s: float | None = None
+    ) -> ProgressMessage:
+        """The source's progress: active, or (``idle_for_s``) quiet for that long by ``now_s``
+        (record time), which the report then speaks for."""
         shown = self.shown_clock()
+        if idle_for_s is not None and now_s is None:
+            raise ValueError("an idle report needs the time it speaks for (now_s)")
         return ProgressMessage(
             self.source,
             shown.flushed_until,
@@ -530,6 +536,7 @@ class SourceAggregator:
             idle_for_s,
             self.noticed_generation,
             self.noticed,
+            self.last_record_s if idle_for_s is None else now_s,  # type: ignore[arg-type]
         )
 
     # -- checkpoint ------------------------------------------------------------------------------

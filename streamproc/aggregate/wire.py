@@ -71,6 +71,9 @@ class ProgressMessage(msgspec.Struct, array_like=True, frozen=True, tag="progres
     idle_for_s: float | None  # None while the source is active; else how long it has been quiet
     generation: int = 0  # the baseline store's change count the source's references reflect
     noticed: float = -float("inf")  # its newest event time when it noticed that count
+    # The record time the report speaks for: while active, the source's newest record; while
+    # idle, the report's own time (the source had nothing left to read then).
+    as_of: float = -float("inf")
 
 
 Message = PartialsMessage | ProgressMessage

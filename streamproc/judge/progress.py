@@ -6,7 +6,13 @@ has been quiet for ``idle_timeout_s`` of wall-clock time with nothing left to re
 (:class:`~streamproc.aggregate.wire.ProgressMessage`). From that:
 
 - prediction ticks may close up to the lowest ``flushed_until`` of the prediction sources that
-  are not idle (an idle source stops holding the others back, as Flink's idleness does);
+  are not idle (an idle source stops holding the others back, as Flink's idleness does), as
+  far as the idle report speaks for: each report carries the record time it speaks for
+  (``as_of``: an active source's newest record, an idle one's report time). Once an active
+  source has read a record newer than an idle source's report, the idle one may have records
+  of its own still unread, and it holds the others back again (at its own ``flushed_until``)
+  until it reports again, idle or active. So a worker that reads one partition before another
+  after a silence closes nothing a record-time-ordered replay would not have closed then;
 - outcome ticks (windowed by label time, folded wherever the join completed) up to the lowest
   of every source that is not idle;
 - when **every** source of a kind is idle, the stream is silent: the judge closes the windows
@@ -29,6 +35,19 @@ Examples
 >>> sp.update(ProgressMessage("p0", 100.0, 110.0, 125.0))
 >>> sp.bounds().silent_predictions  # every prediction source idle: newest 110, quiet 125 s
 (110.0, 125.0)
+
+Idle at record time 1000, p1 holds p0 again once p0 has read a record from after that:
+
+>>> sp.update(ProgressMessage("p1", 90.0, 95.0, 130.0, as_of=1000.0))
+>>> sp.update(ProgressMessage("p0", 120.0, 126.0, None, as_of=990.0))
+>>> sp.bounds().predictions  # p0's newest record is older than p1's report: p1 is idle
+120.0
+>>> sp.update(ProgressMessage("p0", 140.0, 146.0, None, as_of=1020.0))
+>>> sp.bounds().predictions  # p1 may have records since 1000 not read yet
+90.0
+>>> sp.update(ProgressMessage("p1", 90.0, 95.0, 150.0, as_of=1025.0))  # reported again
+>>> sp.bounds().predictions
+140.0
 """
 
 from __future__ import annotations
@@ -63,6 +82,7 @@ class _Source(msgspec.Struct, array_like=True):
     idle_for_s: float | None = None
     generation: int = 0
     noticed: float = -math.inf
+    as_of: float = -math.inf  # record time its last report speaks for (ProgressMessage.as_of)
 
 
 class ProgressState(msgspec.Struct, array_like=True):
@@ -90,6 +110,7 @@ class SourceProgress:
         src.flushed_until = max(src.flushed_until, msg.flushed_until)
         src.newest = max(src.newest, msg.newest)
         src.idle_for_s = msg.idle_for_s
+        src.as_of = msg.as_of
         if msg.generation >= src.generation:
             src.generation, src.noticed = msg.generation, msg.noticed
 
@@ -97,9 +118,11 @@ class SourceProgress:
         if not names:
             return math.inf, None
         srcs = [self.sources[n] for n in names]
-        active = [s.flushed_until for s in srcs if s.idle_for_s is None]
+        active = [s for s in srcs if s.idle_for_s is None]
         if active:
-            return min(active), None
+            read = max(s.as_of for s in active)
+            holding = [s.flushed_until for s in srcs if s.idle_for_s is None or s.as_of < read]
+            return min(holding), None
         reached = max(s.flushed_until for s in srcs)
         newest = max(s.newest for s in srcs)
         quiet = min(s.idle_for_s for s in srcs if s.idle_for_s is not None)

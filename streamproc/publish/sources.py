@@ -350,7 +350,7 @@ class SourceStage:
             idle_for = agg.quiet_for(now, first)
             if idle_for >= timeout:
                 partials += await self._off(agg.go_quiet)
-                quiet.append(agg.progress(idle_for))
+                quiet.append(agg.progress(idle_for, now))
                 self._touched.add(source)
         idle = len(quiet)
         for source in sorted(set(assigned) - {q.source for q in quiet}):

@@ -231,7 +231,7 @@ class InProcessPipeline:
             quiet = agg.quiet_for(now_s, first)
             if quiet >= timeout:
                 self.idle_sources.add(src)
-                self.deliver(agg.go_quiet(), [agg.progress(quiet)])
+                self.deliver(agg.go_quiet(), [agg.progress(quiet, now_s)])
         self.advance()
 
     def advance(self, final: bool = False) -> Output:

@@ -490,6 +490,28 @@ def test_live_alerts_equal_a_replay_of_the_same_offsets_whatever_the_operator_do
     run().runTest()
 
 
+def test_a_partition_resuming_after_a_silence_is_not_left_out_of_its_window(
+    endpoints: Endpoints,
+) -> None:
+    """Found by the state machine (seed 143): every partition idle, traffic resumes on all of
+    them, and the worker reads partition 0's new records, then judges their partials, before
+    it reads the others'. Partition 0's progress alone must not close the window the others
+    hold records for (they were idle as of the silence, not as of partition 0's records)."""
+    LiveEqualsReplay.endpoints = endpoints
+    state = LiveEqualsReplay()
+    state.setup(seed=143)
+    state.silence(windows=0)
+    state.new_version(model="m1")
+    state.silence(windows=0)
+    state.produce_predictions(events=5, model="m1", msgs=4, partition=0)
+    state.produce_predictions(events=10, model="m1", msgs=7, partition=0)
+    state.process(crash=None, n=8, p=0, topic="predictions")
+    state.process(crash=None, n=6, p=1, topic="partials")
+    judging_stage = state.live.process["judge"]  # type: ignore[index]
+    state.teardown()  # every window closes; live alerts == replay's
+    assert judging_stage.metrics.partials.labels(result="late")._value.get() == 0
+
+
 def test_decoding_the_partials_topic_refuses_foreign_bytes() -> None:
     from streamproc.errors import StateEncodingError
 
