@@ -43,8 +43,8 @@ Idle at record time 1000, p1 holds p0 again once p0 has read a record from after
 >>> sp.bounds().predictions  # p0's newest record is older than p1's report: p1 is idle
 120.0
 >>> sp.update(ProgressMessage("p0", 140.0, 146.0, None, as_of=1020.0))
->>> sp.bounds().predictions  # p1 may have records since 1000 not read yet
-90.0
+>>> sp.bounds().predictions  # p1 may have records since 1000 not read yet: 140 waits
+120.0
 >>> sp.update(ProgressMessage("p1", 90.0, 95.0, 150.0, as_of=1025.0))  # reported again
 >>> sp.bounds().predictions
 140.0
@@ -87,6 +87,7 @@ class _Source(msgspec.Struct, array_like=True):
 
 class ProgressState(msgspec.Struct, array_like=True):
     sources: dict[str, _Source] = {}
+    released: tuple[float, float] = (-math.inf, -math.inf)  # SourceProgress.released
 
 
 class SourceProgress:
@@ -103,6 +104,11 @@ class SourceProgress:
         self.sources: dict[str, _Source] = {s: _Source() for s in prediction_sources}
         for s in label_sources:
             self.sources.setdefault(s, _Source())
+        # The highest (predictions, outcomes) bound any state so far allowed. A report can
+        # lower the bound (an idle source held again, one back from idleness), never what an
+        # earlier state already allowed: a judge that takes a batch of reports at once closes
+        # what it would have closed taking them one by one, as a replay does.
+        self.released = (-math.inf, -math.inf)
 
     def update(self, msg: ProgressMessage) -> None:
         src = self.sources.setdefault(msg.source, _Source())
@@ -113,6 +119,12 @@ class SourceProgress:
         src.as_of = msg.as_of
         if msg.generation >= src.generation:
             src.generation, src.noticed = msg.generation, msg.noticed
+        b = self._current()
+        p, o = self.released
+        self.released = (
+            p if b.silent_predictions else max(p, b.predictions),
+            o if b.silent_outcomes else max(o, b.outcomes),
+        )
 
     def _bound(self, names: list[str]) -> tuple[float, tuple[float, float] | None]:
         if not names:
@@ -128,11 +140,21 @@ class SourceProgress:
         quiet = min(s.idle_for_s for s in srcs if s.idle_for_s is not None)
         return reached, (None if newest == -math.inf else (newest, quiet))
 
-    def bounds(self) -> Bounds:
+    def _current(self) -> Bounds:
         preds = sorted(n for n in self.sources if n.startswith("p"))
         p_bound, p_silent = self._bound(preds)
         o_bound, o_silent = self._bound(sorted(self.sources))
         return Bounds(p_bound, o_bound, p_silent, o_silent)
+
+    def bounds(self) -> Bounds:
+        b = self._current()
+        p, o = self.released
+        return Bounds(
+            b.predictions if b.silent_predictions else max(p, b.predictions),
+            b.outcomes if b.silent_outcomes else max(o, b.outcomes),
+            b.silent_predictions,
+            b.silent_outcomes,
+        )
 
     def acknowledged(self, generation: int) -> bool:
         """Whether every source that is not idle has loaded the baseline store as of
@@ -159,7 +181,7 @@ class SourceProgress:
         )
 
     def state(self) -> ProgressState:
-        return ProgressState(self.sources)
+        return ProgressState(self.sources, self.released)
 
     @classmethod
     def restore(
@@ -167,4 +189,5 @@ class SourceProgress:
     ) -> SourceProgress:
         sp = cls(prediction_sources, label_sources)
         sp.sources.update(state.sources)
+        sp.released = state.released
         return sp

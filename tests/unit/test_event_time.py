@@ -135,8 +135,47 @@ def test_an_idle_source_stops_holding_the_boundary_until_it_reports_again() -> N
     _report(sp, "p0", 300.0, 305.0)
     _report(sp, "p1", 100.0, 104.0, idle=130.0)
     assert sp.bounds() == Bounds(300.0, 300.0)
-    _report(sp, "p1", 100.0, 104.0)  # a record again: it holds again
-    assert sp.bounds() == Bounds(100.0, 100.0)
+    _report(sp, "p1", 100.0, 104.0)  # a record again: it holds again, past what it let close
+    _report(sp, "p0", 400.0, 405.0)
+    assert sp.bounds() == Bounds(300.0, 300.0)
+    _report(sp, "p1", 400.0, 404.0)
+    assert sp.bounds() == Bounds(400.0, 400.0)
+
+
+def test_an_idle_report_releases_only_up_to_the_records_it_speaks_for() -> None:
+    sp = SourceProgress(["p0", "p1"], ["l0"])
+    sp.update(ProgressMessage("l0", 150.0, 155.0, 60.0, as_of=1000.0))
+    sp.update(ProgressMessage("p1", 100.0, 104.0, 60.0, as_of=1000.0))
+    sp.update(ProgressMessage("p0", 200.0, 205.0, None, as_of=999.0))  # read before 1000
+    assert sp.bounds() == Bounds(200.0, 200.0)
+    # p0 reads past the idle reports: p1 and l0 may have records since, not read yet.
+    sp.update(ProgressMessage("p0", 300.0, 305.0, None, as_of=1001.0))
+    assert sp.bounds() == Bounds(200.0, 200.0)
+    sp.update(ProgressMessage("p1", 100.0, 104.0, 61.0, as_of=1002.0))  # p1 reports again
+    assert sp.bounds() == Bounds(300.0, 200.0)  # outcomes still wait for l0
+    sp.update(ProgressMessage("l0", 150.0, 155.0, 62.0, as_of=1002.0))
+    assert sp.bounds() == Bounds(300.0, 300.0)
+
+
+def test_the_bounds_do_not_depend_on_how_reports_were_batched() -> None:
+    reports = [
+        ProgressMessage("p0", 200.0, 205.0, None, as_of=900.0),
+        ProgressMessage("p1", 100.0, 104.0, 60.0, as_of=1000.0),
+        ProgressMessage("p0", 250.0, 255.0, None, as_of=990.0),
+        ProgressMessage("p1", 230.0, 234.0, None, as_of=1010.0),  # back, behind p0
+        ProgressMessage("p0", 400.0, 405.0, None, as_of=1020.0),
+    ]
+    closed = []
+    for cut in range(len(reports) + 1):  # a judge taking the first `cut` reports, then the rest
+        sp = SourceProgress(["p0", "p1"], [])
+        for r in reports[:cut]:
+            sp.update(r)
+        first = sp.bounds().predictions
+        for r in reports[cut:]:
+            sp.update(r)
+        closed.append(max(first, sp.bounds().predictions))  # what it closed after each batch
+    # p1 idle as of 1000 while p0 had read up to 990: 250 could close then, whatever the cut.
+    assert closed == [250.0] * len(closed)
 
 
 def test_when_every_source_is_idle_the_bounds_are_silent() -> None:
