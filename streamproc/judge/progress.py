@@ -119,11 +119,10 @@ class SourceProgress:
         src.as_of = msg.as_of
         if msg.generation >= src.generation:
             src.generation, src.noticed = msg.generation, msg.noticed
-        b = self._current()
-        p, o = self.released
+        b = self.bounds()
         self.released = (
-            p if b.silent_predictions else max(p, b.predictions),
-            o if b.silent_outcomes else max(o, b.outcomes),
+            self.released[0] if b.silent_predictions else b.predictions,
+            self.released[1] if b.silent_outcomes else b.outcomes,
         )
 
     def _bound(self, names: list[str]) -> tuple[float, tuple[float, float] | None]:

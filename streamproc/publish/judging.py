@@ -141,9 +141,9 @@ class JudgeStage:
         self.emitted_at: Callable[[], str] = now_iso
         self._refreshed_at = -float("inf")
         self._changes: bytes | None = None
-        # Judges loaded (restored or new) since the last refresh: each must be offered the
-        # store's baselines, even when its change counter has not moved since that refresh.
-        self._unoffered: set[str] = set()
+        # A judge was loaded (restored or new) since the last refresh: it must be offered the
+        # store's baselines, even when the change counter has not moved since that refresh.
+        self._judge_loaded = False
         self._stored_fps: set[str] = set()
         self._exported: dict[tuple[str, str], set[str]] = {}
         self._incident_series: dict[str, set[tuple[str, str, str, str]]] = {}
@@ -203,7 +203,7 @@ class JudgeStage:
             judge = ModelJudge(model, self.cfg.monitoring, topic, self.refs)
         if model not in part.quarantined:
             self.judges[model] = judge
-            self._unoffered.add(model)
+            self._judge_loaded = True
             return
         parked = await self.client.lrange(self.keys.parked(model), 0, -1)
         try:
@@ -217,7 +217,7 @@ class JudgeStage:
         log.warning("model %s: quarantine lifted, %d parked messages replayed", model, len(parked))
         reason = part.quarantined.pop(model)
         self.judges[model] = judge
-        self._unoffered.add(model)
+        self._judge_loaded = True
         self._unparked.append(model)
         k = partition_of(model, self.partitions)
         out.setdefault(k, []).append(self._monitor_error(model, reason, "resolved"))
@@ -231,10 +231,9 @@ class JudgeStage:
         now = self.wall()
         changes = await self.client.get(self.keys.baseline_changes)
         due = now - self._refreshed_at >= self.cfg.monitoring.baseline_refresh_s
-        if not (due or changes != self._changes or self._unoffered):
+        if not (due or changes != self._changes or self._judge_loaded):
             return
-        self._refreshed_at, self._changes = now, changes
-        self._unoffered.clear()
+        self._refreshed_at, self._changes, self._judge_loaded = now, changes, False
         from streamproc.baseline import AsyncBaselineStore
 
         store = AsyncBaselineStore(self.client, self.cfg.redis.prefix)
