@@ -84,9 +84,9 @@ def broker_credentials(kafka: KafkaConfig) -> faust.auth.Credentials | None:
 
 
 def redis_client(cfg: Config) -> AsyncClient:
-    """The stages' Redis client (commands packed by redis-py's Python packer: see
+    """The stages' Redis client: it writes checkpoints of many MB (see
     :func:`streamproc.redis_client.async_client`)."""
-    return async_client(cfg.redis, python_packed=True)
+    return async_client(cfg.redis, large_values=True)
 
 
 def _raw(event: Any) -> RawMessage:

@@ -75,3 +75,19 @@ def test_the_stages_redis_client_sends_a_large_value_without_copying_it(
     packed = made.pack_commands([("HSET", "k", "f", big), ("SET", "a", "b")])
     assert any(chunk is big for chunk in packed)
     assert b"".join(packed).endswith(b"*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\nb\r\n")
+
+
+def test_the_stages_redis_client_packs_ordinary_commands_with_hiredis_as_redis_py_would() -> None:
+    """A join call of hundreds of small arguments is packed by hiredis, in one buffer, to the
+    very bytes redis-py's Python packer makes; what hiredis does not take goes to the latter."""
+    pool = redis_client(load_config(env={"STREAMPROC_REDIS_URL": "redis://h:1/0"}))
+    made = pool.connection_pool.make_connection()
+    keys = [f"{{p:j0}}:i:pred-{i:07d}" for i in range(500)]
+    values = [b"p3:120:%d|" % i + bytes(range(90)) for i in range(500)]
+    join_call = ("EVALSHA", "f" * 40, 500, *keys, 3600, 1.5, "é", *values)
+    commands = [join_call, ("CLIENT SETNAME", "w"), ("SET", "k", bytearray(b"v"))]
+    packed = made.pack_commands(commands)
+    python = made._pack_command_python
+    assert b"".join(packed) == b"".join(b"".join(python(*c)) for c in commands)
+    assert len(made.pack_command(*join_call)) == 1  # Python's packer cuts it every 6,000 bytes
+    assert len(python(*join_call)) > 1
