@@ -55,10 +55,20 @@ _FIELDS = frozenset(Prediction.__struct_fields__) | frozenset(Label.__struct_fie
 MAX_DEPTH = 1000  # about where msgspec and the stdlib parser stop
 
 
+_ARRAYS: dict[type, msgspec.json.Decoder[Any]] = {}
+
+
 def _decoder(kind: type[E]) -> msgspec.json.Decoder[E]:
     dec = _DECODERS.get(kind)
     if dec is None:
         dec = _DECODERS[kind] = msgspec.json.Decoder(kind)
+    return dec
+
+
+def _array_decoder(kind: type[E]) -> msgspec.json.Decoder[list[E]]:
+    dec = _ARRAYS.get(kind)
+    if dec is None:
+        dec = _ARRAYS[kind] = msgspec.json.Decoder(list[kind])  # type: ignore[valid-type]
     return dec
 
 
@@ -243,6 +253,17 @@ def decode_message(
         return out
     if value.lstrip()[:1] != b"[":
         _decode_one(value, kind, None, out)
+        return out
+    # The whole array in one call when every element is valid, as nearly every batch is (a
+    # quarter less CPU than element by element); element by element only to tell which not.
+    try:
+        events = _array_decoder(kind).decode(value)
+    except Exception:
+        events = []
+    if 0 < len(events) <= max_batch:
+        out.events = events
+        out.indexes = list(range(len(events)))
+        out.raws = [bytes(element) for element in _BATCH.decode(value)]
         return out
     try:
         elements = _BATCH.decode(value)

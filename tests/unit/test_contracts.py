@@ -83,6 +83,24 @@ def test_batch_keeps_valid_elements_and_rejects_each_bad_one_alone() -> None:
     ]
 
 
+def test_a_valid_batch_decodes_as_its_elements_would_one_by_one() -> None:
+    elements = [
+        b'{"prediction_id":"p1","model_id":"m","model_version":"1","prediction":1,'
+        b'"features":{"a":1.5,"b":null,"c":"x"},"segments":{"country":"DE"}}',
+        b' {"prediction_id":"p2", "model_id":"m","model_version":"2","prediction":"yes",'
+        b'"scores":{"yes":0.75,"no":0.25},"timestamp":"2024-01-01T00:00:00Z"}',
+    ]
+    decoded = decode_message(b"[" + b",".join(elements) + b"]", Prediction)
+    one_by_one = [decode_message(e, Prediction).events[0] for e in elements]
+    assert decoded.events == one_by_one
+    assert decoded.indexes == [0, 1]
+    assert decoded.raws == [e.strip() for e in elements]  # each one's bytes, for its dead letter
+    assert not decoded.rejections
+    too_many = decode_message(b"[" + b",".join(elements * 3) + b"]", Prediction, max_batch=5)
+    assert not too_many.events
+    assert [r.reason for r in too_many.rejections] == ["too_large"]
+
+
 @pytest.mark.parametrize(
     ("value", "reason"),
     [
