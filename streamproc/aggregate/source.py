@@ -75,14 +75,18 @@ class ReferenceLookup(Protocol):
     ) -> Reference | None: ...
 
 
-@dataclass(slots=True)  # one per event: frozen costs 2.4x to build
-class Accepted:
-    """An accepted prediction at its position in the source."""
+class Accepted(Protocol):
+    """An accepted prediction at its position in the source: what the ingest hands over
+    (:class:`~streamproc.ingest.ingestor.Observed`), taken as it is."""
 
-    event: Prediction
-    event_time: float
-    offset: int
-    index: int = -1  # position in a batch message; -1 for a single-event message
+    @property
+    def event(self) -> Prediction: ...
+    @property
+    def event_time(self) -> float: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def index(self) -> int: ...  # position in a batch message; -1 for a single-event message
 
 
 @dataclass(slots=True)  # one per event: frozen costs 2.4x to build

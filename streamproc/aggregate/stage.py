@@ -88,13 +88,15 @@ class AggregateStage:
         of the message that completed them; ``record_ms``: per partition the newest record
         time the batch read."""
         prefix = "p" if role == "predictions" else "l"
-        preds: dict[str, list[Accepted]] = {}
-        outs: dict[str, list[Completed]] = {}
-        through: dict[str, int] = {}
+        by_partition: dict[int, list[Observed]] = {}
         for ob in observed:
-            src = f"{prefix}{ob.partition}"
-            preds.setdefault(src, []).append(Accepted(ob.event, ob.event_time, ob.offset, ob.index))
-            through[src] = max(through.get(src, -1), ob.offset)
+            got = by_partition.get(ob.partition)
+            if got is None:
+                got = by_partition[ob.partition] = []
+            got.append(ob)
+        preds: dict[str, Sequence[Accepted]] = {f"{prefix}{p}": a for p, a in by_partition.items()}
+        through = {src: max(a.offset for a in acc) for src, acc in preds.items()}
+        outs: dict[str, list[Completed]] = {}
         for j in joined:
             partition, offset, index = position(j.completed_by)
             src = f"{prefix}{partition}"

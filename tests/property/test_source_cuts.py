@@ -27,6 +27,7 @@ from streamproc.aggregate.wire import PartialsMessage
 from streamproc.baseline.reference import Reference
 from streamproc.config import MonitoringConfig
 from streamproc.contracts import Prediction
+from streamproc.ingest.ingestor import Observed
 from streamproc.ingest.join import Joined, JoinRecord, LabelRecord
 from tests.property.partial_rows import (
     SAMPLE_K,
@@ -168,7 +169,7 @@ def _batch(
                     timestamp=it.time, features=r.features, prediction=r.prediction,
                     scores=scores, segments=segments, latency_ms=r.latency_ms,
                 )  # fmt: skip
-                preds.append(Accepted(event, it.time, offset, index))
+                preds.append(Observed(event, it.time, int(source[1:]), offset, index))
             else:
                 rec = JoinRecord(
                     it.model, "1", it.time - 60.0, r.prediction, r.confidence, None, segments
