@@ -421,18 +421,28 @@ def cleanup(cfg: Config, run_id: str, groups: list[str]) -> None:
                     fut.result()
     client = redis.Redis.from_url(cfg.redis.url, password=cfg.redis.password)
     try:
-        batch: list[bytes] = []
-        for key in client.scan_iter(f"{prefix}*", count=5000):
-            batch.append(key)
-            if len(batch) >= 5000:
-                client.unlink(*batch)
-                batch.clear()
-        if batch:
-            client.unlink(*batch)
+        delete_keys(client, [f"{prefix}*", f"{{{prefix}*"])
     finally:
         client.close()
     for path in (cache_dir() / "faust").glob(f"{prefix}*"):
         shutil.rmtree(path, ignore_errors=True)
+
+
+def delete_keys(client: redis.Redis, patterns: Sequence[str]) -> int:
+    """Unlink every key matching one of the glob ``patterns``; return how many. A run's keys
+    under a prefix ``P`` are ``P*`` and, hash-tagged, ``{P*`` (the join's ``{P:jS}:...``
+    among them): both must be named, or a run leaves its join state behind."""
+    n = 0
+    batch: list[bytes] = []
+    for pattern in patterns:
+        for key in client.scan_iter(pattern, count=5000):
+            batch.append(key)
+            if len(batch) >= 5000:
+                n += client.unlink(*batch)
+                batch.clear()
+    if batch:
+        n += client.unlink(*batch)
+    return n
 
 
 def fmt_rate(x: float | None) -> str:

@@ -529,7 +529,8 @@ def _cleanup(cfg: Config) -> None:
             with contextlib.suppress(Exception):
                 f.result(30)
     client = redis.Redis.from_url(cfg.redis.url)
-    keys = list(client.scan_iter(match=f"{cfg.redis.key_prefix}*", count=1000))
+    prefix = cfg.redis.key_prefix
+    keys = [k for p in (f"{prefix}*", f"{{{prefix}*") for k in client.scan_iter(p, count=1000)]
     for start in range(0, len(keys), 500):
         client.delete(*keys[start : start + 500])
 

@@ -686,9 +686,12 @@ class Measurement:
             r.check = "not drained: the group's committed offsets never reached the end"
 
 
-def cleanup(cfg: Config, topic_prefix: str, keys: str, dirs: str, groups: Sequence[str]) -> None:
-    """Delete the topics named ``topic_prefix*``, the Redis keys and Faust data directories
-    matching the glob patterns ``keys`` and ``dirs``, and the consumer groups ``groups``."""
+def cleanup(
+    cfg: Config, topic_prefix: str, keys: Sequence[str], dirs: str, groups: Sequence[str]
+) -> None:
+    """Delete the topics named ``topic_prefix*``, the Redis keys matching any of the glob
+    patterns ``keys``, the Faust data directories matching ``dirs``, and the consumer groups
+    ``groups``."""
     admin = AdminClient(cfg.kafka.librdkafka())
     ours = [t for t in admin.list_topics(timeout=30).topics if t.startswith(topic_prefix)]
     if ours:
@@ -702,14 +705,7 @@ def cleanup(cfg: Config, topic_prefix: str, keys: str, dirs: str, groups: Sequen
                     fut.result()
     client = redis.Redis.from_url(cfg.redis.url, password=cfg.redis.password)
     try:
-        batch: list[bytes] = []
-        for key in client.scan_iter(keys, count=5000):
-            batch.append(key)
-            if len(batch) >= 5000:
-                client.unlink(*batch)
-                batch.clear()
-        if batch:
-            client.unlink(*batch)
+        ib.delete_keys(client, keys)
     finally:
         client.close()
     for path in (cache_dir() / "faust").glob(dirs):
@@ -933,14 +929,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 groups.append(name)
                 cfg = ib.bench_config(kafka, redis_url, name)
                 m = Measurement(path, n, cfg, sources[key], args).run(profile, log_dir)
-                cleanup(cfg, f"{name}-", f"{name}:*", name, [name])
+                # (the join's keys are hash-tagged: "{<name>:j0}:...")
+                keys = [f"{name}:*", f"{{{name}:*", f"{{{name}}}*"]
+                cleanup(cfg, f"{name}-", keys, name, [name])
                 rows[(key, path)].runs.append(m)
                 progress(key, r, m)
     finally:
         prefix = f"bench-{run_id}-"
         cleanup(
-            ib.bench_config(kafka, redis_url, prefix), prefix, f"{prefix}*", f"{prefix}*", groups
-        )
+            ib.bench_config(kafka, redis_url, prefix),
+            prefix, [f"{prefix}*", f"{{{prefix}*"], f"{prefix}*", groups,
+        )  # fmt: skip
         if stack is not None:
             stack.down()
     ordered = list(rows.values())
