@@ -528,11 +528,10 @@ def _cleanup(cfg: Config) -> None:
         for f in admin.delete_topics(names).values():
             with contextlib.suppress(Exception):
                 f.result(30)
-    client = redis.Redis.from_url(cfg.redis.url)
+    import ingest_throughput as ib  # a sibling script, not a package
+
     prefix = cfg.redis.key_prefix
-    keys = [k for p in (f"{prefix}*", f"{{{prefix}*") for k in client.scan_iter(p, count=1000)]
-    for start in range(0, len(keys), 500):
-        client.delete(*keys[start : start + 500])
+    ib.delete_keys(redis.Redis.from_url(cfg.redis.url), [f"{prefix}*", f"{{{prefix}*"])
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka.admin import AdminClient
@@ -33,6 +34,12 @@ def _bench_env(config: Config) -> dict[str, str]:
     env["STREAMPROC_KAFKA_BOOTSTRAP"] = config.kafka.bootstrap
     env["STREAMPROC_REDIS_URL"] = config.redis.url
     return env
+
+
+def _keys_left(client: Any, prefix: str) -> list[bytes]:
+    """A run's Redis keys: ``prefix*`` and, hash-tagged, ``{prefix*`` (the join's keys are
+    ``{<prefix>...:j0}:i:<id>``)."""
+    return [k for p in (f"{prefix}*", f"{{{prefix}*") for k in client.scan_iter(p, count=1000)]
 
 
 def test_ingest_benchmark_reports_every_shape_and_path_and_leaves_nothing_behind(
@@ -67,9 +74,7 @@ def test_ingest_benchmark_reports_every_shape_and_path_and_leaves_nothing_behind
     assert [t for t in topics if t.startswith(prefix)] == []
     client = sync_client(config.redis)
     try:
-        # the join's keys are hash-tagged: "{<prefix>...:j0}:i:<id>"
-        left = [k for p in (f"{prefix}*", f"{{{prefix}*") for k in client.scan_iter(p, count=1000)]
-        assert left == []
+        assert _keys_left(client, prefix) == []
     finally:
         client.close()
 
@@ -189,9 +194,7 @@ def test_run_all_writes_every_table_with_real_numbers_and_leaves_nothing_behind(
     assert [g.group_id for g in groups.valid if g.group_id.startswith(prefix)] == []
     client = sync_client(config.redis)
     try:
-        # the join's keys are hash-tagged: "{<prefix>...:j0}:i:<id>"
-        left = [k for p in (f"{prefix}*", f"{{{prefix}*") for k in client.scan_iter(p, count=1000)]
-        assert left == []
+        assert _keys_left(client, prefix) == []
     finally:
         client.close()
     assert list((cache_dir() / "faust").glob(f"{prefix}*")) == []

@@ -80,8 +80,8 @@ def test_the_stages_redis_client_sends_a_large_value_without_copying_it(
 def test_the_stages_redis_client_packs_ordinary_commands_with_hiredis_as_redis_py_would() -> None:
     """A join call of hundreds of small arguments is packed by hiredis, in one buffer, to the
     very bytes redis-py's Python packer makes; what hiredis does not take goes to the latter."""
-    pool = redis_client(load_config(env={"STREAMPROC_REDIS_URL": "redis://h:1/0"}))
-    made = pool.connection_pool.make_connection()
+    client = redis_client(load_config(env={"STREAMPROC_REDIS_URL": "redis://h:1/0"}))
+    made = client.connection_pool.make_connection()
     keys = [f"{{p:j0}}:i:pred-{i:07d}" for i in range(500)]
     values = [b"p3:120:%d|" % i + bytes(range(90)) for i in range(500)]
     join_call = ("EVALSHA", "f" * 40, 500, *keys, 3600, 1.5, "é", *values)
